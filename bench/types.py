@@ -1,0 +1,170 @@
+"""Core types shared by every device, the harness and the store.
+
+A `Measurement` carries the figures *and* the conditions they were taken under (device,
+runtime and version, threads, pinned core, warm-up/run counts, temperatures, frequencies),
+because a latency without its conditions cannot be compared with another one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """How to time one model; mirrors benchmark_model's flags of the same names."""
+
+    warmup_runs: int = 5
+    num_runs: int = 50
+    min_secs: float = 1.0
+    num_threads: int = 1
+    profile_ops: bool = False
+    core: int | None = None  # None: the device's fastest (or configured) big core
+    timeout_s: float = 600.0  # hard bound on one benchmark call
+
+    def conditions_key(self) -> str:
+        """Stable text of the timing conditions, used to decide whether a stored result can be reused."""
+        return (
+            f"threads={self.num_threads};warmup={self.warmup_runs};runs={self.num_runs};"
+            f"min_secs={self.min_secs:g};core={'auto' if self.core is None else self.core}"
+        )
+
+
+@dataclass
+class LatencyStats:
+    """Aggregates of per-run latencies in microseconds (benchmark_model's unit)."""
+
+    count: int
+    mean_us: float
+    std_us: float
+    min_us: float
+    max_us: float
+    median_us: float | None = None
+    p90_us: float | None = None
+    p5_us: float | None = None
+    p95_us: float | None = None
+
+    @property
+    def cv(self) -> float:
+        """Coefficient of variation (std / mean)."""
+        return self.std_us / self.mean_us if self.mean_us else math.nan
+
+    @classmethod
+    def from_runs(cls, runs_us: list[float] | np.ndarray) -> LatencyStats:
+        arr = np.asarray(runs_us, dtype=np.float64)
+        if arr.size == 0:
+            raise ValueError("no runs to summarise")
+        return cls(
+            count=int(arr.size),
+            mean_us=float(arr.mean()),
+            std_us=float(arr.std()),
+            min_us=float(arr.min()),
+            max_us=float(arr.max()),
+            median_us=float(np.median(arr)),
+            p90_us=float(np.percentile(arr, 90)),
+            p5_us=float(np.percentile(arr, 5)),
+            p95_us=float(np.percentile(arr, 95)),
+        )
+
+
+@dataclass
+class OpProfileRow:
+    """One row of benchmark_model's op-profiling table (times in ms, as printed)."""
+
+    node_type: str
+    start_ms: float
+    first_ms: float
+    avg_ms: float
+    percent: float
+    cdf_percent: float
+    mem_kb: float
+    times_called: int
+    name: str
+
+
+@dataclass
+class Measurement:
+    """One benchmark of one model on one device, with every condition needed to trust it."""
+
+    device_id: str  # "host" or a phone serial
+    device_name: str  # device config name (e.g. "pixel4") or "host"
+    model_sha256: str
+    model_path: str
+    runtime: str  # "ai-edge-litert", "tflite-runtime" or "benchmark_model"
+    runtime_version: str
+    config: BenchConfig
+    stats: LatencyStats
+    runs_us: list[float] | None = None  # per-run latencies when the runner gives them
+    init_us: float | None = None
+    first_us: float | None = None
+    warmup_avg_us: float | None = None
+    pinned_cores: tuple[int, ...] = ()
+    cpu_model: str = ""
+    temps_before_c: dict[str, float] = field(default_factory=dict)
+    temps_after_c: dict[str, float] = field(default_factory=dict)
+    freq_before_khz: int | None = None
+    freq_after_khz: int | None = None
+    max_freq_khz: int | None = None
+    throttled: bool = False
+    peak_memory_mb: float | None = None
+    op_profile: list[OpProfileRow] | None = None
+    wall_s: float | None = None
+    timestamp: float = field(default_factory=time.time)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def median_ms(self) -> float:
+        """Median latency in ms; benchmark_model builds that print no median fall back to the mean."""
+        value = self.stats.median_us if self.stats.median_us is not None else self.stats.mean_us
+        return value / 1000.0
+
+    @property
+    def mean_ms(self) -> float:
+        return self.stats.mean_us / 1000.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Measurement:
+        data = dict(data)
+        data["config"] = BenchConfig(**data["config"])
+        data["stats"] = LatencyStats(**data["stats"])
+        data["pinned_cores"] = tuple(data.get("pinned_cores") or ())
+        if data.get("op_profile") is not None:
+            data["op_profile"] = [OpProfileRow(**row) for row in data["op_profile"]]
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """What a device is: identity, CPU, the core timings are pinned to, and the runtime."""
+
+    device_id: str
+    device_name: str
+    kind: str  # "host" or "adb"
+    model: str  # ro.product.model, or the host's CPU model
+    cpu_model: str
+    pinned_core: int
+    max_freq_khz: int | None
+    runtime: str
+    runtime_version: str
+    state: str = "online"
+
+
+@runtime_checkable
+class Device(Protocol):
+    """Anything that can time a `.tflite` file."""
+
+    device_id: str
+
+    def profile(self) -> DeviceProfile: ...
+
+    def benchmark(self, model_path: Path, config: BenchConfig) -> Measurement: ...

@@ -1,0 +1,78 @@
+"""Shared CLI plumbing: the results-database option, JSON output and a default-command group.
+
+Every command that prints results takes `--json`; JSON keys are stable and carry units in
+their names (`median_ms`, `mult_adds`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+DEFAULT_DB = Path("results") / "mnas.db"
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+
+
+def db_path(ctx: click.Context) -> Path:
+    """The results database chosen by `mnas --db`, `MNAS_DB`, or the default."""
+    root = ctx.find_root()
+    chosen = (root.obj or {}).get("db") if root.obj else None
+    return Path(chosen or os.environ.get("MNAS_DB") or DEFAULT_DB)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return value.item()
+    return value
+
+
+def echo_json(payload: Any) -> None:
+    click.echo(json.dumps(_jsonable(payload), indent=2, sort_keys=False))
+
+
+def echo_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+    """Print rows as an aligned text table (pandas does the formatting)."""
+    import pandas as pd
+
+    if not rows:
+        click.echo("(nothing)")
+        return
+    frame = pd.DataFrame(rows, columns=columns)
+    click.echo(frame.to_string(index=False))
+
+
+class DefaultGroup(click.Group):
+    """A group whose first argument, when it is not a sub-command, goes to a default command.
+
+    `mnas bench model.tflite` runs the default `run` command while `mnas bench parse LOG`
+    still reaches the `parse` sub-command.
+    """
+
+    def __init__(self, *args: Any, default_command: str = "run", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.default_command = default_command
+        self.no_args_is_help = False
+        self.invoke_without_command = True
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or args[0] not in self.commands:
+            if not (args and args[0] in ("--help", "-h")):
+                args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_usage(ctx, formatter)

@@ -1,0 +1,1 @@
+"""Architectures: block strings, the MnasNet search space, the zoo, cost, torch and .tflite builders."""
