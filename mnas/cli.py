@@ -52,6 +52,11 @@ def _register() -> None:
             command = getattr(module, name, None)
             if command is not None:
                 cli.add_command(command)
+    bench_group = cli.commands.get("bench")
+    if isinstance(bench_group, click.Group):
+        from mnas.cli_bench_run import run
+
+        bench_group.add_command(run)
 
 
 _register()

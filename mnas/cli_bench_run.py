@@ -1,0 +1,101 @@
+"""`mnas bench MODEL...`: measure models on the host or phones and store every figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mnas.cli_util import db_path, echo_json, echo_table, json_option
+from mnas.errors import MnasError
+
+
+def _ms(us: float | None) -> float | None:
+    return None if us is None else us / 1000.0
+
+
+def outcome_row(outcome) -> dict:
+    """One stable JSON row per (device, model); units in the key names."""
+    row = {"device_id": outcome.device_id, "model": outcome.model.label, "arch": outcome.model.arch,
+           "resolution": outcome.model.resolution, "model_sha256": outcome.model.sha256,
+           "stored_id": outcome.stored_id, "reused": outcome.reused, "error": outcome.error}
+    m = outcome.measurement
+    if m is not None:
+        s = m.stats
+        row.update({
+            "device_name": m.device_name, "runtime": m.runtime, "runtime_version": m.runtime_version,
+            "runs": s.count, "median_ms": m.median_ms, "mean_ms": _ms(s.mean_us), "std_ms": _ms(s.std_us),
+            "min_ms": _ms(s.min_us), "max_ms": _ms(s.max_us), "p90_ms": _ms(s.p90_us), "cv": s.cv,
+            "init_ms": _ms(m.init_us), "first_ms": _ms(m.first_us), "pinned_cores": list(m.pinned_cores),
+            "cpu_model": m.cpu_model, "throttled": m.throttled, "wall_s": m.wall_s,
+            "freq_before_khz": m.freq_before_khz, "freq_after_khz": m.freq_after_khz,
+        })
+    return row
+
+
+@click.command("run")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--device", "device_spec", default="host", show_default=True,
+              help="host, a phone SERIAL, or all (every attached phone, in parallel).")
+@click.option("--runs", type=int, default=50, show_default=True, help="Minimum timed runs.")
+@click.option("--warmup", type=int, default=5, show_default=True, help="Warm-up runs.")
+@click.option("--min-secs", type=float, default=1.0, show_default=True, help="Minimum timed seconds.")
+@click.option("--profile-ops", is_flag=True, help="Per-op profile (benchmark_model --enable_op_profiling).")
+@click.option("--core", type=int, default=None, help="Pin to this core (default: the fastest / config's).")
+@click.option("--resolution", type=int, default=None, help="Input size for zoo/arch models.")
+@click.option("--multiplier", type=float, default=1.0, show_default=True, help="Depth multiplier for zoo models.")
+@click.option("--benchmark-binary", type=click.Path(dir_okay=False), default=None,
+              help="Host path of the arm64 benchmark_model binary (phones).")
+@click.option("--timeout", "timeout_s", type=float, default=600.0, show_default=True, help="Bound on one benchmark (s).")
+@click.option("--retries", type=int, default=1, show_default=True, help="Retries of a failed phone run.")
+@click.option("--force", is_flag=True, help="Measure again even if the store has this model under the same conditions.")
+@json_option
+@click.pass_context
+def run(ctx: click.Context, models: tuple[str, ...], device_spec: str, runs: int, warmup: int, min_secs: float,
+        profile_ops: bool, core: int | None, resolution: int | None, multiplier: float,
+        benchmark_binary: str | None, timeout_s: float, retries: int, force: bool, as_json: bool) -> None:
+    """Benchmark MODEL... (.tflite files, zoo names or arch strings) on one pinned core."""
+    from tqdm import tqdm
+
+    from mnas.bench.devices import select_devices
+    from mnas.bench.harness import run_benchmarks
+    from mnas.bench.models import prepare_model
+    from mnas.bench.store import ResultsStore
+    from mnas.bench.types import BenchConfig
+
+    if runs < 1 or warmup < 0 or min_secs < 0:
+        raise MnasError(f"--runs {runs} / --warmup {warmup} / --min-secs {min_secs:g}: expected runs >= 1, warmup >= 0, min-secs >= 0")
+    config = BenchConfig(warmup_runs=warmup, num_runs=runs, min_secs=min_secs, profile_ops=profile_ops,
+                         core=core, timeout_s=timeout_s)
+    database = db_path(ctx)
+    prepared = [prepare_model(spec, database.parent / "models", resolution, multiplier) for spec in models]
+    devices = select_devices(device_spec, core=core, benchmark_binary=Path(benchmark_binary) if benchmark_binary else None,
+                             timeout_s=timeout_s, retries=retries)
+    store = ResultsStore(database)
+    total = len(prepared) * len(devices)
+    with tqdm(total=total, desc="bench", unit="model", disable=total < 2 or as_json, leave=False) as bar:
+        def progress(outcome) -> None:
+            bar.update(1)
+            if outcome.error:
+                tqdm.write(f"mnas: failed: {outcome.error}")
+        outcomes = run_benchmarks(devices, prepared, config, store=store, force=force, on_result=progress)
+    rows = [outcome_row(o) for o in outcomes]
+    if as_json:
+        echo_json(rows)
+    else:
+        echo_table([{
+            "device": r["device_id"], "model": r["model"], "median_ms": _fmt(r.get("median_ms")),
+            "mean_ms": _fmt(r.get("mean_ms")), "p90_ms": _fmt(r.get("p90_ms")), "cv": _fmt(r.get("cv"), 3),
+            "runs": r.get("runs"), "core": ",".join(map(str, r.get("pinned_cores") or [])),
+            "status": "failed" if r["error"] else ("stored" if r["reused"] else "measured") + (" THROTTLED" if r.get("throttled") else ""),
+        } for r in rows])
+        click.echo(f"results: {database}")
+    failed = [r for r in rows if r["error"]]
+    if failed:
+        for r in failed:
+            click.echo(f"mnas: error: {r['error']}", err=True)
+        ctx.exit(1)
+
+
+def _fmt(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
