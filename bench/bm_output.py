@@ -1,0 +1,618 @@
+"""Read (and write) the text TensorFlow Lite's `benchmark_model` prints, every version of it.
+
+benchmark_model is the reference latency tool on phones; its output changed over the years
+(TF 1.x to LiteRT) and reaches us through adb, logcat or pasted logs. This module reads all of
+it with ONE line-oriented grammar and no per-version or per-file special cases.
+
+Grammar. Each line first loses any log prefix, repeatedly: TensorFlow/glog prefixes
+(`2018-09-10 12:36:26.1: I file.cc:361] `, `I0910 12:36:26.1 123 file.cc:361] `), logcat
+prefixes (`09-10 12:36:26.100 123 456 I tflite  : `, `I/tflite( 123): `) and TFLite's own
+severity prefixes (`INFO: `, `WARNING: `, `ERROR: `, `VERBOSE: `...). The rest is then, in
+this order of rules:
+
+1. inside an op-profiling table: a row (columns given by the table's header line); a blank
+   line or a line without any `%` column ends the table; a line with `%` that is not a row of
+   this table is an error;
+2. a profiling section header (`Profiling Info for Benchmark Initialization:` /
+   `Operator-wise Profiling Info for Regular Benchmark Runs:`), a table title
+   (`===== Run Order =====`), or a table header (`[node type] [start] [first] ...`);
+3. a stats record: any line with `key=number` tokens starting at `count=` (text before the
+   first token is log noise), e.g. `count=50 first=32891 curr=33978 min=32641 max=34005
+   avg=33209.4 std=450 [p5=.. median=.. p95=..]`, or the all-equal forms `count=1 curr=X`
+   and `count=N curr=X(all same)`. The first bare stats record is the warm-up, the second the
+   timed inference (benchmark_model prints them in that order); a third means the text holds
+   more than one benchmark and is an error. Records labelled `Timings (microseconds):` or
+   `Memory (bytes):` are the profiler's footer: checked, not kept;
+4. `Initialized session in X ms.`: init time (used when no summary line gives `Init`);
+5. the summary: `Inference timings in us: Init: I, First inference: F, Warmup (avg): W,
+   Inference (avg): A` (TF >= 2.2) or `Average inference timings in us: Warmup: W, Init: I,
+   no stats: A` (TF 1.x-2.1). "no stats" is the timed runs' average: TensorFlow's
+   benchmark_model (which TFLite's copied) timed the graph once without per-node stats
+   collection ("no stats") and once with it ("with stats"); only the former is a latency.
+   The Android app's `Inference: A` variant and an `Overall <memory usage>` tail glued to it
+   are read too. Every item must be a known key with a number;
+6. memory: `Peak memory footprint (MB): init=X overall=Y` (TF 2.2-2.4),
+   `Memory footprint delta from the start of the tool (MB): init=X overall=Y` (later),
+   `Overall peak memory footprint (MB) via periodic monitoring: Z`, and
+   `[Init Phase] / [Overall] - Memory usage: max resident set size = X MB, ...` (TF <= 2.1,
+   whose "init"/"overall" figures are max RSS, not deltas: the numbers are kept as printed);
+7. a parameter line `Name: [value]` (`Num threads: [1]`, `Graph: [m.tflite]`): kept in
+   `params`;
+8. anything else is log noise and skipped on purpose: `STARTING!`, `Loaded model ...`,
+   `Running benchmark for ...`, `The input model file size ...`, delegate / VERBOSE lines,
+   `Note: ...`, `Memory status at the end of exeution:` and its `- VmRSS` lines, blank lines.
+
+A line that matches a record's key phrase but not its grammar (a stats line with a
+non-number, a summary item with an unknown key, a malformed table row) raises
+`BenchmarkParseError` naming the line number and the line: wrong numbers are never guessed.
+
+`complete` is True only when the final summary line with the inference average is present:
+output cut short (killed run, truncated paste) is readable but not complete, and
+`require_complete` turns that into a `MeasurementError`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mnas.bench.types import LatencyStats, OpProfileRow
+from mnas.errors import MeasurementError, MnasError
+
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf)"
+_NUM_RE = re.compile(rf"(?:{_NUM})", re.IGNORECASE)
+
+_PREFIXES = (
+    re.compile(r"^\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.\d+)?:? [IWEF] \S+:\d+\] ?"),  # TF logging
+    re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d(?:\.\d+)?\s+\d+ \S+:\d+\] ?"),  # glog / absl
+    re.compile(r"^\d\d-\d\d \d\d:\d\d:\d\d\.\d+\s+\d+\s+\d+\s+[VDIWEFA] [^:]*: ?"),  # logcat threadtime
+    re.compile(r"^[VDIWEFA]/[^(:]*\(\s*\d+\): ?"),  # logcat brief
+    re.compile(r"^(?:INFO|WARNING|WARN|ERROR|VERBOSE|DEBUG|FATAL): ?"),  # TFLite minimal logging
+)
+_ERROR_PREFIX = re.compile(r"^(?:ERROR|FATAL): ?|^[EF]/|^\d\d-\d\d \S+\s+\d+\s+\d+\s+[EF] ")
+
+_STATS_KEYS = {"count", "first", "curr", "min", "max", "avg", "std", "median"}
+_PERCENTILE_KEY = re.compile(r"p\d{1,2}")
+_FIRST_TOKEN = re.compile(r"[A-Za-z_]\w*=")
+
+_TITLE = re.compile(r"^=+\s*(?P<title>.*?)\s*=+$")
+_PARAM = re.compile(r"^(?P<key>[^\[\]:=]+?):\s*\[(?P<value>.*)\]\s*$")
+_SESSION = re.compile(rf"^Initialized session in\s*(?P<ms>{_NUM})\s*ms\.?$", re.IGNORECASE)
+_SUMMARY_ITEM = re.compile(rf"^(?:(?P<key>[A-Za-z][A-Za-z ()]*?)\s*:\s*)?(?P<value>{_NUM})$", re.IGNORECASE)
+_MEM_INIT_OVERALL = re.compile(
+    rf"^(?:Peak memory footprint|Memory footprint delta from the start of the tool) \(MB\):"
+    rf"\s*init=(?P<init>{_NUM})\s+overall=(?P<overall>{_NUM})$",
+    re.IGNORECASE,
+)
+_MEM_PEAK = re.compile(rf"^Overall peak memory footprint \(MB\) via periodic monitoring:\s*(?P<peak>{_NUM})$")
+_MEM_USAGE = re.compile(
+    r"^\[(?P<phase>[^\]]+)\] - Memory usage: (?P<usage>.*)$"
+)
+_RSS = re.compile(
+    rf"^max resident set size = (?P<rss>{_NUM}) MB, total malloc-ed size = (?P<malloc>{_NUM}) MB$"
+)
+
+# summary keys -> BenchmarkOutput attribute (None: a known key that carries no latency we keep)
+_SUMMARY_KEYS: dict[str, str | None] = {
+    "init": "init_us",
+    "first inference": "first_us",
+    "warmup (avg)": "warmup_avg_us",
+    "inference (avg)": "inference_avg_us",
+    "warmup": "warmup_avg_us",
+    "no stats": "inference_avg_us",
+    "inference": "inference_avg_us",
+    "with stats": None,  # TF's per-node-stats run: slowed by the stats collection itself
+}
+
+# op-profiling table columns (normalised header text) -> (field, kind)
+_OP_COLUMNS: dict[str, tuple[str, str]] = {
+    "start": ("start_ms", "num"),
+    "first": ("first_ms", "num"),
+    "avg ms": ("avg_ms", "num"),
+    "%": ("percent", "pct"),
+    "cdf%": ("cdf_percent", "pct"),
+    "mem kb": ("mem_kb", "num"),
+    "times called": ("times_called", "int"),
+}
+_SUMMARY_COLUMNS: dict[str, tuple[str, str]] = {
+    "count": ("count", "int"),
+    "avg ms": ("avg_ms", "num"),
+    "avg %": ("avg_percent", "pct"),
+    "cdf %": ("cdf_percent", "pct"),
+    "mem kb": ("mem_kb", "num"),
+    "times called": ("times_called", "int"),
+}
+_REQUIRED_OP = {"first", "avg ms", "%", "cdf%", "mem kb", "times called", "name"}
+_REQUIRED_SUMMARY = set(_SUMMARY_COLUMNS)
+
+RUN_ORDER = "Run Order"
+SUMMARY_BY_TYPE = "Summary by node type"
+_REGULAR_SECTION = "Operator-wise Profiling Info for Regular Benchmark Runs:"
+_INIT_SECTION = "Profiling Info for Benchmark Initialization:"
+
+# benchmark_model's defaults, used to print its "Running benchmark for ..." lines
+_DEFAULTS = {
+    "Min warmup runs": "1",
+    "Min warmup runs duration (seconds)": "0.5",
+    "Min num runs": "50",
+    "Min runs duration (seconds)": "1",
+    "Max runs duration (seconds)": "150",
+}
+
+
+class BenchmarkParseError(MnasError):
+    """A line looks like one of benchmark_model's records but does not follow its grammar."""
+
+
+@dataclass
+class BenchmarkOutput:
+    """Everything one benchmark_model run printed that the project uses (times in us)."""
+
+    params: dict[str, str]
+    init_us: float | None
+    first_us: float | None  # first inference (the first warm-up run)
+    warmup_avg_us: float | None
+    inference_avg_us: float | None
+    warmup: LatencyStats | None
+    inference: LatencyStats | None
+    init_memory_mb: float | None
+    overall_memory_mb: float | None
+    peak_memory_mb: float | None  # "via periodic monitoring"
+    op_profile: list[OpProfileRow] | None
+    op_summary: list[dict[str, Any]] | None
+    complete: bool
+    # the stats lines' first= and curr= (LatencyStats has no place for them)
+    warmup_first_us: float | None = None
+    warmup_curr_us: float | None = None
+    inference_first_us: float | None = None
+    inference_curr_us: float | None = None
+    errors: list[str] = field(default_factory=list)  # lines the tool logged as ERROR
+
+
+@dataclass
+class _Table:
+    title: str
+    section: str | None
+    columns: list[str]
+    pattern: re.Pattern[str]
+    fields: list[tuple[str, str]]  # (field, kind) of each numeric column, in order
+    kind: str  # "op" or "summary"
+    rows: list[Any] = field(default_factory=list)
+
+
+def _fail(lineno: int, what: str, raw: str, source: str | None) -> BenchmarkParseError:
+    where = f"{source}: " if source else ""
+    return BenchmarkParseError(f"{where}benchmark output line {lineno}: {what}: {raw.strip()!r}")
+
+
+def _strip_prefixes(line: str) -> tuple[str, bool]:
+    """The line without log prefixes, and whether one of them marked it as an error."""
+    text = line.rstrip("\r\n")
+    is_error = False
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            match = prefix.match(text)
+            if match:
+                is_error = is_error or bool(_ERROR_PREFIX.match(match.group(0)))
+                text = text[match.end():]
+                changed = True
+    return text, is_error
+
+
+def _number(text: str) -> float:
+    return float(text)
+
+
+def _parse_stats(body: str) -> dict[str, float]:
+    """`key=value` tokens of a stats record; ValueError with the reason when they do not parse."""
+    all_same = "(all same)" in body
+    body = body.replace("(all same)", " ")
+    values: dict[str, float] = {}
+    for token in body.split():
+        key, sep, value = token.partition("=")
+        if not sep:
+            raise ValueError(f"unexpected text {token!r}")
+        if key not in _STATS_KEYS and not _PERCENTILE_KEY.fullmatch(key):
+            raise ValueError(f"unknown field {key!r}")
+        if key in values:
+            raise ValueError(f"field {key!r} given twice")
+        if not _NUM_RE.fullmatch(value):
+            raise ValueError(f"{key}={value!r} is not a number")
+        values[key] = _number(value)
+    if "count" not in values:
+        raise ValueError("no count=")
+    count = values["count"]
+    if count < 0 or count != int(count):
+        raise ValueError(f"count={count:g} is not a run count")
+    if count > 0:
+        full = {"min", "max", "avg", "std"}
+        if not full <= values.keys():
+            if "curr" not in values or (values.keys() & full) or (count > 1 and not all_same):
+                missing = sorted(full - values.keys())
+                raise ValueError(f"missing {', '.join(m + '=' for m in missing)}")
+    return values
+
+
+def _stats(values: dict[str, float]) -> LatencyStats | None:
+    count = int(values["count"])
+    if count == 0:
+        return None
+    if "avg" not in values:  # every run took the same time: count=N curr=X
+        same = values["curr"]
+        return LatencyStats(count, same, 0.0, same, same, same, same, same, same)
+    return LatencyStats(
+        count=count,
+        mean_us=values["avg"],
+        std_us=values["std"],
+        min_us=values["min"],
+        max_us=values["max"],
+        median_us=values.get("median", values.get("p50")),
+        p90_us=values.get("p90"),
+        p5_us=values.get("p5"),
+        p95_us=values.get("p95"),
+    )
+
+
+def _norm_column(name: str) -> str:
+    return " ".join(name.strip().lower().split())
+
+
+def _make_table(title: str, section: str | None, header: str) -> _Table:
+    """Build the row grammar of one table from its header line; ValueError when unknown."""
+    columns = [_norm_column(c) for c in re.findall(r"\[([^\]]*)\]", header)]
+    if not columns or columns[0] != "node type":
+        raise ValueError("a table header must start with [node type]")
+    rest = columns[1:]
+    kind = "op" if "name" in rest else "summary"
+    known = _OP_COLUMNS if kind == "op" else _SUMMARY_COLUMNS
+    required = _REQUIRED_OP if kind == "op" else _REQUIRED_SUMMARY
+    missing = required - set(rest)
+    if missing:
+        raise ValueError(f"table header lacks {', '.join('[' + m + ']' for m in sorted(missing))}")
+    if kind == "op" and rest[-1] != "name":
+        raise ValueError("[Name] must be the last column")
+    numeric = [c for c in rest if c != "name"]
+    unknown = [c for c in numeric if c not in known]
+    if unknown:
+        raise ValueError(f"unknown column [{unknown[0]}]")
+    parts = [r"^\s*(?P<node_type>\S.*?)"]
+    fields = []
+    for column in numeric:
+        name, col_kind = known[column]
+        fields.append((name, col_kind))
+        number = r"\d+" if col_kind == "int" else f"(?:{_NUM})"
+        parts.append(rf"\s+({number}){'%' if col_kind == 'pct' else ''}")
+    parts.append(r"(?:\s+(?P<name>.*?))?\s*$" if kind == "op" else r"\s*$")
+    return _Table(title, section, columns, re.compile("".join(parts), re.IGNORECASE), fields, kind)
+
+
+def _table_row(table: _Table, text: str) -> bool:
+    match = table.pattern.match(text)
+    if match is None:
+        return False
+    values: dict[str, Any] = {}
+    for (name, col_kind), raw in zip(table.fields, match.groups()[1:], strict=False):
+        values[name] = int(raw) if col_kind == "int" else float(raw)
+    node_type = match.group("node_type").strip()
+    if table.kind == "op":
+        table.rows.append(
+            OpProfileRow(
+                node_type=node_type,
+                start_ms=values.get("start_ms", math.nan),
+                first_ms=values["first_ms"],
+                avg_ms=values["avg_ms"],
+                percent=values["percent"],
+                cdf_percent=values["cdf_percent"],
+                mem_kb=values["mem_kb"],
+                times_called=values["times_called"],
+                name=(match.group("name") or "").strip(),
+            )
+        )
+    else:
+        table.rows.append({"node_type": node_type, **values})
+    return True
+
+
+def _parse_summary(text: str) -> tuple[dict[str, float], str | None]:
+    """Items of a summary line, and an `Overall <memory usage>` tail glued to it (Android app)."""
+    body = text.split("in us:", 1)[1]
+    memory_tail = None
+    glued = re.search(r"(?<=[\d.])\s*Overall\s+", body)
+    if glued:
+        body, memory_tail = body[: glued.start()], body[glued.end():]
+    values: dict[str, float] = {}
+    for item in body.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        match = _SUMMARY_ITEM.match(item)
+        if match is None:
+            raise ValueError(f"summary item {item!r} is not 'Name: number'")
+        key = _norm_column(match.group("key") or "no stats")  # bare number: the TF 1.x average
+        if key not in _SUMMARY_KEYS:
+            raise ValueError(f"unknown summary item {match.group('key')!r}")
+        attribute = _SUMMARY_KEYS[key]
+        if attribute is not None:
+            values[attribute] = _number(match.group("value"))
+    return values, memory_tail
+
+
+def _parse_rss(usage: str) -> float:
+    match = _RSS.match(usage.strip())
+    if match is None:
+        raise ValueError("memory usage is not 'max resident set size = X MB, total malloc-ed size = Y MB'")
+    return _number(match.group("rss"))
+
+
+def _looks_like_row(text: str) -> bool:
+    return "%" in text and len(_NUM_RE.findall(text)) >= 3
+
+
+def parse_benchmark_output(text: str, *, source: str | None = None) -> BenchmarkOutput:
+    """Parse benchmark_model's printed output (see the module docstring for the grammar)."""
+    params: dict[str, str] = {}
+    found: dict[str, float] = {}  # values from the summary / memory / session lines
+    session_init_us: float | None = None
+    stats_lines: list[dict[str, float]] = []
+    tables: list[_Table] = []
+    errors: list[str] = []
+    table: _Table | None = None
+    section: str | None = None
+    pending_title: str | None = None
+    summary_seen = False
+
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line, is_error = _strip_prefixes(raw)
+        stripped = line.strip()
+        if is_error and stripped:
+            errors.append(stripped)
+
+        if table is not None:
+            if not stripped:
+                table = None
+                continue
+            if _table_row(table, line):
+                continue
+            if _looks_like_row(stripped):
+                raise _fail(lineno, f"malformed row of the '{table.title}' table", raw, source)
+            table = None  # the table ended; read this line by the other rules
+
+        if not stripped:
+            continue
+        if _INIT_SECTION in stripped:
+            section, pending_title = "init", None
+            continue
+        if _REGULAR_SECTION in stripped:
+            section, pending_title = "regular", None
+            continue
+        title = _TITLE.match(stripped)
+        if title:
+            pending_title = title.group("title")
+            continue
+        if "[node type]" in stripped.lower():
+            try:
+                table = _make_table(pending_title or RUN_ORDER, section, stripped)
+            except ValueError as exc:
+                raise _fail(lineno, f"unreadable table header ({exc})", raw, source) from None
+            tables.append(table)
+            pending_title = None
+            continue
+
+        first_token = _FIRST_TOKEN.search(stripped)
+        if re.search(r"(?:^|\s)count=", stripped) and first_token:
+            label = stripped[: first_token.start()].strip()
+            try:
+                values = _parse_stats(stripped[first_token.start():])
+            except ValueError as exc:
+                raise _fail(lineno, f"malformed stats line ({exc})", raw, source) from None
+            if label.endswith("Timings (microseconds):") or label.endswith("Memory (bytes):"):
+                continue  # op profiler's footer: checked above, not kept
+            if len(stats_lines) == 2:
+                raise _fail(lineno, "a third timing stats line: the output holds more than one benchmark", raw, source)
+            stats_lines.append(values)
+            continue
+
+        if stripped.lower().startswith("initialized session in"):
+            match = _SESSION.match(stripped)
+            if match is None:
+                raise _fail(lineno, "malformed init line (expected 'Initialized session in X ms.')", raw, source)
+            session_init_us = round(_number(match.group("ms")) * 1000.0, 3)
+            continue
+
+        if "inference timings in us:" in stripped.lower():
+            try:
+                values, memory_tail = _parse_summary(stripped)
+                if memory_tail is not None:
+                    found["overall_memory_mb"] = _parse_rss(memory_tail)
+            except ValueError as exc:
+                raise _fail(lineno, f"malformed timing summary ({exc})", raw, source) from None
+            found.update(values)
+            summary_seen = summary_seen or "inference_avg_us" in values
+            continue
+
+        if stripped.startswith(("Peak memory footprint", "Memory footprint delta", "Overall peak memory footprint")):
+            match = _MEM_INIT_OVERALL.match(stripped)
+            peak = _MEM_PEAK.match(stripped)
+            if match:
+                found["init_memory_mb"] = _number(match.group("init"))
+                found["overall_memory_mb"] = _number(match.group("overall"))
+            elif peak:
+                found["peak_memory_mb"] = _number(peak.group("peak"))
+            else:
+                raise _fail(lineno, "malformed memory line", raw, source)
+            continue
+        usage = _MEM_USAGE.match(stripped)
+        if usage:
+            phase = usage.group("phase").strip().lower()
+            if phase not in ("init phase", "overall"):
+                raise _fail(lineno, f"unknown memory phase [{usage.group('phase')}]", raw, source)
+            try:
+                rss = _parse_rss(usage.group("usage"))
+            except ValueError as exc:
+                raise _fail(lineno, f"malformed memory line ({exc})", raw, source) from None
+            found["init_memory_mb" if phase == "init phase" else "overall_memory_mb"] = rss
+            continue
+
+        param = _PARAM.match(stripped)
+        if param:
+            params[param.group("key").strip()] = param.group("value").strip()
+            continue
+        # anything else: log noise (rule 8 of the module docstring)
+
+    warmup_values = stats_lines[0] if stats_lines else None
+    inference_values = stats_lines[1] if len(stats_lines) > 1 else None
+    warmup = _stats(warmup_values) if warmup_values else None
+    inference = _stats(inference_values) if inference_values else None
+
+    def pick(table_title: str) -> list[Any] | None:
+        chosen = [t for t in tables if t.title == table_title and t.section == "regular"]
+        chosen = chosen or [t for t in tables if t.title == table_title and t.section is None]
+        return list(chosen[0].rows) if chosen else None
+
+    return BenchmarkOutput(
+        params=params,
+        init_us=found.get("init_us", session_init_us),
+        first_us=found.get("first_us", _first_or_curr(warmup_values)),
+        warmup_avg_us=found.get("warmup_avg_us", warmup.mean_us if warmup else None),
+        inference_avg_us=found.get("inference_avg_us", inference.mean_us if inference else None),
+        warmup=warmup,
+        inference=inference,
+        init_memory_mb=found.get("init_memory_mb"),
+        overall_memory_mb=found.get("overall_memory_mb"),
+        peak_memory_mb=found.get("peak_memory_mb"),
+        op_profile=pick(RUN_ORDER),
+        op_summary=pick(SUMMARY_BY_TYPE),
+        complete=summary_seen,
+        warmup_first_us=_first_or_curr(warmup_values),
+        warmup_curr_us=warmup_values.get("curr") if warmup_values else None,
+        inference_first_us=_first_or_curr(inference_values),
+        inference_curr_us=inference_values.get("curr") if inference_values else None,
+        errors=errors,
+    )
+
+
+def _first_or_curr(values: dict[str, float] | None) -> float | None:
+    """A stats record's first run (the all-equal form prints only curr, which equals it)."""
+    if not values or int(values["count"]) == 0:
+        return None
+    return values.get("first", values.get("curr"))
+
+
+def require_complete(out: BenchmarkOutput, source: str) -> BenchmarkOutput:
+    """`out` itself, or MeasurementError when the run's final timing line never came."""
+    if not out.complete:
+        last_error = f"; last error: {out.errors[-1]}" if out.errors else ""
+        raise MeasurementError(
+            f"{source}: benchmark output ends before the final timing line "
+            f"('Inference timings in us: ...' missing: the run was cut short or failed){last_error}"
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _num(value: float) -> str:
+    """A number as C++ streams print it when integral, else Python's shortest exact form."""
+    if math.isfinite(value) and value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return repr(float(value))
+
+
+def _stats_line(stats: LatencyStats | None, first: float | None, curr: float | None) -> str:
+    if stats is None:
+        return "count=0"
+    if stats.min_us == stats.max_us and stats.std_us == 0 and curr is not None:
+        return f"count={stats.count} curr={_num(curr)}" + ("(all same)" if stats.count > 1 else "")
+    line = f"count={stats.count}"
+    line += f" first={_num(first)}" if first is not None else ""
+    line += f" curr={_num(curr)}" if curr is not None else ""
+    line += f" min={_num(stats.min_us)} max={_num(stats.max_us)} avg={_num(stats.mean_us)} std={_num(stats.std_us)}"
+    for key, value in (("p5", stats.p5_us), ("median", stats.median_us), ("p90", stats.p90_us), ("p95", stats.p95_us)):
+        if value is not None:
+            line += f" {key}={_num(value)}"
+    return line
+
+
+def _format_op_tables(out: BenchmarkOutput) -> list[str]:
+    lines = [_REGULAR_SECTION]
+    if out.op_profile is not None:
+        with_start = any(not math.isnan(row.start_ms) for row in out.op_profile)
+        header = ["[node type]"] + (["[start]"] if with_start else [])
+        header += ["[first]", "[avg ms]", "[%]", "[cdf%]", "[mem KB]", "[times called]", "[Name]"]
+        lines += [f"============================== {RUN_ORDER} ==============================", "\t" + "\t".join(header)]
+        for row in out.op_profile:
+            cells = [row.node_type] + ([f"{row.start_ms:.3f}"] if with_start else [])
+            cells += [f"{row.first_ms:.3f}", f"{row.avg_ms:.3f}", f"{row.percent:.3f}%", f"{row.cdf_percent:.3f}%",
+                      f"{row.mem_kb:.3f}", str(row.times_called), row.name]
+            lines.append("\t" + "\t".join(cells))
+        lines.append("")
+    if out.op_summary is not None:
+        lines += [
+            f"============================== {SUMMARY_BY_TYPE} ==============================",
+            "\t" + "\t".join(["[Node type]", "[count]", "[avg ms]", "[avg %]", "[cdf %]", "[mem KB]", "[times called]"]),
+        ]
+        for item in out.op_summary:
+            lines.append("\t" + "\t".join([
+                str(item["node_type"]), str(item["count"]), f"{item['avg_ms']:.3f}", f"{item['avg_percent']:.3f}%",
+                f"{item['cdf_percent']:.3f}%", f"{item['mem_kb']:.3f}", str(item["times_called"]),
+            ]))
+        lines.append("")
+    return lines
+
+
+def format_params(params: dict[str, str], prefix: str = "") -> list[str]:
+    """benchmark_model's opening lines: STARTING! and one `Name: [value]` line per parameter."""
+    return [f"{prefix}STARTING!"] + [f"{prefix}{key}: [{value}]" for key, value in params.items()]
+
+
+def format_benchmark_output(out: BenchmarkOutput, *, prefix: str = "", notes: Sequence[str] = ()) -> str:
+    """Print `out` as a recent LiteRT benchmark_model does; `parse_benchmark_output` reads it back equal.
+
+    `prefix` goes before each log line ("INFO: " as LiteRT prints them; table rows have
+    none); `notes` are extra log lines printed after the memory lines.
+    """
+    p = prefix
+    setting = {**_DEFAULTS, **out.params}
+    lines = format_params(out.params, p)
+    if "Graph" in out.params:
+        lines.append(f"{p}Loaded model {out.params['Graph']}")
+    if out.init_us is not None:
+        lines.append(f"{p}Initialized session in {_num(out.init_us / 1000.0)}ms.")
+    max_secs = setting["Max runs duration (seconds)"]
+    phases = (
+        (out.warmup, out.warmup_first_us, out.warmup_curr_us, setting["Min warmup runs"],
+         setting["Min warmup runs duration (seconds)"]),
+        (out.inference, out.inference_first_us, out.inference_curr_us, setting["Min num runs"],
+         setting["Min runs duration (seconds)"]),
+    )
+    shown = 2 if out.inference is not None or out.inference_first_us is not None else (
+        1 if out.warmup is not None or out.warmup_first_us is not None else 0)
+    for stats, first, curr, runs, secs in phases[:shown]:
+        lines.append(f"{p}Running benchmark for at least {runs} iterations and at least {secs} seconds "
+                     f"but terminate if exceeding {max_secs} seconds.")
+        lines += [f"{p}{_stats_line(stats, first, curr)}", ""]
+    if out.complete:
+        items = [("Init", out.init_us), ("First inference", out.first_us),
+                 ("Warmup (avg)", out.warmup_avg_us), ("Inference (avg)", out.inference_avg_us)]
+        lines.append(f"{p}Inference timings in us: "
+                     + ", ".join(f"{name}: {_num(value)}" for name, value in items if value is not None))
+    if out.init_memory_mb is not None and out.overall_memory_mb is not None:
+        lines.append(f"{p}Note: as the benchmark tool itself affects memory footprint, the following is only "
+                     "APPROXIMATE to the actual memory footprint of the model at runtime. "
+                     "Take the information at your discretion.")
+        lines.append(f"{p}Memory footprint delta from the start of the tool (MB): "
+                     f"init={_num(out.init_memory_mb)} overall={_num(out.overall_memory_mb)}")
+    if out.peak_memory_mb is not None:
+        lines.append(f"{p}Overall peak memory footprint (MB) via periodic monitoring: {_num(out.peak_memory_mb)}")
+    lines += [f"{p}{note}" for note in notes]
+    if out.op_profile is not None or out.op_summary is not None:
+        lines += _format_op_tables(out)
+    for error in out.errors:
+        lines.append(f"ERROR: {error}")
+    return "\n".join(lines) + "\n"

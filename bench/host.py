@@ -1,0 +1,227 @@
+"""This machine's CPU as a benchmark device: the LiteRT interpreter, one thread, one pinned core.
+
+Each `benchmark()` runs in a FRESH child process (`python -m mnas.bench.host_worker`), so one
+model's allocations, caches, threads or a crash never affect the next model's figures, and a
+hung model can be killed at `config.timeout_s`. The child pins itself to ONE core (the
+config's, else this device's, else the fastest the current process may use, by sysfs
+`cpuinfo_max_freq`, ties to the highest id) before anything else starts a thread, and
+verifies from inside that it and all its threads stay on that core.
+
+The model is checked before spawning: a missing file or one without the TFLite flatbuffer
+identifier "TFL3" at bytes 4..8 is a one-line MnasError naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mnas.bench.host_worker import MEASUREMENT_EXIT, USAGE_EXIT, TimingResult
+from mnas.bench.runtime import load_runtime
+from mnas.bench.sysfs import HostSysfs
+from mnas.bench.topology import fastest_core
+from mnas.bench.types import BenchConfig, DeviceProfile, LatencyStats, Measurement
+from mnas.errors import MeasurementError, MnasError
+
+TFLITE_IDENTIFIER = b"TFL3"
+THROTTLE_RATIO = 0.9  # cur freq after a run below this share of max flags throttling
+
+
+def check_tflite_file(model_path: Path) -> None:
+    """MnasError (one line, naming the file) unless `model_path` is a TFLite flatbuffer."""
+    if not model_path.exists():
+        raise MnasError(f"{model_path}: no such model file")
+    if not model_path.is_file():
+        raise MnasError(f"{model_path}: not a file (expected a .tflite model)")
+    try:
+        with model_path.open("rb") as handle:
+            head = handle.read(8)
+    except OSError as exc:
+        raise MnasError(f"{model_path}: cannot read the model: {exc.strerror}") from None
+    if len(head) < 8 or head[4:8] != TFLITE_IDENTIFIER:
+        found = head[4:8] if len(head) >= 8 else head
+        raise MnasError(
+            f"{model_path}: not a TFLite model (file identifier {found!r} at bytes 4..8, expected b'TFL3')"
+        )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _format_cores(cores: set[int] | list[int]) -> str:
+    return ",".join(str(c) for c in sorted(cores))
+
+
+class HostDevice:
+    """The host CPU through the LiteRT Python interpreter (see the module docstring)."""
+
+    device_id = "host"
+    device_name = "host"
+    kind = "host"
+
+    def __init__(self, core: int | None = None, *, sysfs: HostSysfs | None = None,
+                 python: str = sys.executable) -> None:
+        self.core = core
+        self.sysfs = sysfs or HostSysfs()
+        self.python = python
+
+    # ---------------------------------------------------------------- core choice
+
+    def allowed_cores(self) -> set[int]:
+        """Cores this process may run on that the kernel reports online."""
+        allowed = set(os.sched_getaffinity(0))
+        online = self.sysfs.online_cores()
+        usable = allowed & set(online) if online else allowed
+        return usable or allowed
+
+    def choose_core(self, config: BenchConfig | None = None) -> int:
+        """config.core, else this device's core, else the fastest allowed core."""
+        allowed = self.allowed_cores()
+        wanted = config.core if config is not None and config.core is not None else self.core
+        if wanted is not None:
+            if wanted not in allowed:
+                raise MnasError(
+                    f"core {wanted} is not available to this process (allowed cores: {_format_cores(allowed)})"
+                )
+            return wanted
+        return fastest_core(self.sysfs.max_freqs_khz(sorted(allowed)))
+
+    # ---------------------------------------------------------------- Device protocol
+
+    def profile(self) -> DeviceProfile:
+        runtime = load_runtime()
+        core = self.choose_core()
+        cpu = self.sysfs.cpu_model()
+        return DeviceProfile(
+            device_id=self.device_id,
+            device_name=self.device_name,
+            kind=self.kind,
+            model=cpu,
+            cpu_model=cpu,
+            pinned_core=core,
+            max_freq_khz=self.sysfs.max_freq_khz(core),
+            runtime=runtime.name,
+            runtime_version=runtime.version,
+        )
+
+    def benchmark(self, model_path: Path, config: BenchConfig) -> Measurement:
+        model_path = Path(model_path)
+        if config.num_runs < 1 or config.warmup_runs < 0 or config.num_threads < 1 or config.min_secs < 0:
+            raise MnasError(
+                f"invalid benchmark settings: num_runs={config.num_runs} warmup_runs={config.warmup_runs} "
+                f"num_threads={config.num_threads} min_secs={config.min_secs:g} "
+                "(expected num_runs >= 1, warmup_runs >= 0, num_threads >= 1, min_secs >= 0)"
+            )
+        check_tflite_file(model_path)
+        load_runtime()  # a missing interpreter is the user's to fix: say so before spawning
+        core = self.choose_core(config)
+        model_hash = sha256_file(model_path)
+        cpu = self.sysfs.cpu_model()
+        max_freq = self.sysfs.max_freq_khz(core)
+
+        temps_before = self.sysfs.temperatures_c()
+        freq_before = self.sysfs.cur_freq_khz(core)
+        started = time.perf_counter()
+        payload = self._run_child(model_path, core, config)
+        wall_s = time.perf_counter() - started
+        freq_after = self.sysfs.cur_freq_khz(core)
+        temps_after = self.sysfs.temperatures_c()
+
+        timing = TimingResult(**payload["timing"])
+        if payload.get("affinity") != [core]:  # the child fails itself first; never trust silently
+            raise MeasurementError(f"{model_path}: benchmark child reports affinity {payload.get('affinity')}, expected [{core}]")
+        stats = LatencyStats.from_runs(timing.runs_us)
+        throttled = bool(max_freq and freq_after is not None and freq_after < THROTTLE_RATIO * max_freq)
+        median = stats.median_us or stats.mean_us
+        return Measurement(
+            device_id=self.device_id,
+            device_name=self.device_name,
+            model_sha256=model_hash,
+            model_path=str(model_path),
+            runtime=timing.runtime,
+            runtime_version=timing.runtime_version,
+            config=config,
+            stats=stats,
+            runs_us=timing.runs_us,
+            init_us=timing.init_us,
+            first_us=timing.first_us,
+            warmup_avg_us=timing.warmup_avg_us,
+            pinned_cores=(core,),
+            cpu_model=cpu,
+            temps_before_c=temps_before,
+            temps_after_c=temps_after,
+            freq_before_khz=freq_before,
+            freq_after_khz=freq_after,
+            max_freq_khz=max_freq,
+            throttled=throttled,
+            # peak_memory_mb stays None: the child's max RSS (Python + numpy + interpreter) is
+            # not comparable with benchmark_model's footprint, so it goes to extra, labelled
+            wall_s=wall_s,
+            extra={
+                "timed_wall_s": timing.timed_wall_s,
+                "warmup_runs_done": len(timing.warmup_us),
+                # harness overhead: the timed phase's wall time over runs x median (noise included)
+                # and over the sum of the runs (only the loop's own work between runs)
+                "wall_over_runs_x_median": timing.timed_wall_s * 1e6 / (len(timing.runs_us) * median),
+                "wall_over_sum_of_runs": timing.timed_wall_s * 1e6 / sum(timing.runs_us),
+                "child_max_rss_mb": timing.maxrss_end_kb / 1024.0,
+                "child_threads": payload.get("threads"),
+                "child_last_cpu": payload.get("last_cpu"),
+                "python": sys.version.split()[0],
+            },
+        )
+
+    # ---------------------------------------------------------------- child process
+
+    def _run_child(self, model_path: Path, core: int, config: BenchConfig) -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix="mnas-host-") as tmp:
+            result_path = Path(tmp) / "result.json"
+            command = [
+                self.python, "-m", "mnas.bench.host_worker",
+                "--model", str(model_path.resolve()),
+                "--core", str(core),
+                "--warmup-runs", str(config.warmup_runs),
+                "--num-runs", str(config.num_runs),
+                "--min-secs", repr(float(config.min_secs)),
+                "--num-threads", str(config.num_threads),
+                "--result", str(result_path),
+            ]
+            env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+            try:
+                proc = subprocess.run(
+                    command, capture_output=True, text=True, timeout=config.timeout_s, env=env, check=False
+                )
+            except subprocess.TimeoutExpired:
+                raise MeasurementError(
+                    f"{model_path}: benchmark on host core {core} did not finish within "
+                    f"timeout_s={config.timeout_s:g} s (killed)"
+                ) from None
+            payload: dict[str, Any] | None = None
+            if result_path.exists():
+                payload = json.loads(result_path.read_text())
+        if payload is None:
+            last = [line for line in (proc.stderr or "").splitlines() if line.strip()]
+            detail = last[-1].strip() if last else "no output"
+            raise MeasurementError(
+                f"{model_path}: benchmark child exited with code {proc.returncode} without a result: {detail}"
+            )
+        if not payload.get("ok"):
+            message = str(payload.get("message", "unknown failure"))
+            if payload.get("kind") == "usage" or proc.returncode == USAGE_EXIT:
+                raise MnasError(message)
+            if proc.returncode not in (MEASUREMENT_EXIT, 0):
+                message += f" (exit code {proc.returncode})"
+            raise MeasurementError(message)
+        return payload
