@@ -1,0 +1,239 @@
+"""Build a latency table: measure every distinct layer of a search space on one or more devices.
+
+On a phone this takes hours, so the build is resumable and interruptible: layers already in
+the table are skipped, and each finished layer is committed in its own transaction the
+moment it is measured. Several devices of one model share a build: one worker thread per
+device pulls layers from a shared queue; only the calling thread touches the store, so the
+store needs no cross-thread connection sharing. Ctrl-C stops the workers; every entry
+stored is whole, and the layers in flight are simply measured again on the next run.
+"""
+
+from __future__ import annotations
+
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement
+from mnas.errors import MeasurementError, MnasError
+from mnas.predictor.layers import enumerate_layers
+from mnas.predictor.table import TableEntry, TableMeta, add_entry, open_table, stored_keys
+from mnas.space.arch import LayerSig
+from mnas.space.search_space import SearchSpace
+
+LayerWriter = Callable[[LayerSig, Path], Any]
+
+
+def default_writer(sig: LayerSig, path: Path) -> Any:
+    """The project's single-layer .tflite writer (imported late: it pulls in the flatbuffer schema)."""
+    from mnas.space.tflite_writer import write_layer
+
+    return write_layer(sig, path)
+
+
+@dataclass
+class BuildResult:
+    """What one `build_table` call did."""
+
+    table_id: int
+    table_name: str
+    total_layers: int  # distinct layers of the space at this resolution
+    already_stored: int  # skipped because the table held them before this call
+    measured: int  # stored by this call
+    remaining: int  # layers of the space still missing from the table
+    elapsed_s: float
+    per_device: dict[str, int] = field(default_factory=dict)  # device id -> layers stored
+    failures: list[str] = field(default_factory=list)  # one line per device that stopped on an error
+
+    @property
+    def seconds_per_layer(self) -> float | None:
+        return self.elapsed_s / self.measured if self.measured else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"table_id": self.table_id, "table_name": self.table_name, "total_layers": self.total_layers,
+                "already_stored": self.already_stored, "measured": self.measured, "remaining": self.remaining,
+                "elapsed_s": self.elapsed_s, "seconds_per_layer": self.seconds_per_layer,
+                "per_device": dict(self.per_device), "failures": list(self.failures)}
+
+
+def table_meta(table_name: str, profiles: Sequence[DeviceProfile], resolution: int, config: BenchConfig,
+               space_name: str, num_classes: int) -> TableMeta:
+    """Metadata of a table measured on `profiles`; they must be the same device model and runtime."""
+    first = profiles[0]
+    for other in profiles[1:]:
+        for name in ("device_name", "runtime", "runtime_version"):
+            if getattr(other, name) != getattr(first, name):
+                raise MnasError(
+                    f"device {other.device_id}: {name} is {getattr(other, name)!r}: expected {getattr(first, name)!r} "
+                    f"like device {first.device_id} (one table holds one device model and runtime)")
+    meta = TableMeta.from_profile(table_name, first, resolution, config, space=space_name, num_classes=num_classes)
+    return replace(meta, device_ids=tuple(dict.fromkeys(p.device_id for p in profiles)))
+
+
+@dataclass
+class _Done:
+    layer: LayerSig
+    device_id: str
+    measurement: Measurement | None = None
+    error: BaseException | None = None
+
+
+def _worker(device: Device, jobs: queue.Queue[LayerSig], done: queue.Queue[_Done], stop: threading.Event,
+            workdir: Path, writer: LayerWriter, config: BenchConfig) -> None:
+    """Measure layers from `jobs` until it is empty, `stop` is set or the device fails."""
+    device_id = device.device_id
+    while not stop.is_set():
+        try:
+            layer = jobs.get_nowait()
+        except queue.Empty:
+            return
+        path = workdir / f"{device_id.replace('/', '_')}-{abs(hash(layer.key)):x}.tflite"
+        try:
+            writer(layer, path)
+            measurement = device.benchmark(path, config)
+        except BaseException as exc:  # reported to the main thread, which decides
+            done.put(_Done(layer, device_id, error=exc))
+            return
+        finally:
+            path.unlink(missing_ok=True)
+        done.put(_Done(layer, device_id, measurement=measurement))
+
+
+def build_table(space: SearchSpace, resolution: int, devices: Sequence[Device], store: Any, table_name: str,
+                config: BenchConfig, limit: int | None = None, writer: LayerWriter = default_writer,
+                progress: bool = True, space_name: str = "mnasnet", num_classes: int = 1000,
+                layers: Sequence[LayerSig] | None = None) -> BuildResult:
+    """Measure the layers of `space` at `resolution` missing from table `table_name`.
+
+    `limit` caps how many layers this call measures (small builds, tests). `layers`
+    overrides the enumeration (a subset). A device that raises stops its worker (its layer
+    goes back to the queue for the others) and is listed in `failures`; when every device
+    has failed, a MeasurementError (chained to the first error) is raised after the finished
+    entries are stored. A KeyboardInterrupt stops all workers and propagates; nothing
+    half-written remains.
+    """
+    if not devices:
+        raise MnasError("build_table: no devices: expected at least one device to measure on")
+    if limit is not None and limit < 0:
+        raise MnasError(f"limit = {limit}: expected a layer count >= 0")
+    started = time.monotonic()
+    profiles = [device.profile() for device in devices]
+    meta = table_meta(table_name, profiles, resolution, config, space_name, num_classes)
+    table_id = open_table(store, meta)
+    all_layers = list(layers) if layers is not None else enumerate_layers(space, resolution, num_classes)
+    stored = stored_keys(store, table_id)
+    pending = [layer for layer in all_layers if layer.key not in stored]
+    already = len(all_layers) - len(pending)
+    if limit is not None:
+        pending = pending[:limit]
+    result = BuildResult(table_id=table_id, table_name=table_name, total_layers=len(all_layers),
+                         already_stored=already, measured=0, remaining=len(all_layers) - already,
+                         elapsed_s=0.0, per_device={d.device_id: 0 for d in devices})
+    if not pending:
+        result.elapsed_s = time.monotonic() - started
+        return result
+
+    jobs: queue.Queue[LayerSig] = queue.Queue()
+    for layer in pending:
+        jobs.put(layer)
+    done: queue.Queue[_Done] = queue.Queue()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    bar = _progress_bar(len(pending), table_name, progress)
+    with tempfile.TemporaryDirectory(prefix="mnas-table-", ignore_cleanup_errors=True) as tmp:
+        threads = [threading.Thread(target=_worker, name=f"table-{d.device_id}", daemon=True,
+                                    args=(d, jobs, done, stop, Path(tmp), writer, config)) for d in devices]
+        for thread in threads:
+            thread.start()
+        try:
+            while True:
+                try:
+                    item = done.get(timeout=0.1)
+                except queue.Empty:
+                    if not any(t.is_alive() for t in threads) and done.empty():
+                        break
+                    continue
+                if item.error is not None:
+                    if not isinstance(item.error, Exception):  # KeyboardInterrupt, SystemExit
+                        raise item.error
+                    errors.append(item.error)
+                    result.failures.append(f"device {item.device_id}: {type(item.error).__name__}: {item.error}")
+                    jobs.put(item.layer)
+                    continue
+                _store_entry(store, table_id, item, result)
+                bar.update(1)
+                assert item.measurement is not None
+                bar.set_postfix_str(f"{item.layer.kind}:{item.layer.op} {item.measurement.median_ms:.3f} ms")
+        except BaseException:
+            stop.set()
+            # keep what finished before the interrupt; what is in flight is measured next run
+            while not done.empty():
+                item = done.get_nowait()
+                if item.measurement is not None:
+                    _store_entry(store, table_id, item, result)
+            for thread in threads:
+                thread.join(timeout=1.0)
+            raise
+        finally:
+            stop.set()
+            bar.close()
+            result.remaining = len(all_layers) - already - result.measured
+            result.elapsed_s = time.monotonic() - started
+    if errors and len(errors) == len(devices):
+        raise MeasurementError(
+            f"latency table {table_name!r}: every device failed (first: {result.failures[0]}); "
+            f"{result.measured} layers stored, {result.remaining} remaining: fix the device and re-run to resume"
+        ) from errors[0]
+    return result
+
+
+DEFAULT_PER_LAYER_S = 2.0  # a phone: push, warm-up and 50 runs of a small model, cool-down
+
+
+def plan_build(space: SearchSpace, resolution: int, store: Any | None = None, table_name: str | None = None,
+               per_layer_s: float | None = None, devices: int = 1, num_classes: int = 1000) -> dict[str, Any]:
+    """What `build_table` would do: layer counts by kind, how many are stored, and a time estimate.
+
+    Without `per_layer_s`, the median wall time of the table's stored measurements is used
+    when it has any, else DEFAULT_PER_LAYER_S.
+    """
+    from mnas.predictor.layers import count_by_kind, estimate_build_seconds
+    from mnas.predictor.table import find_table, load_table
+
+    layers = enumerate_layers(space, resolution, num_classes)
+    stored: set[str] = set()
+    basis = "given" if per_layer_s is not None else "default"
+    if store is not None and table_name is not None and find_table(store, table_name) is not None:
+        table = load_table(store, table_name, allow_empty=True)
+        stored = set(table.entries)
+        walls = [e.measurement.get("wall_s") for e in table.entries.values() if e.measurement]
+        walls = [w for w in walls if isinstance(w, int | float)]
+        if per_layer_s is None and walls:
+            per_layer_s = float(sorted(walls)[len(walls) // 2])
+            basis = f"median wall time of {len(walls)} stored layers"
+    per_layer = DEFAULT_PER_LAYER_S if per_layer_s is None else per_layer_s
+    missing = [layer for layer in layers if layer.key not in stored]
+    return {"resolution": resolution, "layers": count_by_kind(layers), "stored": len(layers) - len(missing),
+            "remaining": len(missing), "devices": devices, "per_layer_s": per_layer, "per_layer_basis": basis,
+            "estimate_s": estimate_build_seconds(missing, per_layer, devices)}
+
+
+def _store_entry(store: Any, table_id: int, item: _Done, result: BuildResult) -> None:
+    measurement = item.measurement
+    assert measurement is not None
+    measurement_id = store.add_measurement(measurement, label=f"layer {item.layer.key}")
+    entry = TableEntry.from_measurement(item.layer.key, measurement, measurement_id=measurement_id)
+    if add_entry(store, table_id, entry):
+        result.measured += 1
+        result.per_device[item.device_id] = result.per_device.get(item.device_id, 0) + 1
+
+
+def _progress_bar(total: int, name: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"table {name}", unit="layer", disable=not enabled, dynamic_ncols=True)

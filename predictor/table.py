@@ -1,0 +1,396 @@
+"""Latency tables: per-layer median latencies with the conditions they were measured under.
+
+A table is only meaningful for one device model, runtime (name + version), pinned core,
+timing conditions and input resolution, so all of those are its metadata and loading a
+table for another resolution or runtime than asked is an error, not a silent mismatch.
+
+Tables live in the results store (the "predictor" component schema); each entry is its own
+short transaction, so a build killed at any point keeps every finished layer and a re-run
+skips them. A table also travels as one portable file (`.json` or `.json.gz`) that
+round-trips exactly.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from mnas.bench.types import BenchConfig, DeviceProfile, Measurement
+from mnas.errors import MnasError
+
+FILE_FORMAT = "mnas-latency-table"
+FILE_VERSION = 1
+
+SCHEMA_COMPONENT = "predictor"
+# One statement per migration: each is applied once, in order (see ResultsStore).
+SCHEMA_MIGRATIONS: list[str] = [
+    """CREATE TABLE IF NOT EXISTS latency_tables (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        device TEXT NOT NULL,
+        runtime TEXT NOT NULL,
+        version TEXT NOT NULL,
+        resolution INTEGER NOT NULL,
+        conditions TEXT NOT NULL,
+        meta TEXT NOT NULL,
+        created REAL NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS table_entries (
+        table_id INTEGER NOT NULL REFERENCES latency_tables(id) ON DELETE CASCADE,
+        layer_key TEXT NOT NULL,
+        median_ms REAL NOT NULL,
+        mean_ms REAL,
+        std_ms REAL,
+        runs INTEGER NOT NULL,
+        measurement_id INTEGER,
+        measurement TEXT,
+        measured_at REAL NOT NULL,
+        UNIQUE (table_id, layer_key))""",
+    """CREATE TABLE IF NOT EXISTS predictors (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        table_id INTEGER REFERENCES latency_tables(id),
+        kind TEXT NOT NULL,
+        params BLOB NOT NULL,
+        metrics TEXT NOT NULL,
+        created REAL NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS predictors_table ON predictors (table_id, created)",
+]
+
+
+class Store(Protocol):
+    """What this module needs of `mnas.bench.store.ResultsStore`."""
+
+    def transaction(self) -> Any: ...
+
+    def ensure_component_schema(self, component: str, migrations: list[str]) -> Any: ...
+
+
+def ensure_schema(store: Store) -> None:
+    store.ensure_component_schema(SCHEMA_COMPONENT, SCHEMA_MIGRATIONS)
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+@dataclass(frozen=True)
+class TableEntry:
+    """One measured layer: median latency (what predictions use) plus spread and provenance."""
+
+    layer_key: str
+    median_ms: float
+    mean_ms: float | None
+    std_ms: float | None
+    runs: int
+    measured_at: float
+    measurement_id: int | None = None
+    measurement: dict[str, Any] | None = None  # conditions of the measurement (JSON-native)
+
+    @classmethod
+    def from_measurement(cls, layer_key: str, m: Measurement, measurement_id: int | None = None) -> TableEntry:
+        conditions = {
+            "device_id": m.device_id,
+            "device_name": m.device_name,
+            "model_sha256": m.model_sha256,
+            "runtime": m.runtime,
+            "runtime_version": m.runtime_version,
+            "conditions": m.config.conditions_key(),
+            "pinned_cores": [int(c) for c in m.pinned_cores],
+            "min_ms": _finite(m.stats.min_us / 1000.0),
+            "max_ms": _finite(m.stats.max_us / 1000.0),
+            "p90_ms": _finite(m.stats.p90_us / 1000.0) if m.stats.p90_us is not None else None,
+            "temps_before_c": {str(k): float(v) for k, v in m.temps_before_c.items()},
+            "temps_after_c": {str(k): float(v) for k, v in m.temps_after_c.items()},
+            "freq_before_khz": m.freq_before_khz,
+            "freq_after_khz": m.freq_after_khz,
+            "throttled": bool(m.throttled),
+            "wall_s": _finite(m.wall_s),
+        }
+        return cls(
+            layer_key=layer_key,
+            median_ms=float(m.median_ms),
+            mean_ms=_finite(m.mean_ms),
+            std_ms=_finite(m.stats.std_us / 1000.0),
+            runs=int(m.stats.count),
+            measured_at=float(m.timestamp),
+            measurement_id=measurement_id,
+            measurement=conditions,
+        )
+
+
+@dataclass(frozen=True)
+class TableMeta:
+    """What a table is valid for."""
+
+    name: str
+    device_name: str
+    runtime: str
+    runtime_version: str
+    resolution: int
+    conditions: str  # BenchConfig.conditions_key()
+    pinned_core: int | None = None
+    device_ids: tuple[str, ...] = ()
+    space: str = "mnasnet"
+    num_classes: int = 1000
+    created: float = field(default_factory=time.time)
+
+    @classmethod
+    def from_profile(cls, name: str, profile: DeviceProfile, resolution: int, config: BenchConfig,
+                     space: str = "mnasnet", num_classes: int = 1000) -> TableMeta:
+        return cls(name=name, device_name=profile.device_name, runtime=profile.runtime,
+                   runtime_version=profile.runtime_version, resolution=resolution,
+                   conditions=config.conditions_key(), pinned_core=profile.pinned_core,
+                   device_ids=(profile.device_id,), space=space, num_classes=num_classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["device_ids"] = list(self.device_ids)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "table metadata") -> TableMeta:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise MnasError(f"{source}: unknown field {unknown[0]!r}: expected fields {sorted(known)}")
+        try:
+            values = dict(data)
+            values["device_ids"] = tuple(values.get("device_ids") or ())
+            return cls(**values)
+        except TypeError as exc:
+            raise MnasError(f"{source}: {exc}: expected fields {sorted(known)}") from None
+
+    def mismatch(self, other: TableMeta) -> str | None:
+        """The first field on which a build under `other` may not extend this table, or None."""
+        for name in ("device_name", "runtime", "runtime_version", "resolution", "conditions",
+                     "pinned_core", "space", "num_classes"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine != theirs:
+                return f"latency table {self.name!r}: {name} is {mine!r}: expected {theirs!r} (choose another table name)"
+        return None
+
+
+@dataclass
+class LatencyTable:
+    """Entries keyed by `LayerSig.key`, plus the metadata saying what they are valid for."""
+
+    meta: TableMeta
+    entries: dict[str, TableEntry]
+    table_id: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.entries
+
+    def latency_ms(self, key: str) -> float:
+        return self.entries[key].median_ms
+
+    def medians(self) -> dict[str, float]:
+        return {key: entry.median_ms for key, entry in self.entries.items()}
+
+    def check(self, resolution: int | None = None, runtime: str | None = None,
+              runtime_version: str | None = None, device_name: str | None = None) -> LatencyTable:
+        """Raise a one-line MnasError unless the table is non-empty and matches what is asked."""
+        name = self.meta.name
+        if not self.entries:
+            raise MnasError(f"latency table {name!r} has no entries: expected a built table (run `mnas table build`)")
+        asked = {"resolution": resolution, "runtime": runtime, "runtime_version": runtime_version,
+                 "device_name": device_name}
+        for field_name, want in asked.items():
+            have = getattr(self.meta, field_name)
+            if want is not None and have != want:
+                raise MnasError(f"latency table {name!r} was measured with {field_name} {have!r}: expected {want!r}")
+        return self
+
+
+# ---------------------------------------------------------------------------------- store I/O
+
+def _row_to_meta(row: tuple) -> tuple[int, TableMeta]:
+    table_id, meta_json = row
+    return int(table_id), TableMeta.from_dict(json.loads(meta_json))
+
+
+def _insert_table(conn: Any, meta: TableMeta) -> int:
+    cursor = conn.execute(
+        "INSERT INTO latency_tables (name, device, runtime, version, resolution, conditions, meta, created) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (meta.name, meta.device_name, meta.runtime, meta.runtime_version, meta.resolution,
+         meta.conditions, json.dumps(meta.to_dict(), sort_keys=True), meta.created),
+    )
+    return int(cursor.lastrowid)
+
+
+def find_table(store: Store, name: str) -> tuple[int, TableMeta] | None:
+    ensure_schema(store)
+    with store.transaction() as conn:
+        row = conn.execute("SELECT id, meta FROM latency_tables WHERE name = ?", (name,)).fetchone()
+    return None if row is None else _row_to_meta(row)
+
+
+def open_table(store: Store, meta: TableMeta) -> int:
+    """Id of the table named `meta.name`, created if absent; an existing one must match `meta`.
+
+    Device ids in `meta` that the stored table does not list yet are added to it (several
+    phones of one model may contribute to one table).
+    """
+    ensure_schema(store)
+    with store.transaction() as conn:
+        row = conn.execute("SELECT id, meta FROM latency_tables WHERE name = ?", (meta.name,)).fetchone()
+        if row is None:
+            return _insert_table(conn, meta)
+        table_id, stored = _row_to_meta(row)
+        problem = stored.mismatch(meta)
+        if problem:
+            raise MnasError(problem)
+        new_ids = [d for d in meta.device_ids if d not in stored.device_ids]
+        if new_ids:
+            merged = replace(stored, device_ids=stored.device_ids + tuple(new_ids))
+            conn.execute("UPDATE latency_tables SET meta = ? WHERE id = ?",
+                         (json.dumps(merged.to_dict(), sort_keys=True), table_id))
+        return table_id
+
+
+def add_entry(store: Store, table_id: int, entry: TableEntry) -> bool:
+    """Store one entry in its own transaction; False when the key was already stored."""
+    with store.transaction() as conn:
+        cursor = conn.execute(
+            "INSERT OR IGNORE INTO table_entries (table_id, layer_key, median_ms, mean_ms, std_ms, runs, "
+            "measurement_id, measurement, measured_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (table_id, entry.layer_key, entry.median_ms, entry.mean_ms, entry.std_ms, entry.runs,
+             entry.measurement_id, None if entry.measurement is None else json.dumps(entry.measurement, sort_keys=True),
+             entry.measured_at),
+        )
+        return cursor.rowcount == 1
+
+
+def stored_keys(store: Store, table_id: int) -> set[str]:
+    with store.transaction() as conn:
+        rows = conn.execute("SELECT layer_key FROM table_entries WHERE table_id = ?", (table_id,)).fetchall()
+    return {row[0] for row in rows}
+
+
+def _entries(conn: Any, table_id: int) -> Iterator[TableEntry]:
+    rows = conn.execute(
+        "SELECT layer_key, median_ms, mean_ms, std_ms, runs, measured_at, measurement_id, measurement "
+        "FROM table_entries WHERE table_id = ? ORDER BY rowid", (table_id,)).fetchall()
+    for key, median, mean, std, runs, at, mid, measurement in rows:
+        yield TableEntry(layer_key=key, median_ms=median, mean_ms=mean, std_ms=std, runs=runs, measured_at=at,
+                         measurement_id=mid, measurement=None if measurement is None else json.loads(measurement))
+
+
+def load_table(store: Store, table: str | int, *, resolution: int | None = None, runtime: str | None = None,
+               allow_empty: bool = False) -> LatencyTable:
+    """Load a table by name or id; checks it is non-empty and matches `resolution` / `runtime`."""
+    ensure_schema(store)
+    column = "id" if isinstance(table, int) else "name"
+    with store.transaction() as conn:
+        row = conn.execute(f"SELECT id, meta FROM latency_tables WHERE {column} = ?", (table,)).fetchone()
+        if row is None:
+            names = [r[0] for r in conn.execute("SELECT name FROM latency_tables ORDER BY id").fetchall()]
+            raise MnasError(f"latency table {table!r} not found: expected one of {names or '(none built yet)'}")
+        table_id, meta = _row_to_meta(row)
+        entries = {e.layer_key: e for e in _entries(conn, table_id)}
+    loaded = LatencyTable(meta=meta, entries=entries, table_id=table_id)
+    if not (allow_empty and not entries):
+        loaded.check(resolution=resolution, runtime=runtime)
+    return loaded
+
+
+def list_tables(store: Store) -> list[dict[str, Any]]:
+    """One row per table: id, name, device, runtime, version, resolution, conditions, entries, created."""
+    ensure_schema(store)
+    with store.transaction() as conn:
+        rows = conn.execute(
+            "SELECT t.id, t.name, t.device, t.runtime, t.version, t.resolution, t.conditions, t.created, "
+            "(SELECT COUNT(*) FROM table_entries e WHERE e.table_id = t.id) FROM latency_tables t ORDER BY t.id"
+        ).fetchall()
+    keys = ("id", "name", "device", "runtime", "runtime_version", "resolution", "conditions", "created", "entries")
+    return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def save_table(store: Store, table: LatencyTable, name: str | None = None) -> int:
+    """Insert a whole table (e.g. an imported file) under `name` (default: its own); returns its id."""
+    meta = replace(table.meta, name=name) if name else table.meta
+    if find_table(store, meta.name) is not None:
+        raise MnasError(f"latency table {meta.name!r} already exists in the store: expected a new name")
+    with store.transaction() as conn:
+        table_id = _insert_table(conn, meta)
+    for entry in table.entries.values():
+        add_entry(store, table_id, entry)
+    return table_id
+
+
+# ----------------------------------------------------------------------------------- file I/O
+
+def _entry_to_json(entry: TableEntry) -> dict[str, Any]:
+    return asdict(entry)
+
+
+def export_table(table: LatencyTable, path: str | Path) -> Path:
+    """Write the table as one JSON file (gzip-compressed when the name ends in .gz), atomically."""
+    path = Path(path)
+    payload = {"format": FILE_FORMAT, "version": FILE_VERSION, "meta": table.meta.to_dict(),
+               "entries": [_entry_to_json(e) for e in table.entries.values()]}
+    data = json.dumps(payload, sort_keys=True, allow_nan=False).encode()
+    if path.name.endswith(".gz"):
+        data = gzip.compress(data, mtime=0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise MnasError(f"latency table file {str(path)!r}: {exc.strerror}: expected a readable .json or .json.gz file") from None
+    try:
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        return json.loads(raw)
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MnasError(f"latency table file {str(path)!r}: not valid (gzipped) JSON ({exc}): expected a file written by `mnas table export`") from None
+
+
+def import_table(path: str | Path) -> LatencyTable:
+    """Read a file written by `export_table`; the result equals the exported table (table_id None)."""
+    path = Path(path)
+    data = _read_json(path)
+    source = f"latency table file {str(path)!r}"
+    if not isinstance(data, dict) or data.get("format") != FILE_FORMAT:
+        raise MnasError(f"{source}: field 'format' is {data.get('format') if isinstance(data, dict) else None!r}: expected {FILE_FORMAT!r}")
+    if data.get("version") != FILE_VERSION:
+        raise MnasError(f"{source}: field 'version' is {data.get('version')!r}: expected {FILE_VERSION}")
+    meta = TableMeta.from_dict(data.get("meta") or {}, source=f"{source} field 'meta'")
+    entries: dict[str, TableEntry] = {}
+    fields = set(TableEntry.__dataclass_fields__)
+    for index, item in enumerate(_as_list(data.get("entries"), source)):
+        if not isinstance(item, dict) or set(item) != fields:
+            raise MnasError(f"{source}: entries[{index}]: expected an object with fields {sorted(fields)}")
+        entry = TableEntry(**item)
+        if entry.layer_key in entries:
+            raise MnasError(f"{source}: entries[{index}]: layer key {entry.layer_key!r} repeated: expected each key once")
+        entries[entry.layer_key] = entry
+    return LatencyTable(meta=meta, entries=entries)
+
+
+def _as_list(value: Any, source: str) -> Iterable[Any]:
+    if not isinstance(value, list):
+        raise MnasError(f"{source}: field 'entries' is {type(value).__name__}: expected a list")
+    return value
