@@ -1,4 +1,10 @@
-"""Turn `--device host|SERIAL|all` into Device objects (the one place that does it)."""
+"""Turn `--device host|SERIAL|all` into Device objects (the one place that does it).
+
+`all` means every phone the adb server lists; one phone that cannot be used (unauthorized,
+offline, not answering) must not stop the others, so with `unusable` given such phones are
+described there (one line each, naming the serial) and left out. A serial named explicitly
+that cannot be used is an error.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +13,47 @@ from pathlib import Path
 from mnas.bench.types import Device
 from mnas.errors import MnasError
 
+_STATE_HINTS = {
+    "unauthorized": "unlock the phone and accept the USB debugging prompt",
+    "offline": "reconnect the phone or restart adbd",
+}
+
+
+def _state_problem(serial: str, state: str) -> str:
+    hint = _STATE_HINTS.get(state)
+    return f"device {serial}: state {state!r}: expected 'device' (online)" + (f"; {hint}" if hint else "")
+
 
 def select_devices(spec: str, *, core: int | None = None, benchmark_binary: Path | None = None,
-                   timeout_s: float = 600.0, retries: int = 1) -> list[Device]:
-    """`host` (this CPU), a phone serial, `all` (every attached, online phone), or a comma list."""
+                   timeout_s: float = 600.0, retries: int = 1,
+                   unusable: list[str] | None = None) -> list[Device]:
+    """`host` (this CPU), a phone serial, `all` (every attached, online phone), or a comma list.
+
+    With `unusable` (a list), phones that `all` finds but cannot use are reported there,
+    one line each, instead of stopping the selection.
+    """
     from mnas.bench.host import HostDevice
 
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise MnasError(f"--device {spec!r}: expected host, a phone serial or all")
     devices: list[Device] = []
-    phones: list[str] = []
+    phones: dict[str, bool] = {}  # serial -> named explicitly
     for name in names:
         if name == "host":
             devices.append(HostDevice(core=core))
         elif name == "all":
-            phones.extend(_online_phones(timeout_s))
+            for serial in _online_phones(timeout_s, unusable):
+                phones.setdefault(serial, False)
         else:
-            phones.append(name)
+            phones[name] = True
     if phones:
-        from mnas.bench.adb_device import adb_client, adb_unavailable_reason, list_devices, open_phone
+        from mnas.bench.adb_device import (
+            adb_client,
+            adb_unavailable_reason,
+            list_devices,
+            open_phone,
+        )
 
         call_timeout = min(timeout_s, 30.0)
         client = adb_client(call_timeout)
@@ -34,25 +61,41 @@ def select_devices(spec: str, *, core: int | None = None, benchmark_binary: Path
         if reason:
             raise MnasError(f"--device {spec!r}: {reason}")
         attached = {info.serial: info.state for info in list_devices(client, call_timeout)}
-        for serial in dict.fromkeys(phones):
+        for serial, explicit in phones.items():
             if serial not in attached:
                 known = ", ".join(attached) or "none attached"
                 raise MnasError(f"unknown device {serial!r}: expected host, all or an attached serial ({known})")
-            if attached[serial] != "device":
-                raise MnasError(f"device {serial}: state {attached[serial]!r}: expected 'device' (online)")
-            devices.append(open_phone(serial, client, benchmark_binary=benchmark_binary, timeout_s=timeout_s,
-                                      retries=retries))
+            problem = None if attached[serial] == "device" else _state_problem(serial, attached[serial])
+            if problem is None:
+                try:
+                    devices.append(open_phone(serial, client, benchmark_binary=benchmark_binary,
+                                              timeout_s=timeout_s, retries=retries))
+                    continue
+                except MnasError as exc:
+                    if explicit or unusable is None:
+                        raise
+                    problem = f"device {serial}: not measured: {exc}"
+            if explicit or unusable is None:
+                raise MnasError(problem)
+            unusable.append(problem)
+    if not devices:
+        raise MnasError(f"--device {spec!r}: no usable device" + (f" ({'; '.join(unusable)})" if unusable else ""))
     return devices
 
 
-def _online_phones(timeout_s: float) -> list[str]:
+def _online_phones(timeout_s: float, unusable: list[str] | None = None) -> list[str]:
     from mnas.bench.adb_device import adb_client, adb_unavailable_reason, list_devices
 
     client = adb_client(min(timeout_s, 30.0))
     reason = adb_unavailable_reason(client)
     if reason:
         raise MnasError(f"--device all: {reason}")
-    online = [info.serial for info in list_devices(client, min(timeout_s, 30.0)) if info.state == "device"]
+    listed = {info.serial: info.state for info in list_devices(client, min(timeout_s, 30.0))}
+    online = [serial for serial, state in listed.items() if state == "device"]
+    others = [_state_problem(serial, state) for serial, state in listed.items() if state != "device"]
     if not online:
-        raise MnasError("--device all: no phone attached and online: expected at least one (see `mnas devices`)")
+        detail = f" ({'; '.join(others)})" if others else ""
+        raise MnasError(f"--device all: no phone attached and online: expected at least one (see `mnas devices`){detail}")
+    if unusable is not None:
+        unusable.extend(others)
     return online

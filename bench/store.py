@@ -115,6 +115,23 @@ BENCH_MIGRATIONS: list[str] = [
 _FILTER_EXTRA = {"label": "models.label", "arch": "models.arch"}
 
 
+
+MAX_STORED_RUNS = 2000
+
+
+def _capped_runs(data: dict) -> dict:
+    """Keep at most the first MAX_STORED_RUNS per-run latencies (in time order).
+
+    A microsecond-scale layer gives ~100k runs a second; the aggregates (stats) are computed
+    from every run before storing, so the store keeps them exact while the per-run list,
+    kept for drift plots, stays bounded. `extra` records how many runs there were.
+    """
+    runs = data.get("runs_us")
+    if runs is not None and len(runs) > MAX_STORED_RUNS:
+        data = {**data, "runs_us": runs[:MAX_STORED_RUNS],
+                "extra": {**(data.get("extra") or {}), "runs_us_total": len(runs), "runs_us_stored": MAX_STORED_RUNS}}
+    return data
+
 def _finite(value: float | None) -> float | None:
     if value is None:
         return None
@@ -185,7 +202,7 @@ def measurement_row(m: Measurement) -> dict[str, Any]:
         "cpu_model": m.cpu_model,
         "wall_s": _finite(m.wall_s),
         "timestamp": m.timestamp,
-        "measurement_json": json.dumps(m.to_dict()),
+        "measurement_json": json.dumps(_capped_runs(m.to_dict())),
     }
 
 

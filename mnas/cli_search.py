@@ -1,0 +1,203 @@
+"""`mnas search`: run, resume, list, report and export MnasNet searches."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from mnas.cli_util import DefaultGroup, db_path, echo_json, echo_table, json_option
+from mnas.errors import MnasError
+
+
+@click.group(cls=DefaultGroup, default_command="run")
+def search() -> None:
+    """The MnasNet search (PPO controller) and its baselines; `mnas search --help-run` for options."""
+
+
+def _run_dir(database: Path, run_id: str) -> Path:
+    return database.parent / "runs" / run_id
+
+
+@search.command("run")
+@click.option("--latency", "latency_kind", type=click.Choice(["predicted", "measured", "hybrid"]), default="predicted",
+              show_default=True, help="Where LAT(m) comes from.")
+@click.option("--device", default="host", show_default=True, help="host, a phone serial, all, or (predicted) a config name.")
+@click.option("--predictor", "predictor_id", type=int, default=None, help="Stored predictor id (default: latest for the device).")
+@click.option("--share", type=float, default=0.1, show_default=True, help="Hybrid: share of samples also measured.")
+@click.option("--algorithm", type=click.Choice(["ppo", "random", "evolution"]), default="ppo", show_default=True)
+@click.option("--samples", type=int, default=20, show_default=True, help="Budget: number of children.")
+@click.option("--target-ms", type=float, default=75.0, show_default=True, help="Latency target T (ms).")
+@click.option("--reward", "reward_preset", type=click.Choice(["soft", "hard", "custom"]), default="soft", show_default=True)
+@click.option("--alpha", type=float, default=None, help="Custom exponent when LAT <= T.")
+@click.option("--beta", type=float, default=None, help="Custom exponent when LAT > T.")
+@click.option("--latency-resolution", type=int, default=224, show_default=True, help="Input size of timed models.")
+@click.option("--accuracy", "accuracy_kind", type=click.Choice(["proxy", "cheap"]), default="proxy", show_default=True,
+              help="proxy: really train each child; cheap: a fixed function of mult-adds (NOT an accuracy; for tests).")
+@click.option("--dataset", default="fashion-mnist", show_default=True,
+              help="fashion-mnist, digits, an ImageFolder tree, a CIFAR-10 pickle folder or an .npz.")
+@click.option("--proxy-resolution", type=int, default=32, show_default=True)
+@click.option("--epochs", type=float, default=1.0, show_default=True)
+@click.option("--steps", type=int, default=None, help="Training steps per child (overrides --epochs).")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--train-samples", type=int, default=4096, show_default=True, help="Training images per child (cap).")
+@click.option("--runs", type=int, default=20, show_default=True, help="Measured latency: timed runs.")
+@click.option("--warmup", type=int, default=3, show_default=True)
+@click.option("--min-secs", type=float, default=0.5, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--name", "run_name", default=None, help="Run id (default: a timestamped one).")
+@click.option("--resume", "resume_id", default=None, help="Continue run RUN exactly where it stopped.")
+@json_option
+@click.pass_context
+def run_cmd(ctx: click.Context, latency_kind: str, device: str, predictor_id: int | None, share: float, algorithm: str,
+            samples: int, target_ms: float, reward_preset: str, alpha: float | None, beta: float | None,
+            latency_resolution: int, accuracy_kind: str, dataset: str, proxy_resolution: int, epochs: float,
+            steps: int | None, batch_size: int, train_samples: int, runs: int, warmup: int, min_secs: float, seed: int,
+            run_name: str | None, resume_id: str | None, as_json: bool) -> None:
+    """Run a search (or --resume one); every child is stored as it finishes."""
+    from mnas.bench.store import ResultsStore
+    from mnas.search.run_store import RunStore
+    from mnas.search.runs import run_search
+    from mnas.search.setup import build_setup, predictor_device_name
+
+    database = db_path(ctx)
+    store = ResultsStore(database)
+    runs_store = RunStore(store)
+    if resume_id:
+        run_id = resume_id
+        cfg = runs_store.run_config(run_id)
+        if ctx.get_parameter_source("samples") == click.core.ParameterSource.COMMANDLINE:
+            cfg["samples"] = samples
+            runs_store.update_config(run_id, cfg)
+    else:
+        cfg = _new_config(latency_kind, device, predictor_id, share, algorithm, samples, target_ms, reward_preset,
+                          alpha, beta, latency_resolution, accuracy_kind, dataset, proxy_resolution, epochs, steps,
+                          batch_size, train_samples, runs, warmup, min_secs, seed)
+        if latency_kind != "measured":
+            cfg["latency"]["device_name"] = predictor_device_name(device)
+        run_id = run_name or time.strftime("run-%Y%m%d-%H%M%S")
+    setup = build_setup(cfg, store, _run_dir(database, run_id))  # all bad input fails here, before training
+    if not resume_id:
+        runs_store.create_run(run_id, cfg["algorithm"], cfg)
+    else:
+        runs_store.set_status(run_id, "running")
+    try:
+        summary = run_search(runs_store, run_id, setup, int(cfg["samples"]), progress=not as_json)
+    except KeyboardInterrupt:
+        runs_store.set_status(run_id, "interrupted")
+        raise MnasError(f"search {run_id} interrupted; every finished child is stored: resume with `mnas search --resume {run_id}`") from None
+    payload = {"run_id": run_id, "samples": summary.samples, "new_samples": summary.new_samples,
+               "best_reward": summary.best_reward, "best_arch": summary.best_arch,
+               "elapsed_s": summary.elapsed_s, "samples_per_hour": summary.samples_per_hour}
+    if as_json:
+        echo_json(payload)
+    else:
+        click.echo(f"run {run_id}: {summary.samples} children ({summary.new_samples} new, "
+                   f"{summary.samples_per_hour:.0f}/hour); best reward {summary.best_reward:.4f}\n  {summary.best_arch}")
+        click.echo(f"report: mnas search report {run_id}")
+
+
+def _new_config(latency_kind, device, predictor_id, share, algorithm, samples, target_ms, reward_preset, alpha, beta,
+                latency_resolution, accuracy_kind, dataset, proxy_resolution, epochs, steps, batch_size, train_samples,
+                runs, warmup, min_secs, seed) -> dict:
+    from mnas.search.reward import PRESETS, Reward
+
+    if reward_preset == "custom":
+        if alpha is None or beta is None:
+            raise MnasError("--reward custom: expected both --alpha and --beta")
+    else:
+        if alpha is not None or beta is not None:
+            raise MnasError(f"--alpha/--beta: given with --reward {reward_preset}: expected --reward custom")
+        alpha, beta = PRESETS[reward_preset]
+    reward = Reward(target_ms, alpha, beta)  # validates T > 0
+    if samples < 1:
+        raise MnasError(f"--samples {samples}: expected a budget >= 1")
+    if not 0 < share <= 1:
+        raise MnasError(f"--share {share:g}: expected a value in (0, 1]")
+    cfg = {
+        "space": "mnasnet", "algorithm": algorithm, "seed": seed, "samples": samples,
+        "reward": reward.to_dict(),
+        "latency": {"kind": latency_kind, "device": device, "predictor_id": predictor_id, "share": share,
+                    "resolution": latency_resolution, "runs": runs, "warmup": warmup, "min_secs": min_secs},
+    }
+    if accuracy_kind == "cheap":
+        cfg["accuracy"] = {"kind": "cheap", "params": {"resolution": latency_resolution, "seed": seed}}
+    else:
+        from mnas.search.accuracy import ProxyTask
+
+        task = ProxyTask(dataset=dataset, resolution=proxy_resolution, epochs=epochs, steps=steps, batch_size=batch_size,
+                         max_train_samples=train_samples, seed=seed)
+        cfg["accuracy"] = {"kind": "proxy", "task_key": task.key()}
+    return cfg
+
+
+@search.command("list")
+@json_option
+@click.pass_context
+def list_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Search runs in the results store."""
+    from mnas.bench.store import ResultsStore
+    from mnas.search.run_store import RunStore
+
+    rows = RunStore(ResultsStore(db_path(ctx))).runs()
+    if as_json:
+        echo_json(rows)
+    else:
+        echo_table([{**r, "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"]))} for r in rows])
+
+
+@search.command("report")
+@click.argument("run_id")
+@click.option("--top", type=int, default=10, show_default=True)
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for the PNGs (default: results/runs/RUN/report).")
+@json_option
+@click.pass_context
+def report_cmd(ctx: click.Context, run_id: str, top: int, out_dir: str | None, as_json: bool) -> None:
+    """Pareto front, reward curve, latency distribution (PNGs) and the top-k table of RUN."""
+    from mnas.bench.store import ResultsStore
+    from mnas.search.report import make_report
+    from mnas.search.run_store import RunStore
+
+    database = db_path(ctx)
+    runs_store = RunStore(ResultsStore(database))
+    cfg = runs_store.run_config(run_id)
+    folder = Path(out_dir) if out_dir else _run_dir(database, run_id) / "report"
+    report = make_report(runs_store, run_id, cfg, folder, top)
+    if as_json:
+        echo_json(report)
+        return
+    click.echo(f"run {run_id}: {report['samples']} children, target {report['target_ms']} ms, "
+               f"{report['share_under_target'] * 100:.0f}% under target, hypervolume {report['hypervolume']:.4f}")
+    echo_table([{"idx": r["idx"], "reward": f"{r['reward']:.4f}", "accuracy": f"{r['accuracy']:.4f}",
+                 "latency_ms": f"{r['latency_ms']:.2f}", "source": r["latency_source"], "arch": r["arch_hash"]}
+                for r in report["top"]])
+    for name, path in report["plots"].items():
+        click.echo(f"{name}: {path}")
+
+
+@search.command("export")
+@click.argument("run_id")
+@click.option("--top", type=int, default=3, show_default=True)
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder (default: results/runs/RUN/export).")
+@json_option
+@click.pass_context
+def export_cmd(ctx: click.Context, run_id: str, top: int, out_dir: str | None, as_json: bool) -> None:
+    """Block strings, .tflite files and trained proxy weights of the top-K children of RUN."""
+    from mnas.bench.store import ResultsStore
+    from mnas.search.report import export_top
+    from mnas.search.run_store import RunStore
+
+    database = db_path(ctx)
+    runs_store = RunStore(ResultsStore(database))
+    cfg = runs_store.run_config(run_id)
+    folder = Path(out_dir) if out_dir else _run_dir(database, run_id) / "export"
+    rows = export_top(runs_store, run_id, cfg, folder, top, _run_dir(database, run_id) / "weights")
+    if as_json:
+        echo_json(rows)
+    else:
+        for r in rows:
+            click.echo(f"#{r['rank']} reward {r['reward']:.4f}: {r['arch']}\n   {r['tflite']}"
+                       + (f"\n   {r['weights']}" if r["weights"] else "\n   (no trained weights kept for this child)"))

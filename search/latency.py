@@ -1,0 +1,324 @@
+"""Latency sources: measured on devices, predicted by a model, or both (hybrid).
+
+The search calls `latency_ms(archs)` and gets one `LatencyResult` per architecture; which
+source produced it is recorded in `result.source`, but the search code is the same for all
+three (the paper measured every sample on a phone; predicting is ~1000x cheaper; hybrid
+predicts everything and measures a share to keep the predictor honest).
+
+`MeasuredLatency` writes each architecture's `.tflite` with an injected writer (normally
+`mnas.space.tflite_writer.write_arch`, deterministic for a fixed seed, so the file's sha256
+identifies arch + resolution), reuses a measurement of the same file on the same device,
+runtime and timing conditions from the results store or from its own memory, and otherwise
+times it on a pool of devices (one worker thread per device). Store reads and writes stay in
+the calling thread (SQLite connections are per thread); each fresh measurement is stored as
+soon as it completes, so a failure loses only what was in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import queue
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement
+from mnas.errors import MnasError
+from mnas.search.types import LatencyResult, LatencySource
+from mnas.space.arch import Arch
+
+
+class ModelWriter(Protocol):
+    """Writes `arch` as a `.tflite` at `path` (e.g. `tflite_writer.write_arch`)."""
+
+    def __call__(self, arch: Arch, path: Path, *, resolution: int) -> object: ...
+
+
+class MeasurementStore(Protocol):
+    """The part of `mnas.bench.store.ResultsStore` this module uses."""
+
+    def find_measurement(self, device_id: str, model_sha256: str, runtime: str, runtime_version: str,
+                         conditions_key: str) -> Measurement | None: ...
+
+    def add_measurement(self, m: Measurement, label: str | None = None, arch: str | None = None) -> int: ...
+
+
+class LatencyPredictor(Protocol):
+    """Anything that predicts whole-network latency (a fitted latency table, a regressor)."""
+
+    def predict_ms(self, archs: Sequence[Arch]) -> np.ndarray: ...
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class MeasuredLatency:
+    """Median latency of each architecture's `.tflite`, timed on `devices`.
+
+    `store` (a `ResultsStore`) makes measurements persistent and reusable across runs; the
+    arch's canonical string goes with each stored measurement (`arch=str(arch)`). Within one
+    object, an architecture measured once is not timed again (source "cache:<device>").
+    `workdir` keeps the written models (default: a temporary folder per call, removed after).
+    """
+
+    name = "measured"
+
+    def __init__(self, devices: Sequence[Device], resolution: int, bench_config: BenchConfig,
+                 model_writer: ModelWriter, store: MeasurementStore | None = None, *,
+                 label: str = "search", workdir: Path | None = None) -> None:
+        if not devices:
+            raise MnasError("measured latency: no devices: expected at least one device to time models on")
+        if not isinstance(resolution, int) or resolution < 8:
+            raise MnasError(f"measured latency: resolution = {resolution!r}: expected an integer >= 8 pixels")
+        ids = [d.device_id for d in devices]
+        if len(set(ids)) != len(ids):
+            raise MnasError(f"measured latency: devices {ids}: expected each device once")
+        self.devices = list(devices)
+        self.resolution = resolution
+        self.bench_config = bench_config
+        self.model_writer = model_writer
+        self.store = store
+        self.label = label
+        self.workdir = workdir
+        self._profiles: dict[str, DeviceProfile] = {}
+        self._memo: dict[tuple[str, str], LatencyResult] = {}  # (device id, model sha256)
+        self.benchmarks = 0  # fresh measurements taken by this object
+
+    def profile(self, device: Device) -> DeviceProfile:
+        if device.device_id not in self._profiles:
+            self._profiles[device.device_id] = device.profile()
+        return self._profiles[device.device_id]
+
+    def _write(self, arch: Arch, folder: Path) -> tuple[Path, str]:
+        path = folder / f"{arch.hash}_r{self.resolution}.tflite"
+        self.model_writer(arch, path, resolution=self.resolution)
+        if not path.is_file():
+            raise MnasError(f"model writer: wrote no file at {str(path)!r} for {arch}: expected a .tflite there")
+        return path, sha256_file(path)
+
+    def _known(self, sha: str) -> LatencyResult | None:
+        """A result for this model from memory or the store, on any device of the pool."""
+        for device in self.devices:
+            memo = self._memo.get((device.device_id, sha))
+            if memo is not None:
+                return replace(memo, source=f"cache:{device.device_id}")
+        if self.store is None:
+            return None
+        key = self.bench_config.conditions_key()
+        for device in self.devices:
+            prof = self.profile(device)
+            found = self.store.find_measurement(device.device_id, sha, prof.runtime, prof.runtime_version, key)
+            if found is not None:
+                result = LatencyResult(latency_ms=found.median_ms, source=f"store:{device.device_id}",
+                                       measured_ms=found.median_ms, device_id=device.device_id, model_sha256=sha)
+                self._memo[(device.device_id, sha)] = result
+                return result
+        return None
+
+    def latency_ms(self, archs: Sequence[Arch]) -> list[LatencyResult]:
+        archs = list(archs)
+        if not archs:
+            return []
+        if self.workdir is not None:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            return self._latency(archs, self.workdir)
+        with tempfile.TemporaryDirectory(prefix="mnas-latency-") as tmp:
+            return self._latency(archs, Path(tmp))
+
+    def _latency(self, archs: list[Arch], folder: Path) -> list[LatencyResult]:
+        by_key: dict[str, LatencyResult] = {}
+        to_measure: dict[str, tuple[Arch, Path, str]] = {}
+        for arch in archs:
+            key = str(arch)
+            if key in by_key or key in to_measure:
+                continue
+            path, sha = self._write(arch, folder)
+            known = self._known(sha)
+            if known is not None:
+                by_key[key] = known
+            else:
+                to_measure[key] = (arch, path, sha)
+        if to_measure:
+            by_key.update(self._measure(to_measure))
+        return [by_key[str(arch)] for arch in archs]
+
+    def _measure(self, jobs: dict[str, tuple[Arch, Path, str]]) -> dict[str, LatencyResult]:
+        free: queue.Queue[Device] = queue.Queue()
+        for device in self.devices:
+            free.put(device)
+
+        def run(path: Path) -> Measurement:
+            device = free.get()
+            try:
+                return device.benchmark(path, self.bench_config)
+            finally:
+                free.put(device)
+
+        out: dict[str, LatencyResult] = {}
+        first_error: BaseException | None = None
+        with ThreadPoolExecutor(max_workers=len(self.devices), thread_name_prefix="mnas-measure") as pool:
+            futures: dict[Future[Measurement], str] = {pool.submit(run, path): key for key, (_, path, _) in jobs.items()}
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in sorted(done, key=lambda f: list(jobs).index(futures[f])):
+                    key = futures[future]
+                    error = future.exception()
+                    if error is not None:
+                        first_error = first_error or error
+                        continue
+                    out[key] = self._record(jobs[key][0], jobs[key][2], future.result())
+        if first_error is not None:
+            raise first_error
+        return out
+
+    def _record(self, arch: Arch, sha: str, m: Measurement) -> LatencyResult:
+        median = m.median_ms
+        if not math.isfinite(median) or median <= 0:
+            raise MnasError(f"measured latency: {m.device_id} gave median {median!r} ms for {arch}: expected a latency > 0")
+        self.benchmarks += 1
+        row = self.store.add_measurement(m, label=self.label, arch=str(arch)) if self.store is not None else None
+        result = LatencyResult(latency_ms=median, source=f"measured:{m.device_id}", measured_ms=median,
+                               device_id=m.device_id, model_sha256=sha, measurement_id=row)
+        self._memo[(m.device_id, sha)] = result
+        return result
+
+
+class PredictedLatency:
+    """Latency from a fitted predictor; `source` is "predicted:<predictor id>"."""
+
+    name = "predicted"
+
+    def __init__(self, predictor: LatencyPredictor, predictor_id: str | None = None) -> None:
+        self.predictor = predictor
+        self.predictor_id = predictor_id or str(getattr(predictor, "predictor_id", None) or getattr(predictor, "name", None)
+                                                or type(predictor).__name__)
+
+    def latency_ms(self, archs: Sequence[Arch]) -> list[LatencyResult]:
+        archs = list(archs)
+        if not archs:
+            return []
+        values = np.asarray(self.predictor.predict_ms(archs), dtype=np.float64).reshape(-1)
+        if values.size != len(archs):
+            raise MnasError(f"predictor {self.predictor_id}: returned {values.size} latencies for {len(archs)} "
+                            "architectures: expected one each")
+        bad = np.flatnonzero(~(np.isfinite(values) & (values > 0)))
+        if bad.size:
+            i = int(bad[0])
+            raise MnasError(f"predictor {self.predictor_id}: predicted {float(values[i])!r} ms for {archs[i]}: expected a latency > 0")
+        source = f"predicted:{self.predictor_id}"
+        return [LatencyResult(latency_ms=float(v), source=source, predicted_ms=float(v)) for v in values]
+
+
+@dataclass(frozen=True)
+class PredictionError:
+    """One measured architecture's prediction against its measurement."""
+
+    arch_hash: str
+    predicted_ms: float
+    measured_ms: float
+    source: str  # the measurement's source, e.g. "measured:host" or "store:host"
+    device_id: str
+
+    @property
+    def relative_error(self) -> float:
+        """(predicted - measured) / measured: positive when the predictor is pessimistic."""
+        return (self.predicted_ms - self.measured_ms) / self.measured_ms
+
+
+class HybridLatency:
+    """Predict every architecture; measure some and use the measurement where there is one.
+
+    Which ones are measured: each with probability `share` (seeded, so a resumed run draws
+    the same), or, with `measure_top_k`, the k of each call whose predicted latency is
+    closest to `target_ms` (their reward is the most sensitive to a latency error: the hard
+    reward's kink and the Pareto front sit at T). `measure(archs)` measures given ones, e.g.
+    the search's best by reward. Every measured architecture's prediction error is kept once
+    (`errors`, `error_summary()`).
+    """
+
+    name = "hybrid"
+
+    def __init__(self, predicted: LatencySource, measured: LatencySource, share: float | None = 0.1, *,
+                 measure_top_k: int | None = None, target_ms: float | None = None, seed: int = 0) -> None:
+        if measure_top_k is not None:
+            if not isinstance(measure_top_k, int) or measure_top_k < 1:
+                raise MnasError(f"hybrid latency: measure_top_k = {measure_top_k!r}: expected an integer >= 1")
+            if target_ms is None or not target_ms > 0:
+                raise MnasError(f"hybrid latency: target_ms = {target_ms!r}: expected a latency > 0 ms with measure_top_k")
+            share = None
+        elif share is None or not 0.0 <= share <= 1.0:
+            raise MnasError(f"hybrid latency: share = {share!r}: expected a fraction in [0, 1]")
+        self.predicted = predicted
+        self.measured = measured
+        self.share = share
+        self.measure_top_k = measure_top_k
+        self.target_ms = target_ms
+        self.rng = np.random.default_rng(seed)
+        self.errors: list[PredictionError] = []
+        self._logged: set[tuple[str, str]] = set()
+
+    def _chosen(self, predicted: list[LatencyResult]) -> list[int]:
+        n = len(predicted)
+        if self.measure_top_k is not None:
+            assert self.target_ms is not None
+            distance = [abs(r.latency_ms - self.target_ms) for r in predicted]
+            return sorted(sorted(range(n), key=lambda i: distance[i])[: self.measure_top_k])
+        draws = self.rng.random(n)  # drawn for every call, so the stream does not depend on the share
+        return [i for i in range(n) if draws[i] < self.share]
+
+    def latency_ms(self, archs: Sequence[Arch]) -> list[LatencyResult]:
+        archs = list(archs)
+        predicted = self.predicted.latency_ms(archs)
+        chosen = self._chosen(predicted)
+        results = list(predicted)
+        if chosen:
+            for i, merged in zip(chosen, self._merge([archs[i] for i in chosen], [predicted[i] for i in chosen]), strict=True):
+                results[i] = merged
+        return results
+
+    def measure(self, archs: Sequence[Arch]) -> list[LatencyResult]:
+        """Measure these architectures (and log their prediction errors) whatever the share."""
+        archs = list(archs)
+        return self._merge(archs, self.predicted.latency_ms(archs)) if archs else []
+
+    def _merge(self, archs: list[Arch], predicted: list[LatencyResult]) -> list[LatencyResult]:
+        measured = self.measured.latency_ms(archs)
+        out = []
+        for arch, pred, meas in zip(archs, predicted, measured, strict=True):
+            out.append(replace(meas, predicted_ms=pred.latency_ms, measured_ms=meas.latency_ms))
+            device = meas.device_id or meas.source.split(":", 1)[-1]
+            if (arch.hash, device) not in self._logged:
+                self._logged.add((arch.hash, device))
+                self.errors.append(PredictionError(arch.hash, pred.latency_ms, meas.latency_ms, meas.source, device))
+        return out
+
+    def error_summary(self) -> dict[str, float | int]:
+        """n, MAPE, max absolute % error and mean signed % error (bias) over measured archs."""
+        if not self.errors:
+            return {"n": 0, "mape_pct": math.nan, "max_ape_pct": math.nan, "bias_pct": math.nan}
+        rel = np.array([e.relative_error for e in self.errors]) * 100.0
+        return {"n": len(self.errors), "mape_pct": float(np.abs(rel).mean()), "max_ape_pct": float(np.abs(rel).max()),
+                "bias_pct": float(rel.mean())}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state, "errors": [asdict(e) for e in self.errors]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key in ("rng", "errors"):
+            if key not in state:
+                raise MnasError(f"hybrid latency checkpoint: key {key!r} missing: expected a HybridLatency.state_dict()")
+        self.rng.bit_generator.state = state["rng"]
+        self.errors = [PredictionError(**e) for e in state["errors"]]
+        self._logged = {(e.arch_hash, e.device_id) for e in self.errors}

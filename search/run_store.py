@@ -1,0 +1,172 @@
+"""The search's tables in the results store: runs, samples, controller updates, checkpoints.
+
+`bench` owns the database file; the search adds its own versioned tables through
+`ResultsStore.ensure_component_schema`. A sample and the searcher checkpoint taken right
+after it are written in ONE transaction, so after a crash the store holds every finished
+sample exactly once and the checkpoint always matches the last stored sample.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mnas.errors import MnasError
+
+COMPONENT = "search"
+MIGRATIONS = [
+    """
+    CREATE TABLE search_runs (
+        run_id TEXT PRIMARY KEY,
+        created REAL NOT NULL,
+        algorithm TEXT NOT NULL,
+        config TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'running',
+        updated REAL
+    );
+    CREATE TABLE search_samples (
+        run_id TEXT NOT NULL REFERENCES search_runs(run_id),
+        idx INTEGER NOT NULL,
+        tokens TEXT NOT NULL,
+        arch TEXT NOT NULL,
+        arch_hash TEXT NOT NULL,
+        accuracy REAL NOT NULL,
+        accuracy_task TEXT NOT NULL,
+        latency_ms REAL NOT NULL,
+        latency_source TEXT NOT NULL,
+        predicted_ms REAL,
+        measured_ms REAL,
+        reward REAL NOT NULL,
+        train_s REAL,
+        latency_s REAL,
+        created REAL NOT NULL,
+        extra TEXT,
+        PRIMARY KEY (run_id, idx)
+    );
+    CREATE TABLE search_updates (
+        run_id TEXT NOT NULL REFERENCES search_runs(run_id),
+        update_idx INTEGER NOT NULL,
+        after_sample INTEGER NOT NULL,
+        stats TEXT NOT NULL,
+        created REAL NOT NULL,
+        PRIMARY KEY (run_id, update_idx)
+    );
+    CREATE TABLE search_checkpoints (
+        run_id TEXT PRIMARY KEY REFERENCES search_runs(run_id),
+        next_idx INTEGER NOT NULL,
+        state BLOB NOT NULL,
+        created REAL NOT NULL
+    );
+    """,
+]
+
+
+@dataclass
+class SampleRow:
+    idx: int
+    tokens: list[int]
+    arch: str
+    arch_hash: str
+    accuracy: float
+    accuracy_task: str
+    latency_ms: float
+    latency_source: str
+    reward: float
+    predicted_ms: float | None = None
+    measured_ms: float | None = None
+    train_s: float | None = None
+    latency_s: float | None = None
+    created: float = field(default_factory=time.time)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class RunStore:
+    """Search-run persistence on top of a `ResultsStore`."""
+
+    def __init__(self, store) -> None:  # mnas.bench.store.ResultsStore
+        self.store = store
+        store.ensure_component_schema(COMPONENT, MIGRATIONS)
+
+    def create_run(self, run_id: str, algorithm: str, config: dict[str, Any]) -> None:
+        with self.store.transaction() as conn:
+            if conn.execute("SELECT 1 FROM search_runs WHERE run_id = ?", (run_id,)).fetchone():
+                raise MnasError(f"search run {run_id!r}: already exists: expected a new name, or --resume {run_id}")
+            conn.execute("INSERT INTO search_runs (run_id, created, algorithm, config, status, updated) VALUES (?, ?, ?, ?, 'running', ?)",
+                         (run_id, time.time(), algorithm, json.dumps(config, sort_keys=True), time.time()))
+
+    def run_config(self, run_id: str) -> dict[str, Any]:
+        with self.store.transaction() as conn:
+            row = conn.execute("SELECT config FROM search_runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise MnasError(f"search run {run_id!r}: not in the results store: expected one of {self.run_ids()[-5:] or 'none yet'}")
+        return json.loads(row[0])
+
+    def update_config(self, run_id: str, config: dict[str, Any]) -> None:
+        with self.store.transaction() as conn:
+            conn.execute("UPDATE search_runs SET config = ?, updated = ? WHERE run_id = ?",
+                         (json.dumps(config, sort_keys=True), time.time(), run_id))
+
+    def set_status(self, run_id: str, status: str) -> None:
+        with self.store.transaction() as conn:
+            conn.execute("UPDATE search_runs SET status = ?, updated = ? WHERE run_id = ?", (status, time.time(), run_id))
+
+    def run_ids(self) -> list[str]:
+        with self.store.transaction() as conn:
+            return [r[0] for r in conn.execute("SELECT run_id FROM search_runs ORDER BY created")]
+
+    def runs(self) -> list[dict[str, Any]]:
+        with self.store.transaction() as conn:
+            rows = conn.execute(
+                "SELECT r.run_id, r.created, r.algorithm, r.status, COUNT(s.idx), MAX(s.reward) FROM search_runs r "
+                "LEFT JOIN search_samples s ON s.run_id = r.run_id GROUP BY r.run_id ORDER BY r.created").fetchall()
+        return [{"run_id": r[0], "created": r[1], "algorithm": r[2], "status": r[3], "samples": r[4], "best_reward": r[5]}
+                for r in rows]
+
+    def add_sample(self, run_id: str, sample: SampleRow, checkpoint: bytes, update_stats: list[dict[str, Any]]) -> None:
+        """Store one sample, the checkpoint taken after it and any controller update, atomically."""
+        with self.store.transaction() as conn:
+            conn.execute(
+                "INSERT INTO search_samples (run_id, idx, tokens, arch, arch_hash, accuracy, accuracy_task, latency_ms, "
+                "latency_source, predicted_ms, measured_ms, reward, train_s, latency_s, created, extra) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, sample.idx, json.dumps(sample.tokens), sample.arch, sample.arch_hash, sample.accuracy,
+                 sample.accuracy_task, sample.latency_ms, sample.latency_source, sample.predicted_ms,
+                 sample.measured_ms, sample.reward, sample.train_s, sample.latency_s, sample.created,
+                 json.dumps(sample.extra)))
+            count = conn.execute("SELECT COUNT(*) FROM search_updates WHERE run_id = ?", (run_id,)).fetchone()[0]
+            for offset, stats in enumerate(update_stats):
+                conn.execute("INSERT INTO search_updates (run_id, update_idx, after_sample, stats, created) VALUES (?, ?, ?, ?, ?)",
+                             (run_id, count + offset, sample.idx, json.dumps(stats), time.time()))
+            conn.execute(
+                "INSERT INTO search_checkpoints (run_id, next_idx, state, created) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(run_id) DO UPDATE SET next_idx = excluded.next_idx, state = excluded.state, created = excluded.created",
+                (run_id, sample.idx + 1, checkpoint, time.time()))
+            conn.execute("UPDATE search_runs SET updated = ? WHERE run_id = ?", (time.time(), run_id))
+
+    def checkpoint(self, run_id: str) -> tuple[int, bytes] | None:
+        with self.store.transaction() as conn:
+            row = conn.execute("SELECT next_idx, state FROM search_checkpoints WHERE run_id = ?", (run_id,)).fetchone()
+        return (int(row[0]), bytes(row[1])) if row else None
+
+    def samples(self, run_id: str) -> list[SampleRow]:
+        with self.store.transaction() as conn:
+            rows = conn.execute(
+                "SELECT idx, tokens, arch, arch_hash, accuracy, accuracy_task, latency_ms, latency_source, reward, "
+                "predicted_ms, measured_ms, train_s, latency_s, created, extra FROM search_samples WHERE run_id = ? ORDER BY idx",
+                (run_id,)).fetchall()
+        return [SampleRow(idx=r[0], tokens=json.loads(r[1]), arch=r[2], arch_hash=r[3], accuracy=r[4], accuracy_task=r[5],
+                          latency_ms=r[6], latency_source=r[7], reward=r[8], predicted_ms=r[9], measured_ms=r[10],
+                          train_s=r[11], latency_s=r[12], created=r[13], extra=json.loads(r[14] or "{}")) for r in rows]
+
+    def updates(self, run_id: str) -> list[dict[str, Any]]:
+        with self.store.transaction() as conn:
+            rows = conn.execute("SELECT update_idx, after_sample, stats FROM search_updates WHERE run_id = ? ORDER BY update_idx",
+                                (run_id,)).fetchall()
+        return [{"update_idx": r[0], "after_sample": r[1], **json.loads(r[2])} for r in rows]
+
+    def samples_frame(self, run_id: str):
+        import pandas as pd
+
+        return pd.DataFrame([asdict(s) for s in self.samples(run_id)])
