@@ -202,7 +202,8 @@ class PredictedLatency:
 
     def __init__(self, predictor: LatencyPredictor, predictor_id: str | None = None) -> None:
         self.predictor = predictor
-        self.predictor_id = predictor_id or str(getattr(predictor, "predictor_id", None) or getattr(predictor, "name", None)
+        self.predictor_id = predictor_id or str(getattr(predictor, "predictor_id", None) or getattr(predictor, "id", None)
+                                                or getattr(predictor, "name", None)
                                                 or type(predictor).__name__)
 
     def latency_ms(self, archs: Sequence[Arch]) -> list[LatencyResult]:
