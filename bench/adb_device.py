@@ -12,6 +12,14 @@ Why it is built this way:
 - A timed-out benchmark keeps running on the phone (adbd does not kill it when the socket
   closes) and would spoil the retry, so the command announces its shell's PID and a timeout
   kills that process tree.
+- One bound rules a benchmark call: every adb call it makes (stat, push, thermal reads, rm,
+  kill) is bounded by the smaller of the device's timeout and `BenchConfig.timeout_s` (a push
+  gets 1 s per MB on top), the benchmark run itself by `BenchConfig.timeout_s`, the wait for
+  a dropped phone between retries by the same bound; after a call got no answer at all (a
+  hung phone) the clean-up `rm` is skipped rather than waited for again.
+- After the last retry fails at the connection level (phone gone, hung or cut off, as opposed
+  to a benchmark that ran and failed or ran too long), the device sets `offline`, so the
+  harness stops sending it models.
 
 Thermal throttling is detected from the pinned core's frequency *cap* (`scaling_max_freq`,
 what thermal mitigation lowers) rather than `scaling_cur_freq`, which drops as soon as the core
@@ -33,7 +41,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import adbutils
-from adbutils.errors import AdbConnectionError, AdbError
+from adbutils.errors import AdbConnectionError, AdbError, AdbTimeout
 
 from mnas.bench.device_config import (
     SCHEMA_VERSION,
@@ -143,6 +151,10 @@ class AdbCallError(MeasurementError):
 
 class ShellTimeout(AdbCallError):
     """A shell command ran past its deadline; `output` holds what arrived before it."""
+
+
+class AdbNoAnswer(AdbCallError):
+    """An adb call got no answer within its bound: the phone (or its link) is hung."""
 
 
 @dataclass
@@ -380,6 +392,7 @@ class AdbDevice:
         self._probed_freqs: dict[int, int] | None = None
         self._binary_sha: str | None = None
         self.cleanup_errors: list[str] = []
+        self.offline = False  # set after a final connection-level failure (see benchmark)
 
     # ---- names and paths
 
@@ -427,21 +440,28 @@ class AdbDevice:
         try:
             return _bounded(fn, timeout_s)
         except _CallTimeout:
-            raise AdbCallError(f"{self._label()}: {what} timed out after {timeout_s:.1f} s") from None
+            raise AdbNoAnswer(f"{self._label()}: {what} timed out after {timeout_s:.1f} s") from None
         except MnasError:
             raise
         except (AdbError, OSError, EOFError) as exc:
-            raise AdbCallError(f"{self._label()}: {what} failed: "
-                               f"{_one_line(str(exc)) or type(exc).__name__}") from None
+            detail = _one_line(str(exc)) or (f"the connection closed without a reply "
+                                              f"({type(exc).__name__}; phone disconnected?)")
+            raise AdbCallError(f"{self._label()}: {what} failed: {detail}") from None
 
-    def features(self) -> set[str]:
+    def call_bound(self, config: BenchConfig | None = None) -> float:
+        """Seconds allowed for one adb call: the device's timeout, or the benchmark's if smaller."""
+        return self.timeout_s if config is None else min(self.timeout_s, float(config.timeout_s))
+
+    def features(self, timeout_s: float | None = None) -> set[str]:
         """The adb features the phone advertises (cached); `shell_v2` selects the protocol."""
         if self._features is None:
+            timeout = self.timeout_s if timeout_s is None else float(timeout_s)
+
             def fetch() -> str:
-                with self._device.open_transport("features", timeout=self.timeout_s) as conn:
+                with self._device.open_transport("features", timeout=timeout) as conn:
                     return conn.read_string_block()
 
-            text = self._call("reading adb features", fetch, self.timeout_s)
+            text = self._call("reading adb features", fetch, timeout)
             self._features = {f.strip() for f in text.split(",") if f.strip()}
         return self._features
 
@@ -453,8 +473,8 @@ class AdbDevice:
         raises AdbCallError.
         """
         timeout = self.timeout_s if timeout_s is None else float(timeout_s)
-        v2 = "shell_v2" in self.features()
         deadline = time.monotonic() + timeout
+        v2 = "shell_v2" in self.features(timeout)
         sent = command if v2 else f"{command}; echo {RC_MARKER}$?"
         what = f"`{_one_line(command, 80)}`"
         try:
@@ -469,6 +489,12 @@ class AdbDevice:
             if v2:
                 return self._read_v2(conn, command, deadline, what)
             return self._read_v1(conn, command, deadline, what)
+        except ShellTimeout as exc:
+            raise ShellTimeout(f"{self._label()}: {what} timed out after {timeout:.1f} s",
+                               exc.output) from None
+        except (AdbTimeout, TimeoutError):
+            raise AdbNoAnswer(f"{self._label()}: {what}: no answer from the phone within "
+                              f"{timeout:.1f} s") from None
         except (AdbError, OSError, EOFError) as exc:
             raise AdbCallError(f"{self._label()}: {what} failed: {_one_line(str(exc))}") from None
         finally:
@@ -539,10 +565,10 @@ class AdbDevice:
 
     # ---- phone facts
 
-    def getprops(self) -> dict[str, str]:
+    def getprops(self, timeout_s: float | None = None) -> dict[str, str]:
         """All of the phone's properties (one `getprop` call, cached)."""
         if self._props is None:
-            self._props = parse_getprop(self.run("getprop"))
+            self._props = parse_getprop(self.run("getprop", timeout_s))
         return self._props
 
     def read_cpu_max_freqs(self) -> dict[int, int]:
@@ -605,20 +631,20 @@ class AdbDevice:
 
     # ---- thermal
 
-    def read_thermal(self, core: int) -> ThermalReading:
-        return parse_thermal_output(self.run(thermal_command(core)))
+    def read_thermal(self, core: int, timeout_s: float | None = None) -> ThermalReading:
+        return parse_thermal_output(self.run(thermal_command(core), timeout_s))
 
     def _policy(self) -> ThermalPolicy:
         return self.config.thermal if self.config is not None else ThermalPolicy()
 
-    def cooldown(self, core: int) -> tuple[ThermalReading, float, bool]:
+    def cooldown(self, core: int, timeout_s: float | None = None) -> tuple[ThermalReading, float, bool]:
         """Wait (bounded) until every thermal zone reads below the policy's threshold.
 
         Returns the last reading, the seconds waited and whether the wait timed out.
         """
         policy = self._policy()
         start = self._clock()
-        reading = self.read_thermal(core)
+        reading = self.read_thermal(core, timeout_s)
         while True:
             waited = self._clock() - start
             hottest = reading.hottest_c
@@ -627,16 +653,17 @@ class AdbDevice:
             if waited >= policy.cooldown_timeout_s:
                 return reading, waited, True
             self._sleep(max(0.0, min(self.poll_s, policy.cooldown_timeout_s - waited)))
-            reading = self.read_thermal(core)
+            reading = self.read_thermal(core, timeout_s)
 
     # ---- files on the phone
 
-    def _remote_identity(self, remote: str) -> tuple[bool, int | None, str | None, bool]:
+    def _remote_identity(self, remote: str, timeout_s: float
+                         ) -> tuple[bool, int | None, str | None, bool]:
         """(exists, size, sha256 or None when the phone has no sha256sum, executable)."""
-        info = self._call(f"stat {remote}", lambda: self._device.sync.stat(remote), self.timeout_s)
+        info = self._call(f"stat {remote}", lambda: self._device.sync.stat(remote), timeout_s)
         if not info.mode and info.mtime is None:
             return False, None, None, False
-        result = self.shell(f"sha256sum {shlex.quote(remote)}")
+        result = self.shell(f"sha256sum {shlex.quote(remote)}", timeout_s)
         digest = None
         if result.returncode == 0:
             first = result.output.split()
@@ -644,22 +671,26 @@ class AdbDevice:
                 digest = first[0]
         return True, int(info.size), digest, bool(info.mode & 0o111)
 
-    def _push(self, local: Path, remote: str, mode: int = 0o644) -> None:
+    def _push(self, local: Path, remote: str, mode: int = 0o644,
+              timeout_s: float | None = None) -> None:
         size = local.stat().st_size
-        timeout = self.timeout_s + size / 1e6  # allow 1 MB/s on top of the call timeout
+        base = self.timeout_s if timeout_s is None else float(timeout_s)
+        timeout = base + size / 1e6  # allow 1 MB/s on top of the call timeout
         self._call(f"push {local.name} to {remote}",
                    lambda: self._device.sync.push(local, remote, mode=mode, check=True), timeout)
 
-    def ensure_binary(self) -> str:
+    def ensure_binary(self, timeout_s: float | None = None) -> str:
         """Make sure benchmark_model is on the phone (push only if its hash differs).
 
         Returns the binary's sha256 (or `size:N` when neither side can hash it).
+        `timeout_s` bounds each adb call (default: the device's timeout).
         """
         if self._binary_sha is not None:
             return self._binary_sha
+        bound = self.timeout_s if timeout_s is None else float(timeout_s)
         remote = self.remote_binary
-        self.run(f"mkdir -p {shlex.quote(self.remote_models_dir)}")
-        exists, size, remote_sha, executable = self._remote_identity(remote)
+        self.run(f"mkdir -p {shlex.quote(self.remote_models_dir)}", bound)
+        exists, size, remote_sha, executable = self._remote_identity(remote, bound)
         local = self._local_binary
         if local is None:
             if not exists:
@@ -668,37 +699,42 @@ class AdbDevice:
                 raise MnasError(f"{self._label()}: no benchmark_model on the phone at {remote} and "
                                 f"no local binary given ({hint})")
             if not executable:
-                self.run(f"chmod 755 {shlex.quote(remote)}")
+                self.run(f"chmod 755 {shlex.quote(remote)}", bound)
             self._binary_sha = remote_sha or f"size:{size}"
             return self._binary_sha
         local_sha = sha256_file(local)
         local_size = local.stat().st_size
         same = exists and (remote_sha == local_sha if remote_sha is not None else size == local_size)
         if not same:
-            self._push(local, remote, mode=0o755)
+            self._push(local, remote, mode=0o755, timeout_s=bound)
         if not same or not executable:
-            self.run(f"chmod 755 {shlex.quote(remote)}")
+            self.run(f"chmod 755 {shlex.quote(remote)}", bound)
         self._binary_sha = local_sha
         return local_sha
 
-    def _remove(self, remote: str) -> None:
+    def _remove(self, remote: str, timeout_s: float | None = None) -> None:
         try:
-            result = self.shell(f"rm -f {shlex.quote(remote)}")
+            result = self.shell(f"rm -f {shlex.quote(remote)}", timeout_s)
             if result.returncode != 0:
                 self.cleanup_errors.append(f"rm {remote}: {_last_line(result.output)}")
         except MeasurementError as exc:
             self.cleanup_errors.append(f"rm {remote}: {exc}")
 
-    def _kill_stale(self, partial_output: str) -> None:
-        """Kill the timed-out benchmark's shell and its children (best effort)."""
+    def _kill_stale(self, partial_output: str, timeout_s: float | None = None) -> bool:
+        """Kill the timed-out benchmark's shell and its children (best effort).
+
+        Returns whether the phone answered: False means it is hung or gone (no PID was ever
+        printed and a plain `true` gets no answer, or the kill itself got none).
+        """
         match = re.search(re.escape(PID_MARKER) + r"(\d+)", partial_output)
-        if not match:
-            return
-        pid = shlex.quote(match.group(1))
+        pid = shlex.quote(match.group(1)) if match else None
+        command = f"pkill -P {pid}; kill {pid}" if pid else "true"
         try:
-            self.shell(f"pkill -P {pid}; kill {pid}")
+            self.shell(command, timeout_s)
         except MeasurementError as exc:
-            self.cleanup_errors.append(f"kill {pid}: {exc}")
+            self.cleanup_errors.append(f"{'kill ' + pid if pid else 'liveness check'}: {exc}")
+            return False
+        return True
 
     # ---- benchmarking
 
@@ -719,40 +755,54 @@ class AdbDevice:
         return f"echo {PID_MARKER}$$; " + " ".join(shlex.quote(arg) for arg in argv)
 
     def benchmark(self, model_path: Path, config: BenchConfig) -> Measurement:
-        """Time `model_path` on the pinned core; retries, then one-line MeasurementError."""
+        """Time `model_path` on the pinned core; retries, then one-line MeasurementError.
+
+        A final failure at the connection level (AdbCallError other than a benchmark that
+        merely ran past its timeout on a phone that still answers) sets `offline`.
+        """
         model_path = Path(model_path)
         if not model_path.is_file():
             raise MnasError(f"{model_path}: model file not found")
         model_sha = sha256_file(model_path)
         core = self.pin_core(config)
+        bound = self.call_bound(config)
         attempts = self.retries + 1
         last: MeasurementError | None = None
         for attempt in range(1, attempts + 1):
             try:
                 measurement = self._attempt(model_path, model_sha, core, config)
                 measurement.extra["attempts"] = attempt
+                self.offline = False
                 return measurement
             except MeasurementError as exc:
                 last = exc
                 if attempt < attempts:
                     self._sleep(self.retry_delay_s)
-                    self.await_online(self.reconnect_wait_s)
+                    self.await_online(min(self.reconnect_wait_s, bound), bound)
         assert last is not None
+        self.offline = isinstance(last, AdbCallError) and not isinstance(last, ShellTimeout)
+        reason = str(last)
+        for prefix in (f"{self._label()} {model_path.name}: ", f"{self._label()}: "):
+            if reason.startswith(prefix):  # the line names phone and model once
+                reason = reason[len(prefix):]
+                break
         raise MeasurementError(
             f"{self._label()}: benchmark of {model_path.name} failed after {attempts} "
-            f"attempt(s): {_one_line(str(last))}"
+            f"attempt(s): {_one_line(reason)}"
+            + ("; phone marked offline" if self.offline else "")
         )
 
-    def await_online(self, limit_s: float) -> bool:
+    def await_online(self, limit_s: float, call_timeout_s: float | None = None) -> bool:
         """Wait (bounded) until the adb server lists this phone as `device` again.
 
         A phone that dropped off USB, or whose adbd restarted, is usually back within seconds;
         retrying before that would only fail again.
         """
         deadline = self._clock() + limit_s
+        call_timeout = self.timeout_s if call_timeout_s is None else call_timeout_s
         while True:
             try:
-                entries = list_devices(self.adb, self.timeout_s)
+                entries = list_devices(self.adb, call_timeout)
                 state = {entry.serial: entry.state for entry in entries}.get(self.serial)
             except MnasError:
                 state = None
@@ -770,23 +820,33 @@ class AdbDevice:
             require_complete,
         )
 
-        binary_sha = self.ensure_binary()
-        self.getprops()
+        bound = self.call_bound(config)
+        binary_sha = self.ensure_binary(bound)
+        self.getprops(bound)
         remote_model = self.remote_model_path(model_sha)
+        link_lost = False
         try:
-            self._push(model_path, remote_model)
-            before, waited_s, cooldown_timed_out = self.cooldown(core)
+            self._push(model_path, remote_model, timeout_s=bound)
+            before, waited_s, cooldown_timed_out = self.cooldown(core, bound)
             command = self.benchmark_command(remote_model, core, config)
             started = time.monotonic()
             try:
                 result = self.shell(command, timeout_s=config.timeout_s)
             except ShellTimeout as exc:
-                self._kill_stale(exc.output)
+                if not self._kill_stale(exc.output, bound):
+                    raise AdbNoAnswer(f"{exc}; the phone stopped answering (hung or "
+                                      "disconnected)", exc.output) from None
                 raise
             wall_s = time.monotonic() - started
-            after = self.read_thermal(core)
+            after = self.read_thermal(core, bound)
+        except AdbNoAnswer:
+            link_lost = True
+            raise
         finally:
-            self._remove(remote_model)
+            if link_lost:  # the phone is not answering: rm would only wait out another bound
+                self.cleanup_errors.append(f"rm {remote_model}: skipped, the phone is not answering")
+            else:
+                self._remove(remote_model, bound)
 
         source = f"{self._label()} {model_path.name}"
         output = re.sub(r"^" + re.escape(PID_MARKER) + r"\d+\n?", "", result.output, flags=re.M)
@@ -963,6 +1023,7 @@ def open_phone(serial: str, client: Any | None = None,
 __all__ = [
     "AdbCallError",
     "AdbDevice",
+    "AdbNoAnswer",
     "PhoneInfo",
     "ShellResult",
     "ShellTimeout",

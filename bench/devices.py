@@ -68,8 +68,10 @@ def select_devices(spec: str, *, core: int | None = None, benchmark_binary: Path
             problem = None if attached[serial] == "device" else _state_problem(serial, attached[serial])
             if problem is None:
                 try:
+                    # timeout_s bounds a benchmark run; one adb call (push, stat, rm) gets at
+                    # most 30 s of it, so a hung phone is not waited on for the benchmark bound
                     devices.append(open_phone(serial, client, benchmark_binary=benchmark_binary,
-                                              timeout_s=timeout_s, retries=retries))
+                                              timeout_s=call_timeout, retries=retries))
                     continue
                 except MnasError as exc:
                     if explicit or unusable is None:

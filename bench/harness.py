@@ -5,6 +5,9 @@ measurements never run at once on one device while several phones run in paralle
 finished measurement is written to the store at once (a crash loses at most the one in
 flight); a measurement already stored for the same device, model, runtime and conditions is
 reused unless `force` is set, so a re-run after a kill resumes and duplicates nothing.
+A device that reports itself `offline` after a failure (a phone that is gone or hung) gets
+no further models; each pair it leaves unmeasured is reported, naming device and model,
+through `on_result` like every other outcome.
 """
 
 from __future__ import annotations
@@ -41,29 +44,35 @@ def run_benchmarks(
     outcomes: Queue[BenchOutcome] = Queue()
     lock = threading.Lock()
 
+    def report(outcome: BenchOutcome) -> None:
+        with lock:
+            if on_result is not None:
+                on_result(outcome)
+        outcomes.put(outcome)
+
     def work(device: Device) -> None:
         try:
             profile = device.profile()
         except MnasError as exc:
             for model in models:
-                outcomes.put(BenchOutcome(device.device_id, model, None, None, error=str(exc)))
+                report(BenchOutcome(device.device_id, model, None, None,
+                                    error=f"{device.device_id}: {model.label}: not measured: {exc}"))
             return
-        for model in models:
+        for index, model in enumerate(models):
             outcome = _one(device, profile, model)
-            with lock:
-                if on_result is not None:
-                    on_result(outcome)
-            outcomes.put(outcome)
+            report(outcome)
             if outcome.error and getattr(device, "offline", False):
-                for rest in models[models.index(model) + 1:]:
-                    outcomes.put(BenchOutcome(device.device_id, rest, None, None, error=f"{device.device_id}: device offline, skipped"))
+                for rest in models[index + 1:]:
+                    report(BenchOutcome(device.device_id, rest, None, None,
+                                        error=f"{device.device_id}: {rest.label}: not measured: "
+                                              "device offline after an earlier failure"))
                 return
 
     def _one(device: Device, profile, model: PreparedModel) -> BenchOutcome:
         if store is not None and not force:
             stored = store.find_measurement(profile.device_id, model.sha256, profile.runtime,
                                             profile.runtime_version, config.conditions_key())
-            if stored is not None:
+            if stored is not None and not stored.throttled:  # a throttled result is measured again
                 return BenchOutcome(device.device_id, model, stored, None, reused=True)
         try:
             measurement = device.benchmark(model.path, config)

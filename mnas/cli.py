@@ -65,7 +65,10 @@ _register()
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: run the CLI and turn failures into one clear line."""
     try:
-        cli.main(args=argv, prog_name="mnas", standalone_mode=False)
+        # without standalone mode click returns the code of a `ctx.exit(n)` instead of exiting
+        code = cli.main(args=argv, prog_name="mnas", standalone_mode=False)
+        if isinstance(code, int) and code != 0:
+            sys.exit(code)
     except click.exceptions.Abort:
         click.echo("mnas: interrupted", err=True)
         sys.exit(130)

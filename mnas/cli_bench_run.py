@@ -1,7 +1,13 @@
-"""`mnas bench MODEL...`: measure models on the host or phones and store every figure."""
+"""`mnas bench MODEL...`: measure models on the host or phones and store every figure.
+
+Each failed (device, model) pair is reported the moment it happens as ONE line on stderr,
+`mnas: error: SERIAL ...: MODEL ...: what happened`; stdout carries only the table or the JSON,
+so `--json` output stays parseable when some pairs fail. The exit code is 1 if any failed.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -69,15 +75,18 @@ def run(ctx: click.Context, models: tuple[str, ...], device_spec: str, runs: int
                          core=core, timeout_s=timeout_s)
     database = db_path(ctx)
     prepared = [prepare_model(spec, database.parent / "models", resolution, multiplier) for spec in models]
+    unusable: list[str] = []
     devices = select_devices(device_spec, core=core, benchmark_binary=Path(benchmark_binary) if benchmark_binary else None,
-                             timeout_s=timeout_s, retries=retries)
+                             timeout_s=timeout_s, retries=retries, unusable=unusable)
+    for line in unusable:
+        click.echo(f"mnas: error: {line}", err=True)
     store = ResultsStore(database)
     total = len(prepared) * len(devices)
     with tqdm(total=total, desc="bench", unit="model", disable=total < 2 or as_json, leave=False) as bar:
         def progress(outcome) -> None:
             bar.update(1)
             if outcome.error:
-                tqdm.write(f"mnas: failed: {outcome.error}")
+                tqdm.write(f"mnas: error: {' '.join(outcome.error.split())}", file=sys.stderr)
         outcomes = run_benchmarks(devices, prepared, config, store=store, force=force, on_result=progress)
     rows = [outcome_row(o) for o in outcomes]
     if as_json:
@@ -90,11 +99,10 @@ def run(ctx: click.Context, models: tuple[str, ...], device_spec: str, runs: int
             "status": "failed" if r["error"] else ("stored" if r["reused"] else "measured") + (" THROTTLED" if r.get("throttled") else ""),
         } for r in rows])
         click.echo(f"results: {database}")
-    failed = [r for r in rows if r["error"]]
-    if failed:
-        for r in failed:
-            click.echo(f"mnas: error: {r['error']}", err=True)
-        ctx.exit(1)
+    if unusable or any(r["error"] for r in rows):
+        # Each failure was reported on stderr as it happened. Not ctx.exit(1): mnas.cli.main runs
+        # click with standalone_mode=False, where an Exit's code is returned and then dropped.
+        sys.exit(1)
 
 
 def _fmt(value, digits: int = 2) -> str:

@@ -14,6 +14,13 @@ test can rewrite it (atomically, see `write_control_file`) and the very next adb
 sees the new state. Faults read at handshake time (`refuse_auth`, `slow_link`,
 `no_shell_v2`) apply to the next connection: reconnect (`adb disconnect` + `adb connect`)
 after switching them.
+
+`slow_link` shrinks every packet, which is what makes a link slow for adb (one packet in
+flight per stream). No real adbd announces less than 4096 bytes, and adb 29's server
+assumes it: it aborts (`Check failed: p->msg.data_length <= s->get_max_payload()`) when a
+client opens a service, e.g. a shell command, longer than the announced payload. The
+default (256) suits protocol tests that send short commands only; for `mnas bench`, whose
+shell commands run to ~300 bytes, use `slow_link=1024` (a 4 MB push then takes ~7x longer).
 """
 
 from __future__ import annotations
@@ -51,7 +58,8 @@ FAULTS: Mapping[str, FaultSpec] = MappingProxyType(
             FaultSpec("die_mid_shell", "close the connection right after a shell's first output"),
             FaultSpec("hang", "stop answering anything; the connection stays open"),
             FaultSpec("refuse_auth", "answer the host's CNXN with AUTH and never accept a key"),
-            FaultSpec("slow_link", "announce a max payload of BYTES bytes (next connection)", int, 256, 64, 1 << 20),
+            FaultSpec("slow_link", "announce a max payload of BYTES bytes (next connection); keep BYTES above the "
+                      "longest shell command sent: adb 29's server aborts on a longer one", int, 256, 64, 1 << 20),
             FaultSpec("overheat", "every thermal zone reads TEMP_C degrees", float, 95.0, -40.0, 200.0),
             FaultSpec("throttle", "scaling_cur_freq and scaling_max_freq read RATIO x cpuinfo_max_freq", float, 0.3, 0.01, 1.0),
             FaultSpec("truncated_output", "benchmark_model output stops before its final timings; exit 0"),
