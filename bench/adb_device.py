@@ -28,7 +28,6 @@ goes idle after the run; both are recorded.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shlex
@@ -51,6 +50,7 @@ from mnas.bench.device_config import (
     match_config,
     parse_config,
 )
+from mnas.bench.files import sha256_file
 from mnas.bench.topology import clusters_by_frequency, core_mask, fastest_core
 from mnas.bench.types import BenchConfig, DeviceProfile, Measurement
 from mnas.errors import MeasurementError, MnasError
@@ -339,14 +339,6 @@ def build_probed_config(name: str, serial: str, props: Mapping[str, str],
         "benchmark_binary": None,
     }
     return parse_config(doc, label, expected_name=name)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- the device

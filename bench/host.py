@@ -13,7 +13,6 @@ identifier "TFL3" at bytes 4..8 is a one-line MnasError naming the file.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mnas.bench.files import check_tflite_file, sha256_file
 from mnas.bench.host_worker import MEASUREMENT_EXIT, USAGE_EXIT, TimingResult
 from mnas.bench.runtime import load_runtime
 from mnas.bench.sysfs import HostSysfs
@@ -30,34 +30,7 @@ from mnas.bench.topology import fastest_core
 from mnas.bench.types import BenchConfig, DeviceProfile, LatencyStats, Measurement
 from mnas.errors import MeasurementError, MnasError
 
-TFLITE_IDENTIFIER = b"TFL3"
 THROTTLE_RATIO = 0.9  # cur freq after a run below this share of max flags throttling
-
-
-def check_tflite_file(model_path: Path) -> None:
-    """MnasError (one line, naming the file) unless `model_path` is a TFLite flatbuffer."""
-    if not model_path.exists():
-        raise MnasError(f"{model_path}: no such model file")
-    if not model_path.is_file():
-        raise MnasError(f"{model_path}: not a file (expected a .tflite model)")
-    try:
-        with model_path.open("rb") as handle:
-            head = handle.read(8)
-    except OSError as exc:
-        raise MnasError(f"{model_path}: cannot read the model: {exc.strerror}") from None
-    if len(head) < 8 or head[4:8] != TFLITE_IDENTIFIER:
-        found = head[4:8] if len(head) >= 8 else head
-        raise MnasError(
-            f"{model_path}: not a TFLite model (file identifier {found!r} at bytes 4..8, expected b'TFL3')"
-        )
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _format_cores(cores: set[int] | list[int]) -> str:

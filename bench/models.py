@@ -7,13 +7,10 @@ sha256) and reused from there.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnas.errors import MnasError
-
-TFLITE_IDENTIFIER = b"TFL3"
+from mnas.bench.files import check_tflite_file, sha256_file
 
 
 @dataclass(frozen=True)
@@ -25,32 +22,12 @@ class PreparedModel:
     resolution: int | None = None
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def check_tflite(path: Path) -> None:
-    """A one-line error unless `path` is a readable TFLite flatbuffer."""
-    if not path.exists():
-        raise MnasError(f"model file {path}: not found: expected a .tflite file, a zoo name or an arch string")
-    if not path.is_file():
-        raise MnasError(f"model file {path}: not a regular file: expected a .tflite file")
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-    if len(head) < 8 or head[4:8] != TFLITE_IDENTIFIER:
-        raise MnasError(f"model file {path}: not a TFLite flatbuffer (identifier {head[4:8]!r}): expected 'TFL3'")
-
-
 def prepare_model(spec: str, models_dir: Path, resolution: int | None = None, multiplier: float = 1.0) -> PreparedModel:
     """Resolve MODEL to a `.tflite` on disk (writing zoo/arch models on first use)."""
     candidate = Path(spec)
     if spec.endswith(".tflite") or candidate.exists():
-        check_tflite(candidate)
-        return PreparedModel(candidate, candidate.name, file_sha256(candidate))
+        check_tflite_file(candidate)
+        return PreparedModel(candidate, candidate.name, sha256_file(candidate))
     from mnas.space.resolve import default_resolution, resolve_arch
     from mnas.space.tflite_writer import write_arch
     from mnas.space.zoo import check_resolution
@@ -65,4 +42,7 @@ def prepare_model(spec: str, models_dir: Path, resolution: int | None = None, mu
     if not path.exists():
         models_dir.mkdir(parents=True, exist_ok=True)
         write_arch(arch, path, resolution=res)
-    return PreparedModel(path, label, file_sha256(path), str(arch), res)
+    return PreparedModel(path, label, sha256_file(path), str(arch), res)
+
+
+file_sha256 = sha256_file  # name used by predictor/endtoend.py
