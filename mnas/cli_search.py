@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 
@@ -42,41 +43,65 @@ def _run_dir(database: Path, run_id: str) -> Path:
 @click.option("--steps", type=int, default=None, help="Training steps per child (overrides --epochs).")
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--train-samples", type=int, default=4096, show_default=True, help="Training images per child (cap).")
+@click.option("--val-samples", type=int, default=2000, show_default=True,
+              help="Held-out images each child is scored on (cap).")
 @click.option("--runs", type=int, default=20, show_default=True, help="Measured latency: timed runs.")
 @click.option("--warmup", type=int, default=3, show_default=True)
 @click.option("--min-secs", type=float, default=0.5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="torch threads of this process (controller and proxy training); more than 1 only pays on an "
+                   "otherwise idle machine.")
+@click.option("--benchmark-binary", type=click.Path(dir_okay=False), default=None,
+              help="Phones: host path of the arm64 benchmark_model (pushed once, checked by hash).")
 @click.option("--name", "run_name", default=None, help="Run id (default: a timestamped one).")
-@click.option("--resume", "resume_id", default=None, help="Continue run RUN exactly where it stopped.")
+@click.option("--resume", "resume_id", default=None,
+              help="Continue run RUN exactly where it stopped (its stored settings; only --samples and --threads may change).")
 @json_option
 @click.pass_context
 def run_cmd(ctx: click.Context, latency_kind: str, device: str, predictor_id: int | None, share: float, algorithm: str,
             samples: int, target_ms: float, reward_preset: str, alpha: float | None, beta: float | None,
             latency_resolution: int, accuracy_kind: str, dataset: str, proxy_resolution: int, epochs: float,
-            steps: int | None, batch_size: int, train_samples: int, runs: int, warmup: int, min_secs: float, seed: int,
-            run_name: str | None, resume_id: str | None, as_json: bool) -> None:
+            steps: int | None, batch_size: int, train_samples: int, val_samples: int, runs: int, warmup: int,
+            min_secs: float, seed: int, threads: int, benchmark_binary: str | None, run_name: str | None, resume_id: str | None,
+            as_json: bool) -> None:
     """Run a search (or --resume one); every child is stored as it finishes."""
     from mnas.bench.store import ResultsStore
     from mnas.search.run_store import RunStore
     from mnas.search.runs import run_search
     from mnas.search.setup import build_setup, predictor_device_name
 
+    if threads < 1:
+        raise MnasError(f"--threads {threads}: expected an integer >= 1")
     database = db_path(ctx)
     store = ResultsStore(database)
     runs_store = RunStore(store)
     if resume_id:
+        _check_resume_options(ctx, resume_id)
         run_id = resume_id
         cfg = runs_store.run_config(run_id)
-        if ctx.get_parameter_source("samples") == click.core.ParameterSource.COMMANDLINE:
-            cfg["samples"] = samples
+        changed = False
+        if _given(ctx, "samples"):
+            if samples < 1:
+                raise MnasError(f"--samples {samples}: expected a budget >= 1")
+            cfg["samples"], changed = samples, True
+        if _given(ctx, "threads") and cfg["accuracy"]["kind"] == "proxy":
+            cfg["accuracy"].setdefault("execution", {})["threads"], changed = threads, True
+        if changed:
             runs_store.update_config(run_id, cfg)
     else:
         cfg = _new_config(latency_kind, device, predictor_id, share, algorithm, samples, target_ms, reward_preset,
                           alpha, beta, latency_resolution, accuracy_kind, dataset, proxy_resolution, epochs, steps,
-                          batch_size, train_samples, runs, warmup, min_secs, seed)
+                          batch_size, train_samples, runs, warmup, min_secs, seed, threads, benchmark_binary,
+                          val_samples)
         if latency_kind != "measured":
             cfg["latency"]["device_name"] = predictor_device_name(device)
         run_id = run_name or time.strftime("run-%Y%m%d-%H%M%S")
+    import torch
+
+    # One thread by default: on a shared 2-core machine two torch threads made the controller
+    # ~10x and proxy training ~6x slower (measured); the proxy task restores it after training.
+    torch.set_num_threads(int(cfg["accuracy"].get("execution", {}).get("threads") or threads))
     setup = build_setup(cfg, store, _run_dir(database, run_id))  # all bad input fails here, before training
     if not resume_id:
         runs_store.create_run(run_id, cfg["algorithm"], cfg)
@@ -86,7 +111,14 @@ def run_cmd(ctx: click.Context, latency_kind: str, device: str, predictor_id: in
         summary = run_search(runs_store, run_id, setup, int(cfg["samples"]), progress=not as_json)
     except KeyboardInterrupt:
         runs_store.set_status(run_id, "interrupted")
-        raise MnasError(f"search {run_id} interrupted; every finished child is stored: resume with `mnas search --resume {run_id}`") from None
+        stored = len(runs_store.samples(run_id))
+        explicit_db = (ctx.find_root().obj or {}).get("db")
+        again = f"mnas{f' --db {shlex.quote(str(explicit_db))}' if explicit_db else ''} search --resume {shlex.quote(run_id)}"
+        click.echo(f"mnas: search {run_id} interrupted with {stored} of {cfg['samples']} children stored "
+                   f"(every finished child is kept): resume with `{again}`", err=True)
+        # SystemExit, not click's Exit: `mnas.cli.main` runs click with standalone_mode=False,
+        # where click turns Exit into a return value and the code would be lost
+        raise SystemExit(130) from None
     payload = {"run_id": run_id, "samples": summary.samples, "new_samples": summary.new_samples,
                "best_reward": summary.best_reward, "best_arch": summary.best_arch,
                "elapsed_s": summary.elapsed_s, "samples_per_hour": summary.samples_per_hour}
@@ -98,11 +130,31 @@ def run_cmd(ctx: click.Context, latency_kind: str, device: str, predictor_id: in
         click.echo(f"report: mnas search report {run_id}")
 
 
+RESUMABLE_OPTIONS = ("samples", "threads", "resume_id", "as_json")
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+
+
+def _check_resume_options(ctx: click.Context, run_id: str) -> None:
+    """A resumed run is rebuilt from its stored config: refuse options that would be ignored."""
+    for param in ctx.command.params:
+        if param.name and param.name not in RESUMABLE_OPTIONS and _given(ctx, param.name):
+            flag = max(param.opts, key=len) if param.opts else param.name
+            raise MnasError(f"{flag}: given with --resume {run_id}: expected only --samples or --threads "
+                            "(a resumed run keeps its stored settings)")
+
+
 def _new_config(latency_kind, device, predictor_id, share, algorithm, samples, target_ms, reward_preset, alpha, beta,
                 latency_resolution, accuracy_kind, dataset, proxy_resolution, epochs, steps, batch_size, train_samples,
-                runs, warmup, min_secs, seed) -> dict:
+                runs, warmup, min_secs, seed, threads=1, benchmark_binary=None, val_samples=2000) -> dict:
+    import math
+
     from mnas.search.reward import PRESETS, Reward
 
+    if not math.isfinite(target_ms) or target_ms <= 0:
+        raise MnasError(f"--target-ms {target_ms:g}: expected a latency target > 0 ms")
     if reward_preset == "custom":
         if alpha is None or beta is None:
             raise MnasError("--reward custom: expected both --alpha and --beta")
@@ -121,14 +173,20 @@ def _new_config(latency_kind, device, predictor_id, share, algorithm, samples, t
         "latency": {"kind": latency_kind, "device": device, "predictor_id": predictor_id, "share": share,
                     "resolution": latency_resolution, "runs": runs, "warmup": warmup, "min_secs": min_secs},
     }
+    if benchmark_binary:
+        path = Path(benchmark_binary).expanduser().resolve()
+        if not path.is_file():
+            raise MnasError(f"--benchmark-binary {benchmark_binary}: no such file: expected the arm64 benchmark_model binary")
+        cfg["latency"]["benchmark_binary"] = str(path)
     if accuracy_kind == "cheap":
-        cfg["accuracy"] = {"kind": "cheap", "params": {"resolution": latency_resolution, "seed": seed}}
+        # its mult-adds curve is defined at 224 px whatever resolution latency is timed at
+        cfg["accuracy"] = {"kind": "cheap", "params": {"seed": seed}}
     else:
         from mnas.search.accuracy import ProxyTask
 
         task = ProxyTask(dataset=dataset, resolution=proxy_resolution, epochs=epochs, steps=steps, batch_size=batch_size,
-                         max_train_samples=train_samples, seed=seed)
-        cfg["accuracy"] = {"kind": "proxy", "task_key": task.key()}
+                         max_train_samples=train_samples, max_val_samples=val_samples, seed=seed)
+        cfg["accuracy"] = {"kind": "proxy", "task_key": task.key(), "execution": {"threads": threads}}
     return cfg
 
 
@@ -170,6 +228,12 @@ def report_cmd(ctx: click.Context, run_id: str, top: int, out_dir: str | None, a
         return
     click.echo(f"run {run_id}: {report['samples']} children, target {report['target_ms']} ms, "
                f"{report['share_under_target'] * 100:.0f}% under target, hypervolume {report['hypervolume']:.4f}")
+    sources = ", ".join(f"{kind} {n}" for kind, n in report["latency_sources"].items())
+    click.echo(f"latency sources: {sources or 'none'}")
+    error = report["latency_error"]
+    if error["n"]:
+        click.echo(f"predicted vs measured latency ({error['n']} measured archs): MAPE {error['mape_pct']:.1f}%, "
+                   f"max {error['max_ape_pct']:.1f}%, bias {error['bias_pct']:+.1f}%")
     echo_table([{"idx": r["idx"], "reward": f"{r['reward']:.4f}", "accuracy": f"{r['accuracy']:.4f}",
                  "latency_ms": f"{r['latency_ms']:.2f}", "source": r["latency_source"], "arch": r["arch_hash"]}
                 for r in report["top"]])
@@ -199,5 +263,8 @@ def export_cmd(ctx: click.Context, run_id: str, top: int, out_dir: str | None, a
         echo_json(rows)
     else:
         for r in rows:
-            click.echo(f"#{r['rank']} reward {r['reward']:.4f}: {r['arch']}\n   {r['tflite']}"
-                       + (f"\n   {r['weights']}" if r["weights"] else "\n   (no trained weights kept for this child)"))
+            kept = (f"\n   {r['weights']} (build_model(arch, {r['num_classes']}))" if r["weights"]
+                    else "\n   (no trained weights kept for this child)")
+            trained = f"\n   {r['trained_tflite']}" if r["trained_tflite"] else ""
+            click.echo(f"#{r['rank']} reward {r['reward']:.4f}: {r['arch']}\n   {r['blocks_txt']}\n   {r['tflite']}"
+                       + kept + trained)

@@ -7,6 +7,7 @@ reference point (latency = 2 x T, accuracy = 0), in units of ms x accuracy, norm
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -95,6 +96,33 @@ def _plots(samples: list[SampleRow], target_ms: float, folder: Path) -> dict[str
     return paths
 
 
+def latency_error(samples: list[SampleRow]) -> dict[str, Any]:
+    """How far the predictor was from the measurements, over samples that have both (hybrid runs).
+
+    Each measured architecture counts once (its first sample); relative error is
+    (predicted - measured) / measured, so a positive bias means the predictor is pessimistic.
+    """
+    seen: dict[str, tuple[float, float]] = {}
+    for s in samples:
+        if s.predicted_ms is not None and s.measured_ms is not None and s.arch_hash not in seen:
+            seen[s.arch_hash] = (s.predicted_ms, s.measured_ms)
+    if not seen:
+        return {"n": 0, "mape_pct": None, "max_ape_pct": None, "bias_pct": None}
+    pred, meas = np.array(list(seen.values())).T
+    rel = (pred - meas) / meas * 100.0
+    return {"n": len(seen), "mape_pct": float(np.abs(rel).mean()), "max_ape_pct": float(np.abs(rel).max()),
+            "bias_pct": float(rel.mean())}
+
+
+def source_counts(samples: list[SampleRow]) -> dict[str, int]:
+    """Samples per latency source kind ("predicted", "measured", "store", "cache")."""
+    counts: dict[str, int] = {}
+    for s in samples:
+        kind = s.latency_source.split(":", 1)[0]
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def summarise(samples: list[SampleRow], target_ms: float, top: int) -> dict[str, Any]:
     lat = [s.latency_ms for s in samples]
     acc = [s.accuracy for s in samples]
@@ -109,6 +137,8 @@ def summarise(samples: list[SampleRow], target_ms: float, top: int) -> dict[str,
         "latency_p90_ms": float(np.percentile(lat, 90)) if lat else None,
         "hypervolume": hypervolume(lat, acc, 2 * target_ms) if lat else 0.0,
         "pareto_size": len(pareto_front(lat, acc)) if lat else 0,
+        "latency_sources": source_counts(samples),
+        "latency_error": latency_error(samples),
         "top": [{"idx": s.idx, "reward": s.reward, "accuracy": s.accuracy, "latency_ms": s.latency_ms,
                  "latency_source": s.latency_source, "arch_hash": s.arch_hash, "arch": s.arch} for s in ranked],
     }
@@ -124,13 +154,32 @@ def make_report(runs: RunStore, run_id: str, cfg: dict[str, Any], folder: Path, 
 
 
 def export_top(runs: RunStore, run_id: str, cfg: dict[str, Any], folder: Path, top: int, weights_dir: Path) -> list[dict]:
-    """Write the top-K children: block strings (arch.txt), .tflite (latency resolution), proxy weights."""
+    """Write the top-K children by reward.
+
+    Per child: `topN-HASH.txt` (one block string a line, then the canonical arch), `.tflite`
+    (at the latency resolution, 1000 classes, seeded weights: the model that was timed) and,
+    when the run trained children and kept this one's weights, `.pt` (the trained proxy's
+    `state_dict`, loadable into `build_model(arch, num_classes)`) and `-trained.tflite` (the
+    same trained network at the proxy resolution; it expects inputs normalised as the proxy
+    task normalised them).
+    """
+    import torch
+
+    from mnas.errors import MnasError
     from mnas.space.arch import Arch
     from mnas.space.tflite_writer import write_arch
+    from mnas.space.torch_model import build_model
 
+    if top < 1:
+        raise MnasError(f"--top {top}: expected an integer >= 1")
     samples = sorted(runs.samples(run_id), key=lambda s: s.reward, reverse=True)[:top]
+    if not samples:
+        raise MnasError(f"search run {run_id!r}: no stored children yet: expected a run with samples to export")
     folder.mkdir(parents=True, exist_ok=True)
     resolution = int(cfg["latency"]["resolution"])
+    proxy_resolution = None
+    if cfg.get("accuracy", {}).get("kind") == "proxy":
+        proxy_resolution = int(json.loads(cfg["accuracy"]["task_key"])["resolution"])
     rows = []
     for rank, s in enumerate(samples, 1):
         arch = Arch.parse(s.arch)
@@ -139,11 +188,21 @@ def export_top(runs: RunStore, run_id: str, cfg: dict[str, Any], folder: Path, t
         tflite = base.with_suffix(".tflite")
         write_arch(arch, tflite, resolution=resolution)
         weights = weights_dir / f"{s.idx}.pt"
-        exported = None
+        exported = trained_tflite = num_classes = None
         if weights.exists():
             exported = base.with_suffix(".pt")
             shutil.copyfile(weights, exported)
+            state = torch.load(exported, map_location="cpu", weights_only=True)
+            num_classes = int(state["head.fc.weight"].shape[0])
+            if proxy_resolution is not None:
+                model = build_model(arch, num_classes)
+                model.load_state_dict(state)
+                model.eval()
+                trained_tflite = folder / f"top{rank}-{s.arch_hash}-trained.tflite"
+                write_arch(arch, trained_tflite, resolution=proxy_resolution, module=model)
         rows.append({"rank": rank, "idx": s.idx, "reward": s.reward, "accuracy": s.accuracy, "latency_ms": s.latency_ms,
                      "arch": s.arch, "blocks_txt": str(base.with_suffix(".txt")), "tflite": str(tflite),
-                     "weights": str(exported) if exported else None})
+                     "tflite_resolution": resolution, "weights": str(exported) if exported else None,
+                     "num_classes": num_classes, "trained_tflite": str(trained_tflite) if trained_tflite else None,
+                     "proxy_resolution": proxy_resolution if exported else None})
     return rows

@@ -85,7 +85,10 @@ def build_latency(cfg: dict[str, Any], store, workdir: Path):
         from mnas.bench.types import BenchConfig
         from mnas.space.tflite_writer import write_arch
 
-        devices = select_devices(lat["device"], timeout_s=float(lat.get("timeout_s", 600)), retries=int(lat.get("retries", 1)))
+        check_phone_names(lat["device"], "host, all, or the serial of an attached phone")
+        binary = lat.get("benchmark_binary")
+        devices = select_devices(lat["device"], benchmark_binary=Path(binary) if binary else None,
+                                 timeout_s=float(lat.get("timeout_s", 600)), retries=int(lat.get("retries", 1)))
         config = BenchConfig(warmup_runs=int(lat["warmup"]), num_runs=int(lat["runs"]), min_secs=float(lat["min_secs"]))
         return MeasuredLatency(devices, int(lat["resolution"]), config, write_arch, store=store, workdir=workdir)
 
@@ -101,8 +104,13 @@ def predictor_device_name(device: str) -> str:
     config matched by an attached phone's serial. Predicting needs no phone attached."""
     from mnas.bench.device_config import load_all
 
-    if device == "host" or device in load_all():
+    configs = load_all()
+    if device == "host" or device in configs:
         return device
+    if "," in device or device == "all":
+        raise MnasError(f"--device {device!r} with --latency predicted/hybrid: expected ONE device (host, a config "
+                        "name or a phone serial): a predictor is fitted for one device model")
+    check_phone_names(device, f"host, a device config name ({', '.join(sorted(configs))}) or the serial of an attached phone")
     from mnas.bench.devices import select_devices
 
     return select_devices(device, timeout_s=30)[0].profile().device_name
@@ -116,3 +124,19 @@ def build_setup(cfg: dict[str, Any], store, run_dir: Path) -> SearchSetup:
     searcher = build_searcher(cfg, space)
     return SearchSetup(space=space, searcher=searcher, accuracy=accuracy, latency=latency, reward=reward,
                        weights_dir=run_dir / "weights", keep_top=int(cfg.get("keep_top", 5)))
+
+
+def check_phone_names(spec: str, expected: str) -> None:
+    """Fail fast, naming the device, when `spec` names phones but no adb server runs to find them.
+
+    (`select_devices` says only that the adb server is missing; the user's mistake is more
+    often a misspelt name, so say both.)
+    """
+    names = [n.strip() for n in spec.split(",") if n.strip() not in ("", "host", "all")]
+    if not names:
+        return
+    from mnas.bench.adb_device import adb_client, adb_unavailable_reason
+
+    reason = adb_unavailable_reason(adb_client(10.0))
+    if reason:
+        raise MnasError(f"unknown device {names[0]!r}: expected {expected}; {reason}")

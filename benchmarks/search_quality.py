@@ -1,0 +1,244 @@
+"""Search quality at equal budget: the MnasNet PPO controller vs random search vs regularized evolution.
+
+Each searcher gets the same number of children, scored exactly as `mnas search` scores them
+(ask one, ACC x (LAT / T) ** w, tell one, in `run_search`'s order), over several seeds, with
+the soft and the hard reward of the paper. Reported per (reward, algorithm), mean +- std
+over seeds:
+
+* best reward found, and the mean reward of the last 20% of the children (where the search
+  spends its budget once it has learned);
+* hypervolume of the (latency, accuracy) Pareto front of all children (`search.report`,
+  reference point 2T / accuracy 0, normalised to [0, 1]);
+* share of children under T and the latency spread (p10 / p50 / p90) of the second half of
+  the run: the paper's Fig. 6 shape is that the hard reward concentrates the samples under T
+  while the soft reward keeps exploring both sides.
+
+Everything here is cheap, so the budget can be the paper's order of magnitude in minutes:
+latency comes from a predictor (by default the synthetic additive device of
+`tests/predictor_fakes.py` as a lookup table over every layer of the space at 224 px; with
+`--db` a stored predictor) and accuracy from `CheapAccuracy`, which is NOT an accuracy but a
+fixed saturating function of mult-adds (plus 1% hash noise): the searchers face a real
+accuracy/latency trade-off at no training cost. The loop runs in memory: `run_search`'s
+per-child checkpoint (a torch.save of the controller and Adam state, ~50 ms) would dominate
+a 1000-child PPO run here and says nothing about search quality.
+
+    python benchmarks/search_quality.py [--samples 1000] [--seeds 3] [--target-ms T]
+        [--db results/mnas.db [--predictor ID]] [--ppo-lr 0.00035] [--ppo-epochs 4]
+        [--png results/search_quality.png] [--json results/search_quality.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mnas.errors import MnasError
+from mnas.predictor.layers import enumerate_layers
+from mnas.predictor.predictors import AdditivePredictor, LookupPredictor, load_predictor
+from mnas.predictor.table import LatencyTable, TableEntry, TableMeta
+from mnas.search.accuracy import CheapAccuracy
+from mnas.search.latency import PredictedLatency
+from mnas.search.report import hypervolume
+from mnas.search.reward import Reward
+from mnas.search.setup import build_searcher
+from mnas.space.search_space import SearchSpace, mnasnet
+
+ALGORITHMS = ("ppo", "random", "evolution")
+REWARDS = ("soft", "hard")
+TARGET_QUANTILE = 0.35  # default T: this quantile of random children's latency (a third of them under T)
+
+
+def synthetic_predictor(resolution: int = 224) -> LookupPredictor:
+    """The synthetic additive device of tests/predictor_fakes.py, as a table of every layer of the space."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from predictor_fakes import synthetic_layer_ms
+
+    layers = enumerate_layers(mnasnet(), resolution, 1000)
+    meta = TableMeta(name="synthetic", device_name="synthetic", runtime="synthetic", runtime_version="1",
+                     resolution=resolution, conditions="synthetic")
+    entries = {layer.key: TableEntry(layer.key, synthetic_layer_ms(layer), None, None, 1, 0.0) for layer in layers}
+    return LookupPredictor(LatencyTable(meta, entries))
+
+
+def stored_predictor(db: Path, predictor_id: int | None) -> AdditivePredictor:
+    from mnas.bench.store import ResultsStore
+
+    store = ResultsStore(db, create=False)
+    try:
+        return load_predictor(store, predictor_id)
+    finally:
+        store.close()
+
+
+def run_one(space: SearchSpace, algorithm: str, seed: int, samples: int, reward: Reward,
+            latency: PredictedLatency, accuracy: CheapAccuracy, ppo: dict[str, Any]) -> dict[str, Any]:
+    """One search, child by child as `run_search` does it; returns the per-child arrays and the time."""
+    cfg: dict[str, Any] = {"algorithm": algorithm, "seed": seed}
+    if algorithm == "ppo":
+        cfg["ppo"] = ppo
+    searcher = build_searcher(cfg, space)
+    lat = np.empty(samples)
+    acc = np.empty(samples)
+    rew = np.empty(samples)
+    started = time.perf_counter()
+    for i in range(samples):
+        tokens = searcher.ask(1)[0]
+        arch = space.decode(tokens)
+        acc[i] = accuracy.accuracy(arch).accuracy
+        lat[i] = latency.latency_ms([arch])[0].latency_ms
+        rew[i] = reward(float(acc[i]), float(lat[i]))
+        searcher.tell([tokens], [float(rew[i])])
+    return {"latency_ms": lat, "accuracy": acc, "reward": rew, "seconds": time.perf_counter() - started}
+
+
+def metrics(run: dict[str, Any], target_ms: float) -> dict[str, float]:
+    lat, acc, rew = run["latency_ms"], run["accuracy"], run["reward"]
+    n = len(rew)
+    half = lat[n // 2:]
+    p10, p50, p90 = np.percentile(half, [10, 50, 90])
+    return {
+        "best_reward": float(rew.max()),
+        "last20_reward": float(rew[-max(1, n // 5):].mean()),
+        "hypervolume": hypervolume(lat, acc, 2 * target_ms),
+        "under_t_all": float(np.mean(lat <= target_ms)),
+        "under_t_2nd_half": float(np.mean(half <= target_ms)),
+        "lat_p10_ms": float(p10), "lat_p50_ms": float(p50), "lat_p90_ms": float(p90),
+        "lat_over_t_p90": float(p90 / target_ms),
+        "seconds": float(run["seconds"]),
+    }
+
+
+def mean_std(values: list[float], digits: int = 4) -> str:
+    return f"{np.mean(values):.{digits}f} +- {np.std(values):.{digits}f}"
+
+
+def print_table(results: dict[str, dict[str, list[dict[str, float]]]], target_ms: float) -> None:
+    for kind, by_alg in results.items():
+        print(f"\n{kind} reward (T = {target_ms:.3f} ms), mean +- std over {len(next(iter(by_alg.values())))} seeds")
+        header = (f"{'algorithm':<10} {'best reward':>18} {'last-20% reward':>18} {'hypervolume':>18} "
+                  f"{'under T':>8} {'2nd half: under T':>18} {'p10/p50/p90 (ms)':>20} {'s/run':>6}")
+        print(header)
+        print("-" * len(header))
+        for alg, runs in by_alg.items():
+            col = {key: [r[key] for r in runs] for key in runs[0]}
+            spread = f"{np.mean(col['lat_p10_ms']):.2f}/{np.mean(col['lat_p50_ms']):.2f}/{np.mean(col['lat_p90_ms']):.2f}"
+            print(f"{alg:<10} {mean_std(col['best_reward']):>18} {mean_std(col['last20_reward']):>18} "
+                  f"{mean_std(col['hypervolume']):>18} {np.mean(col['under_t_all']):>8.2f} "
+                  f"{np.mean(col['under_t_2nd_half']):>18.2f} {spread:>20} {np.mean(col['seconds']):>6.1f}")
+
+
+def ppo_vs(results: dict[str, dict[str, list[dict[str, float]]]], other: str) -> list[str]:
+    lines = []
+    for kind, by_alg in results.items():
+        if "ppo" not in by_alg or other not in by_alg:
+            continue
+        for key in ("best_reward", "last20_reward", "hypervolume"):
+            wins = sum(p[key] > o[key] for p, o in zip(by_alg["ppo"], by_alg[other], strict=True))
+            lines.append(f"{kind:>4} {key:<14}: PPO > {other} in {wins}/{len(by_alg['ppo'])} seeds")
+    return lines
+
+
+def histogram_png(runs: dict[str, dict[str, list[dict[str, Any]]]], target_ms: float, path: Path) -> None:
+    """Latency histograms of PPO's children (second half, seeds pooled) under the soft and the hard reward."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pooled = {kind: np.concatenate([r["latency_ms"][len(r["latency_ms"]) // 2:] for r in runs[kind]["ppo"]])
+              for kind in REWARDS if "ppo" in runs.get(kind, {})}
+    reference = np.concatenate([r["latency_ms"] for r in runs[REWARDS[0]]["random"]]) \
+        if "random" in runs.get(REWARDS[0], {}) else None
+    everything = np.concatenate(list(pooled.values()) + ([reference] if reference is not None else []))
+    bins = np.linspace(everything.min(), everything.max(), 50)
+    fig, axes = plt.subplots(1, len(pooled), figsize=(5.5 * len(pooled), 4), sharey=True, squeeze=False)
+    for ax, (kind, values) in zip(axes[0], pooled.items(), strict=True):
+        if reference is not None:
+            ax.hist(reference, bins=bins, density=True, histtype="step", color="gray", label="random search")
+        ax.hist(values, bins=bins, density=True, alpha=0.7, label=f"PPO, {kind} reward")
+        ax.axvline(target_ms, color="r", ls="--", label=f"T = {target_ms:.2f} ms")
+        ax.set_title(f"{kind}: {np.mean(values <= target_ms) * 100:.0f}% under T")
+        ax.set_xlabel("latency (ms)")
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("density (2nd half of each run, seeds pooled)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=1000, help="children per run (equal budget)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--target-ms", type=float, default=None,
+                        help=f"latency target T (default: the {TARGET_QUANTILE:.0%} quantile of random children)")
+    parser.add_argument("--db", type=Path, default=None, help="use a stored predictor from this results database")
+    parser.add_argument("--predictor", type=int, default=None, help="stored predictor id (default: the latest)")
+    parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
+    parser.add_argument("--rewards", default=",".join(REWARDS))
+    parser.add_argument("--ppo-lr", type=float, default=0.00035, help="PPO learning rate (paper: 0.00035)")
+    parser.add_argument("--ppo-epochs", type=int, default=4, help="Adam steps per minibatch of 20")
+    parser.add_argument("--png", type=Path, default=Path("results") / "search_quality.png")
+    parser.add_argument("--json", type=Path, default=None, help="write every run's metrics here")
+    args = parser.parse_args(argv)
+    algorithms = [a for a in args.algorithms.split(",") if a]
+    kinds = [k for k in args.rewards.split(",") if k]
+    torch.set_num_threads(1)  # the controller's tensors are tiny: more threads only contend
+
+    space = mnasnet()
+    predictor = stored_predictor(args.db, args.predictor) if args.db else synthetic_predictor()
+    latency = PredictedLatency(predictor, predictor_id=str(predictor.predictor_id or "synthetic"))
+    accuracy = CheapAccuracy()
+    rng = np.random.default_rng(12345)
+    probe = predictor.predict_tokens(np.asarray([space.sample_tokens(rng) for _ in range(2000)]))
+    target = args.target_ms or round(float(np.quantile(probe, TARGET_QUANTILE)), 3)
+    ppo = {"learning_rate": args.ppo_lr, "epochs": args.ppo_epochs}
+    print(f"predictor: {'stored #' + str(predictor.predictor_id) if args.db else 'synthetic additive device'} "
+          f"({predictor.kind}, {predictor.resolution} px); random children: latency p10/p50/p90 "
+          f"{np.percentile(probe, 10):.2f}/{np.percentile(probe, 50):.2f}/{np.percentile(probe, 90):.2f} ms")
+    print(f"accuracy: CheapAccuracy (NOT an accuracy: a function of mult-adds); T = {target} ms; "
+          f"{args.samples} children x {args.seeds} seeds; PPO {ppo} (paper: lr 0.00035, epochs not given)")
+
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    results: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for kind in kinds:
+        reward = Reward.preset(kind, target)
+        for alg in algorithms:
+            for seed in range(args.seeds):
+                run = run_one(space, alg, seed, args.samples, reward, latency, accuracy, ppo)
+                runs.setdefault(kind, {}).setdefault(alg, []).append(run)
+                results.setdefault(kind, {}).setdefault(alg, []).append(metrics(run, target))
+                print(f"  {kind} {alg} seed {seed}: best {run['reward'].max():.4f} in {run['seconds']:.1f} s",
+                      file=sys.stderr, flush=True)
+    print_table(results, target)
+    print()
+    for other in ("random", "evolution"):
+        for line in ppo_vs(results, other):
+            print(line)
+    if "ppo" in algorithms and "soft" in results and "hard" in results:
+        soft, hard = results["soft"]["ppo"], results["hard"]["ppo"]
+        print(f"\nPPO soft vs hard, 2nd half of each run: under T {np.mean([r['under_t_2nd_half'] for r in soft]):.2f} "
+              f"vs {np.mean([r['under_t_2nd_half'] for r in hard]):.2f}; p90 / T "
+              f"{np.mean([r['lat_over_t_p90'] for r in soft]):.2f} vs {np.mean([r['lat_over_t_p90'] for r in hard]):.2f}")
+        histogram_png(runs, target, args.png)
+        print(f"latency histograms: {args.png}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"target_ms": target, "samples": args.samples, "seeds": args.seeds,
+                                         "ppo": ppo, "results": results}, indent=2))
+        print(f"metrics: {args.json}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except MnasError as exc:
+        sys.exit(f"search_quality: error: {exc}")
