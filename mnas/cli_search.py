@@ -56,7 +56,21 @@ def _run_dir(database: Path, run_id: str) -> Path:
               help="Phones: host path of the arm64 benchmark_model (pushed once, checked by hash).")
 @click.option("--name", "run_name", default=None, help="Run id (default: a timestamped one).")
 @click.option("--resume", "resume_id", default=None,
-              help="Continue run RUN exactly where it stopped (its stored settings; only --samples and --threads may change).")
+              help="Continue run RUN exactly where it stopped (its stored settings; only --samples, --threads and "
+                   "the executor options may change).")
+@click.option("--executor", "executor_kind", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: train children in this process; ray: as Ray tasks, with phones as Ray actors.")
+@click.option("--address", default="auto", show_default=True,
+              help="Ray cluster: auto (the one `ray start` runs here), HOST:PORT, ray://..., or local (a private one).")
+@click.option("--cpus-per-child", type=float, default=1.0, show_default=True, help="Ray: CPUs each child trains on.")
+@click.option("--gpus-per-child", type=float, default=0.0, show_default=True,
+              help="Ray: GPUs each child trains on (0.5 = two children per GPU).")
+@click.option("--workers", type=int, default=1, show_default=True, help="Local executor: children trained at once.")
+@click.option("--window", type=int, default=None,
+              help="Children asked ahead of the oldest unfinished one; stored with the run (same seed and window = "
+                   "same samples on any executor). Default: 1 locally, twice the parallel children on Ray.")
+@click.option("--max-retries", type=int, default=3, show_default=True,
+              help="Ray: re-runs of a child whose worker or node died.")
 @json_option
 @click.pass_context
 def run_cmd(ctx: click.Context, latency_kind: str, device: str, predictor_id: int | None, share: float, algorithm: str,
@@ -64,12 +78,18 @@ def run_cmd(ctx: click.Context, latency_kind: str, device: str, predictor_id: in
             latency_resolution: int, accuracy_kind: str, dataset: str, proxy_resolution: int, epochs: float,
             steps: int | None, batch_size: int, train_samples: int, val_samples: int, runs: int, warmup: int,
             min_secs: float, seed: int, threads: int, benchmark_binary: str | None, run_name: str | None, resume_id: str | None,
-            as_json: bool) -> None:
+            executor_kind: str, address: str, cpus_per_child: float, gpus_per_child: float, workers: int,
+            window: int | None, max_retries: int, as_json: bool) -> None:
     """Run a search (or --resume one); every child is stored as it finishes."""
     from mnas.bench.store import ResultsStore
+    from mnas.search.executors import (
+        build_setup_for,
+        make_executor,
+        resolve_window,
+        run_search_with_executor,
+    )
     from mnas.search.run_store import RunStore
-    from mnas.search.runs import run_search
-    from mnas.search.setup import build_setup, predictor_device_name
+    from mnas.search.setup import predictor_device_name
 
     if threads < 1:
         raise MnasError(f"--threads {threads}: expected an integer >= 1")
@@ -102,13 +122,19 @@ def run_cmd(ctx: click.Context, latency_kind: str, device: str, predictor_id: in
     # One thread by default: on a shared 2-core machine two torch threads made the controller
     # ~10x and proxy training ~6x slower (measured); the proxy task restores it after training.
     torch.set_num_threads(int(cfg["accuracy"].get("execution", {}).get("threads") or threads))
-    setup = build_setup(cfg, store, _run_dir(database, run_id))  # all bad input fails here, before training
-    if not resume_id:
-        runs_store.create_run(run_id, cfg["algorithm"], cfg)
-    else:
-        runs_store.set_status(run_id, "running")
+    executor = make_executor(executor_kind, address=address, workers=workers, num_cpus_per_child=cpus_per_child,
+                             num_gpus_per_child=gpus_per_child, max_retries=max_retries)
     try:
-        summary = run_search(runs_store, run_id, setup, int(cfg["samples"]), progress=not as_json)
+        # all bad input fails here, before training (on Ray also a device:* resource no node offers)
+        setup = build_setup_for(executor, cfg, store, _run_dir(database, run_id))
+        run_window = resolve_window(cfg, window, executor)  # stored in cfg: a resume keeps it
+        if not resume_id:
+            runs_store.create_run(run_id, cfg["algorithm"], cfg)
+        else:
+            runs_store.update_config(run_id, cfg)
+            runs_store.set_status(run_id, "running")
+        summary = run_search_with_executor(runs_store, run_id, setup, int(cfg["samples"]), executor,
+                                           window=run_window, cfg=cfg, progress=not as_json)
     except KeyboardInterrupt:
         runs_store.set_status(run_id, "interrupted")
         stored = len(runs_store.samples(run_id))
@@ -119,9 +145,12 @@ def run_cmd(ctx: click.Context, latency_kind: str, device: str, predictor_id: in
         # SystemExit, not click's Exit: `mnas.cli.main` runs click with standalone_mode=False,
         # where click turns Exit into a return value and the code would be lost
         raise SystemExit(130) from None
+    finally:
+        executor.close()
     payload = {"run_id": run_id, "samples": summary.samples, "new_samples": summary.new_samples,
                "best_reward": summary.best_reward, "best_arch": summary.best_arch,
-               "elapsed_s": summary.elapsed_s, "samples_per_hour": summary.samples_per_hour}
+               "elapsed_s": summary.elapsed_s, "samples_per_hour": summary.samples_per_hour,
+               "executor": executor_kind, "window": run_window}
     if as_json:
         echo_json(payload)
     else:
@@ -130,7 +159,8 @@ def run_cmd(ctx: click.Context, latency_kind: str, device: str, predictor_id: in
         click.echo(f"report: mnas search report {run_id}")
 
 
-RESUMABLE_OPTIONS = ("samples", "threads", "resume_id", "as_json")
+RESUMABLE_OPTIONS = ("samples", "threads", "resume_id", "as_json", "executor_kind", "address", "cpus_per_child",
+                     "gpus_per_child", "workers", "max_retries")
 
 
 def _given(ctx: click.Context, name: str) -> bool:
@@ -142,7 +172,7 @@ def _check_resume_options(ctx: click.Context, run_id: str) -> None:
     for param in ctx.command.params:
         if param.name and param.name not in RESUMABLE_OPTIONS and _given(ctx, param.name):
             flag = max(param.opts, key=len) if param.opts else param.name
-            raise MnasError(f"{flag}: given with --resume {run_id}: expected only --samples or --threads "
+            raise MnasError(f"{flag}: given with --resume {run_id}: expected only --samples, --threads or executor options "
                             "(a resumed run keeps its stored settings)")
 
 

@@ -87,6 +87,8 @@ class LatencyLane:
 
     def close(self) -> None:
         self.jobs.put(None)
+        if self.thread is not threading.current_thread():
+            self.thread.join(timeout=60)
 
     def _run(self) -> None:
         while True:

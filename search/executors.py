@@ -117,6 +117,10 @@ class LocalExecutor:
         self._closed.set()
         for _ in self._threads:
             self._jobs.put(None)
+        # join: a worker thread still alive in torch code at interpreter exit aborts the
+        # process ("terminate called without an active exception")
+        for thread in self._threads:
+            thread.join(timeout=60)
 
 
 # ------------------------------------------------------------------------------------- Ray

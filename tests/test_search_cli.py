@@ -125,7 +125,7 @@ def test_predicted_search_trains_children_then_reports_and_exports(host_db: dict
     assert (payload["run_id"], payload["samples"], payload["new_samples"]) == ("real", 2, 2)
     assert payload["best_reward"] == max(r.reward for r in rows)
     assert set(payload) == {"run_id", "samples", "new_samples", "best_reward", "best_arch", "elapsed_s",
-                            "samples_per_hour"}
+                            "samples_per_hour", "executor", "window"}
     check_trained(rows, {"dataset": "fashion-mnist", "resolution": 16, "steps": 8, "max_train_samples": 512,
                          "max_val_samples": 500})
     reward = Reward.soft(target)

@@ -387,8 +387,8 @@ def test_resume_extends_the_budget_and_refuses_options_it_would_ignore(
 
     refused = run_in_process(capsys, "--db", str(db), "search", "--resume", "grow", "--algorithm", "ppo")
     assert (refused.rc, refused.stderr_lines) == (2, ["mnas: error: --algorithm: given with --resume grow: expected "
-                                                      "only --samples or --threads (a resumed run keeps its stored "
-                                                      "settings)"])
+                                                      "only --samples, --threads or executor options (a resumed run "
+                                                      "keeps its stored settings)"])
     unknown = run_in_process(capsys, "--db", str(db), "search", "--resume", "nosuch")
     assert (unknown.rc, unknown.stderr_lines) == (2, ["mnas: error: search run 'nosuch': not in the results store: "
                                                       "expected one of ['grow']"])
