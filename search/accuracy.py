@@ -100,7 +100,8 @@ class ProxyTask:
     base_lr 0.004 -> 0.37/0.30/0.68, 0.008 -> 0.53/0.47/0.73, 0.016 -> 0.65/0.61/0.73,
     0.025 -> 0.66/0.53/0.69, 0.05 -> 0.63/0.57/0.67, 0.15 -> 0.62 (loss rising); the
     official exponential schedule gave the same mean (0.69/0.60/0.70); without BN
-    re-calibration every net scores chance (0.10). About 10-20 s per child on 2 idle cores.
+    re-calibration every net scores chance (0.10). Per child on this shared 2-core host, one
+    thread: 9-33 s training + 1-8 s BN re-calibration and evaluation (mnasnet-a1: 20 s + 4 s).
 
     `threads` (torch intra-op threads while training; None = torch's default) is 1: at 32 px
     a second thread barely helps on an idle 2-core host (~0.5 s/step either way for
