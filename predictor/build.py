@@ -21,6 +21,7 @@ from typing import Any
 
 from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement
 from mnas.errors import MeasurementError, MnasError
+from mnas.predictor.contention import LAYER_GUARD, ContentionGuard
 from mnas.predictor.layers import enumerate_layers
 from mnas.predictor.table import TableEntry, TableMeta, add_entry, open_table, stored_keys
 from mnas.space.arch import LayerSig
@@ -84,7 +85,7 @@ class _Done:
 
 
 def _worker(device: Device, jobs: queue.Queue[LayerSig], done: queue.Queue[_Done], stop: threading.Event,
-            workdir: Path, writer: LayerWriter, config: BenchConfig) -> None:
+            workdir: Path, writer: LayerWriter, config: BenchConfig, guard: ContentionGuard | None) -> None:
     """Measure layers from `jobs` until it is empty, `stop` is set or the device fails."""
     device_id = device.device_id
     while not stop.is_set():
@@ -95,7 +96,8 @@ def _worker(device: Device, jobs: queue.Queue[LayerSig], done: queue.Queue[_Done
         path = workdir / f"{device_id.replace('/', '_')}-{abs(hash(layer.key)):x}.tflite"
         try:
             writer(layer, path)
-            measurement = device.benchmark(path, config)
+            # the guard keeps the lowest minimum: the statistic least touched by other processes
+            measurement = device.benchmark(path, config) if guard is None else guard.benchmark(device, path, config, "min")
         except BaseException as exc:  # reported to the main thread, which decides
             done.put(_Done(layer, device_id, error=exc))
             return
@@ -107,7 +109,8 @@ def _worker(device: Device, jobs: queue.Queue[LayerSig], done: queue.Queue[_Done
 def build_table(space: SearchSpace, resolution: int, devices: Sequence[Device], store: Any, table_name: str,
                 config: BenchConfig, limit: int | None = None, writer: LayerWriter = default_writer,
                 progress: bool = True, space_name: str = "mnasnet", num_classes: int = 1000,
-                layers: Sequence[LayerSig] | None = None) -> BuildResult:
+                layers: Sequence[LayerSig] | None = None,
+                guard: ContentionGuard | None = LAYER_GUARD) -> BuildResult:
     """Measure the layers of `space` at `resolution` missing from table `table_name`.
 
     `limit` caps how many layers this call measures (small builds, tests). `layers`
@@ -115,7 +118,8 @@ def build_table(space: SearchSpace, resolution: int, devices: Sequence[Device], 
     goes back to the queue for the others) and is listed in `failures`; when every device
     has failed, a MeasurementError (chained to the first error) is raised after the finished
     entries are stored. A KeyboardInterrupt stops all workers and propagates; nothing
-    half-written remains.
+    half-written remains. `guard` re-measures (once by default) host layers slower than a
+    scheduler slice that were timed while other processes shared the core (`contention`).
     """
     if not devices:
         raise MnasError("build_table: no devices: expected at least one device to measure on")
@@ -147,7 +151,7 @@ def build_table(space: SearchSpace, resolution: int, devices: Sequence[Device], 
     bar = _progress_bar(len(pending), table_name, progress)
     with tempfile.TemporaryDirectory(prefix="mnas-table-", ignore_cleanup_errors=True) as tmp:
         threads = [threading.Thread(target=_worker, name=f"table-{d.device_id}", daemon=True,
-                                    args=(d, jobs, done, stop, Path(tmp), writer, config)) for d in devices]
+                                    args=(d, jobs, done, stop, Path(tmp), writer, config, guard)) for d in devices]
         for thread in threads:
             thread.start()
         try:

@@ -5,7 +5,11 @@ Two interchangeable predictors share one interface (`LatencyPredictor`):
 * `LookupPredictor` sums measured per-layer medians from a latency table (FBNet,
   ProxylessNAS, Once-for-All), then applies an optional linear calibration fitted on a few
   end-to-end measurements: per-layer runs each pay the per-model overhead once, a whole
-  network pays it once in all, and that difference is linear in (sum, layer count). Layers
+  network pays it once in all, and that difference is linear in (sum, layer count). A
+  layer timed alone also runs with its weights hot in cache, while inside a network every
+  layer's weights were evicted by the others since its last run: that extra cost grows with
+  the bytes of weights streamed, so the calibration may also take the network's weight
+  count (`with_params`; on this host it cut the held-out error by a quarter). Layers
   absent from the table go to a learned fallback and are counted, never silently guessed.
 * `LearnedPredictor` is an nn-Meter-like regressor (scikit-learn random forest or gradient
   boosting) on layer features, trained on table entries; it predicts layers the table never
@@ -33,8 +37,9 @@ import numpy as np
 from mnas.errors import MnasError
 from mnas.predictor.features import FEATURE_NAMES, layer_features, work
 from mnas.predictor.layers import block_input_shapes, iter_block_variants, stem_and_head
-from mnas.predictor.table import LatencyTable, Store, ensure_schema, load_table
+from mnas.predictor.table import LatencyTable, Store, check_statistic, ensure_schema, load_table
 from mnas.space.arch import Arch, LayerSig
+from mnas.space.cost import layer_cost
 from mnas.space.search_space import SearchSpace, mnasnet
 
 STATE_VERSION = 1
@@ -60,39 +65,68 @@ class LatencyPredictor(Protocol):
 
 @dataclass(frozen=True)
 class Calibration:
-    """measured_ms ~ intercept_ms + coef_sum * (sum of layer latencies) + coef_layers * (layer count)."""
+    """measured_ms ~ intercept_ms + coef_sum * (sum of layer latencies) + coef_layers * (layer count)
+    [+ coef_mparams * (million weights of the network), when `uses_params`]."""
 
     coef_sum: float
     coef_layers: float
     intercept_ms: float
     n: int  # networks it was fitted on
+    coef_mparams: float = 0.0
+    uses_params: bool = False
 
-    def apply(self, layer_sums: np.ndarray, layer_counts: np.ndarray) -> np.ndarray:
-        return self.intercept_ms + self.coef_sum * layer_sums + self.coef_layers * layer_counts
+    def apply(self, layer_sums: np.ndarray, layer_counts: np.ndarray, mparams: np.ndarray | None = None) -> np.ndarray:
+        out = self.intercept_ms + self.coef_sum * layer_sums + self.coef_layers * layer_counts
+        if self.uses_params:
+            if mparams is None:
+                raise MnasError("calibration: it uses the networks' weight counts: expected them (mparams)")
+            out = out + self.coef_mparams * mparams
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The coefficients plus a readable `formula`."""
+        params = f" {self.coef_mparams:+.4g} ms x M weights" if self.uses_params else ""
+        return {**asdict(self), "formula": f"{self.intercept_ms:.4g} ms + {self.coef_sum:.4g} x layer sum "
+                                           f"{self.coef_layers:+.4g} ms x layers{params} (fitted on {self.n} networks)"}
 
     @classmethod
-    def fit(cls, layer_sums: np.ndarray, layer_counts: np.ndarray, measured_ms: np.ndarray) -> Calibration:
-        """Least squares (scikit-learn LinearRegression) on [layer sum, layer count]."""
+    def fit(cls, layer_sums: np.ndarray, layer_counts: np.ndarray, measured_ms: np.ndarray,
+            mparams: np.ndarray | None = None) -> Calibration:
+        """Least squares (scikit-learn LinearRegression) on [layer sum, layer count(, million weights)]."""
         from sklearn.linear_model import LinearRegression
 
         sums = np.asarray(layer_sums, dtype=np.float64)
         counts = np.asarray(layer_counts, dtype=np.float64)
         measured = np.asarray(measured_ms, dtype=np.float64)
-        if not (sums.shape == counts.shape == measured.shape) or sums.ndim != 1:
+        columns = [sums, counts] if mparams is None else [sums, counts, np.asarray(mparams, dtype=np.float64)]
+        if any(c.shape != measured.shape for c in columns) or sums.ndim != 1:
             raise MnasError(f"calibration: {sums.shape[0] if sums.ndim else 0} predictions vs "
                             f"{measured.shape[0] if measured.ndim else 0} measurements: expected one measurement per network")
-        if sums.size < 3:
-            raise MnasError(f"calibration: {sums.size} measured networks: expected at least 3 (intercept, sum, layer count)")
+        needed = len(columns) + 1
+        if sums.size < needed:
+            what = "intercept, sum, layer count" + (", weights" if mparams is not None else "")
+            raise MnasError(f"calibration: {sums.size} measured networks: expected at least {needed} ({what})")
         if not np.all(np.isfinite(measured)) or np.any(measured <= 0):
             raise MnasError("calibration: measured latencies must be finite and > 0 ms: expected positive medians")
-        x = np.column_stack([sums, counts])
-        model = LinearRegression().fit(x, measured)
+        model = LinearRegression().fit(np.column_stack(columns), measured)
         return cls(coef_sum=float(model.coef_[0]), coef_layers=float(model.coef_[1]),
-                   intercept_ms=float(model.intercept_), n=int(sums.size))
+                   intercept_ms=float(model.intercept_), n=int(sums.size),
+                   coef_mparams=float(model.coef_[2]) if mparams is not None else 0.0,
+                   uses_params=mparams is not None)
 
 
-def _apply(calibration: Calibration | None, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    return sums if calibration is None else calibration.apply(sums, counts)
+def _apply(calibration: Calibration | None, sums: np.ndarray, counts: np.ndarray,
+           mparams: np.ndarray | None = None) -> np.ndarray:
+    return sums if calibration is None else calibration.apply(sums, counts, mparams)
+
+
+def _uses_params(calibration: Calibration | None) -> bool:
+    return calibration is not None and calibration.uses_params
+
+
+def layer_mparams(layers: Sequence[LayerSig]) -> np.ndarray:
+    """Million weights of each layer (what a network streams from memory per inference)."""
+    return np.asarray([layer_cost(layer).params / 1e6 for layer in layers], dtype=np.float64)
 
 
 # ------------------------------------------------------------------------------- token index
@@ -108,6 +142,7 @@ class _BlockStep:
     latency_ms: np.ndarray  # raw latency sum of the block's layers
     layers: np.ndarray  # layer count
     fallback: np.ndarray  # layers predicted by a fallback (lookup only)
+    mparams: np.ndarray  # million weights of the block's layers
 
 
 @dataclass
@@ -126,6 +161,8 @@ class TokenIndex:
     missing_keys: list[str]  # layers of the space neither table nor fallback can predict
     distinct_layers: int
     fallback_keys: list[str]  # layers of the space that come from the fallback
+    stem_mparams: float = 0.0
+    head_mparams: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     CHUNK_ROWS = 8192  # rows transposed at a time: column-major chunks keep every gather contiguous
 
@@ -154,28 +191,39 @@ class TokenIndex:
         Counts are None unless `with_counts`; fallback counts are None when no layer of the
         space came from a fallback.
         """
+        total, counts, fallback, _ = self.raw_features(tokens, with_counts)
+        return total, counts, fallback
+
+    def raw_features(self, tokens: np.ndarray, with_counts: bool = True, with_params: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """`raw` plus the million weights of each row (None unless `with_params`)."""
         tokens = self.check_shape(tokens)
         n = tokens.shape[0]
         total = np.empty(n)
         counts = np.empty(n) if with_counts else None
         fallback = np.empty(n) if with_counts and self.has_fallback else None
+        mparams = np.empty(n) if with_params else None
         for start in range(0, n, self.CHUNK_ROWS):
             columns = np.ascontiguousarray(tokens[start:start + self.CHUNK_ROWS].T, dtype=np.int64)
             self._check_range(columns, start)
             stop = start + columns.shape[1]
-            t, c, f = self._raw_columns(columns, with_counts)
+            t, c, f, p = self._raw_columns(columns, with_counts, with_params)
             total[start:stop] = t
             if counts is not None:
                 counts[start:stop] = c
             if fallback is not None:
                 fallback[start:stop] = f
-        return total, counts, fallback
+            if mparams is not None:
+                mparams[start:stop] = p
+        return total, counts, fallback, mparams
 
-    def _raw_columns(self, columns: np.ndarray, with_counts: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    def _raw_columns(self, columns: np.ndarray, with_counts: bool, with_params: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
         n = columns.shape[1]
         total = np.full(n, self.stem_ms)
         counts = np.full(n, 2.0) if with_counts else None  # stem + head
         fallback = np.full(n, float(self.stem_fallback)) if with_counts and self.has_fallback else None
+        mparams = np.full(n, self.stem_mparams) if with_params else None
         for step in self.steps:
             first = step.columns.start
             index = columns[first] * step.strides[0]
@@ -188,11 +236,15 @@ class TokenIndex:
                 counts += step.layers[index]
             if fallback is not None:
                 fallback += step.fallback[index]
+            if mparams is not None:
+                mparams += step.mparams[index]
         head = columns[self.head_col]
         total += self.head_ms[head]
         if fallback is not None:
             fallback += self.head_fallback[head]
-        return total, counts, fallback
+        if mparams is not None:
+            mparams += self.head_mparams[head]
+        return total, counts, fallback, mparams
 
 
 LayerSource = Any  # callable: layers -> (ms with NaN where unknown, from-fallback flags)
@@ -215,6 +267,7 @@ def compile_tokens(space: SearchSpace, resolution: int, num_classes: int, layer_
     ms, from_fallback = layer_source(layers)
     latency = dict(zip(distinct, ms.tolist(), strict=True))
     fb = dict(zip(distinct, from_fallback.tolist(), strict=True))
+    weights = dict(zip(distinct, layer_mparams(layers).tolist(), strict=True))
     steps = []
     for b, block in enumerate(variants):
         sizes = [len(v) for v in space.block_options(b).values()]
@@ -224,19 +277,22 @@ def compile_tokens(space: SearchSpace, resolution: int, num_classes: int, layer_
         lat = np.full(shape, np.nan)
         nlayers = np.zeros(shape)
         nfallback = np.zeros(shape)
+        nparams = np.zeros(shape)
         for v in block:
             first_ms, first_fb = latency[v.first.key], fb[v.first.key]
             rep_ms = latency[v.repeated.key] if v.repeated is not None else 0.0
             rep_fb = fb[v.repeated.key] if v.repeated is not None else 0
+            rep_params = weights[v.repeated.key] if v.repeated is not None else 0.0
             for d, depth in enumerate(depths):
                 at = (v.cin_index, *v.choice, d)
                 lat[at] = first_ms + (depth - 1) * rep_ms
                 nlayers[at] = depth
                 nfallback[at] = first_fb + (depth - 1) * rep_fb
+                nparams[at] = weights[v.first.key] + (depth - 1) * rep_params
         strides = np.asarray([math.prod(sizes[i + 1:]) for i in range(len(sizes))], dtype=np.int64)
         steps.append(_BlockStep(columns=slice(6 * b, 6 * b + 6), prev_col=-1 if b == 0 else 6 * (b - 1) + 4,
                                 prev_stride=math.prod(sizes), strides=strides, latency_ms=lat.ravel(),
-                                layers=nlayers.ravel(), fallback=nfallback.ravel()))
+                                layers=nlayers.ravel(), fallback=nfallback.ravel(), mparams=nparams.ravel()))
     sizes = np.asarray([n for _, n in space.decisions], dtype=np.int64)
     return TokenIndex(
         steps=steps, stem_ms=latency[stem.key], stem_fallback=int(fb[stem.key]),
@@ -246,6 +302,7 @@ def compile_tokens(space: SearchSpace, resolution: int, num_classes: int, layer_
         sizes=sizes, act=stem.act, has_fallback=bool(from_fallback.any()),
         missing_keys=[k for k, v in latency.items() if math.isnan(v)], distinct_layers=len(layers),
         fallback_keys=[k for k, v in fb.items() if v],
+        stem_mparams=weights[stem.key], head_mparams=np.asarray([weights[h.key] for h in heads]),
     )
 
 
@@ -269,6 +326,7 @@ class AdditivePredictor:
         self.predictor_id: int | None = None  # set when saved to / loaded from a store
         self.table_id: int | None = None
         self.metrics: dict[str, Any] = {}
+        self.statistic = "median"  # which per-run statistic its latencies (and calibration) stand for
         self._indexes: dict[tuple, TokenIndex] = {}
 
     # subclasses implement these two
@@ -297,33 +355,50 @@ class AdditivePredictor:
     def raw_tokens(self, tokens: np.ndarray, space: SearchSpace | None = None,
                    with_counts: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """(sum of layer latencies, layer count or None) per token row, before calibration."""
+        sums, counts, _ = self.raw_token_features(tokens, space, with_counts)
+        return sums, counts
+
+    def raw_token_features(self, tokens: np.ndarray, space: SearchSpace | None = None, with_counts: bool = True,
+                           with_params: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """`raw_tokens` plus million weights per row (None unless `with_params`)."""
         space = space if space is not None else self.space
         index = self.token_index(space)
         tokens = index.check_shape(tokens)
-        sums, counts, fallback = index.raw(tokens, with_counts=with_counts)
+        sums, counts, fallback, mparams = index.raw_features(tokens, with_counts=with_counts, with_params=with_params)
         if index.missing_keys:
             bad = np.flatnonzero(np.isnan(sums))
             if bad.size:  # re-run one row layer by layer: it raises naming the missing layer
                 self._raw_layers([space.decode([int(t) for t in tokens[bad[0]]])])
         if counts is not None:
             self._count_tokens(counts, fallback)
-        return sums, counts
+        return sums, counts, mparams
 
     def _raw_layers(self, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray]:
+        sums, counts, _ = self._raw_layer_features(archs, with_params=False)
+        return sums, counts
+
+    def _raw_layer_features(self, archs: Sequence[Arch], with_params: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         per_arch = [arch.layers(self.resolution, self.num_classes) for arch in archs]
         counts = np.asarray([len(layers) for layers in per_arch], dtype=np.float64)
         flat = [layer for layers in per_arch for layer in layers]
         if not flat:
-            return np.zeros(0), counts
+            return np.zeros(0), counts, np.zeros(0)
         ms = self._layers_counted(flat)
         starts = np.concatenate([[0], np.cumsum(counts[:-1])]).astype(np.int64)
-        return np.add.reduceat(ms, starts), counts
+        mparams = np.add.reduceat(layer_mparams(flat), starts) if with_params else np.zeros(len(archs))
+        return np.add.reduceat(ms, starts), counts, mparams
 
     def raw_ms(self, archs: Sequence[Arch]) -> tuple[np.ndarray, np.ndarray]:
         """(sum of layer latencies, layer count) per arch, before calibration."""
+        sums, counts, _ = self.raw_features(archs, with_params=False)
+        return sums, counts
+
+    def raw_features(self, archs: Sequence[Arch], with_params: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(sum of layer latencies, layer count, million weights — zeros unless `with_params`) per arch."""
         archs = list(archs)
         sums = np.zeros(len(archs))
         counts = np.zeros(len(archs))
+        mparams = np.zeros(len(archs))
         index = self.token_index()
         fast_rows: list[list[int]] = []
         fast_at: list[int] = []
@@ -338,41 +413,48 @@ class AdditivePredictor:
                     pass
             slow_at.append(i)
         if fast_rows:
-            s, c, fallback = index.raw(np.asarray(fast_rows, dtype=np.int64))
+            s, c, fallback, p = index.raw_features(np.asarray(fast_rows, dtype=np.int64), with_params=with_params)
             assert c is not None
             nan = np.isnan(s)
             keep = ~nan
-            sums[np.asarray(fast_at)[keep]] = s[keep]
-            counts[np.asarray(fast_at)[keep]] = c[keep]
+            at = np.asarray(fast_at)[keep]
+            sums[at] = s[keep]
+            counts[at] = c[keep]
+            if p is not None:
+                mparams[at] = p[keep]
             self._count_tokens(c[keep], None if fallback is None else fallback[keep])
             slow_at.extend(np.asarray(fast_at)[nan].tolist())
         if slow_at:
-            s, c = self._raw_layers([archs[i] for i in slow_at])
+            s, c, p = self._raw_layer_features([archs[i] for i in slow_at], with_params)
             sums[slow_at] = s
             counts[slow_at] = c
-        return sums, counts
+            mparams[slow_at] = p
+        return sums, counts, mparams
 
     # the public interface
     def predict_ms(self, archs: Sequence[Arch]) -> np.ndarray:
-        sums, counts = self.raw_ms(archs)
-        return _apply(self.calibration, sums, counts)
+        sums, counts, mparams = self.raw_features(archs, with_params=_uses_params(self.calibration))
+        return _apply(self.calibration, sums, counts, mparams)
 
     def predict_tokens(self, tokens: np.ndarray, space: SearchSpace | None = None) -> np.ndarray:
         """Latency in ms of each token row ([n, 6 * blocks] integers) of `space` (default: the predictor's)."""
         counted = self.calibration is not None or self.kind == "lookup"
-        sums, counts = self.raw_tokens(tokens, space, with_counts=counted)
+        sums, counts, mparams = self.raw_token_features(tokens, space, with_counts=counted,
+                                                        with_params=_uses_params(self.calibration))
         if self.calibration is None:
             return sums
         assert counts is not None
-        return self.calibration.apply(sums, counts)
+        return self.calibration.apply(sums, counts, mparams)
 
     def predict_one_ms(self, arch: Arch) -> float:
         return float(self.predict_ms([arch])[0])
 
-    def calibrate(self, archs: Sequence[Arch], measured_ms: Sequence[float] | np.ndarray) -> Calibration:
-        """Fit (and keep) the end-to-end calibration on measured networks."""
-        sums, counts = self.raw_ms(archs)
-        self.calibration = Calibration.fit(sums, counts, np.asarray(measured_ms, dtype=np.float64))
+    def calibrate(self, archs: Sequence[Arch], measured_ms: Sequence[float] | np.ndarray,
+                  with_params: bool = False) -> Calibration:
+        """Fit (and keep) the end-to-end calibration on measured networks (see `Calibration`)."""
+        sums, counts, mparams = self.raw_features(archs, with_params=with_params)
+        self.calibration = Calibration.fit(sums, counts, np.asarray(measured_ms, dtype=np.float64),
+                                           mparams if with_params else None)
         return self.calibration
 
 
@@ -403,14 +485,19 @@ class LookupPredictor(AdditivePredictor):
     kind = "lookup"
 
     def __init__(self, table: LatencyTable, calibration: Calibration | None = None,
-                 fallback: LearnedPredictor | None = None, space: SearchSpace | None = None) -> None:
+                 fallback: LearnedPredictor | None = None, space: SearchSpace | None = None,
+                 statistic: str = "median") -> None:
         table.check()
         super().__init__(table.meta.resolution, table.meta.num_classes, calibration, space)
+        if fallback is not None and fallback.statistic != statistic:
+            raise MnasError(f"learned fallback predicts {fallback.statistic} latencies: expected {statistic} "
+                            "like the lookup table")
         self.table = table
         self.table_id = table.table_id
         self.fallback = fallback
+        self.statistic = check_statistic(statistic)
         self.stats = LookupStats()
-        self._ms = table.medians()
+        self._ms = table.latencies(statistic)
 
     def _split(self, layers: Sequence[LayerSig]) -> tuple[np.ndarray, list[int]]:
         get = self._ms.get
@@ -497,6 +584,7 @@ class LearnedPredictor(AdditivePredictor):
         self.model_name = model_name
         self.target = target
         self.trained_on = dict(trained_on or {})
+        self.statistic = check_statistic(str(self.trained_on.get("statistic", "median")))
         self._cache: dict[str, float] = {}
 
     @classmethod
@@ -521,15 +609,16 @@ class LearnedPredictor(AdditivePredictor):
 
     @classmethod
     def from_table(cls, table: LatencyTable, *, model: str = "gbr", target: str = "log_per_work", seed: int = 0,
-                   space: SearchSpace | None = None) -> LearnedPredictor:
+                   space: SearchSpace | None = None, statistic: str = "median") -> LearnedPredictor:
         """Train on every entry of `table` (its resolution becomes the default for whole networks)."""
         table.check()
         layers = [LayerSig.from_key(key) for key in table.entries]
-        latencies = [entry.median_ms for entry in table.entries.values()]
+        latencies = list(table.latencies(statistic).values())
         predictor = cls.fit(layers, latencies, model=model, target=target, seed=seed, resolution=table.meta.resolution,
                             num_classes=table.meta.num_classes, space=space,
-                            trained_on={"table": table.meta.name, "table_id": table.table_id})
+                            trained_on={"table": table.meta.name, "table_id": table.table_id, "statistic": statistic})
         predictor.table_id = table.table_id
+        predictor.statistic = statistic
         return predictor
 
     def predict_layers_ms(self, layers: Sequence[LayerSig]) -> np.ndarray:
@@ -571,7 +660,7 @@ def predictor_state(predictor: AdditivePredictor) -> dict[str, Any]:
         return _learned_state(predictor)
     if isinstance(predictor, LookupPredictor):
         return {"version": STATE_VERSION, "kind": "lookup", "table": predictor.table.meta.name,
-                "calibration": _calibration_state(predictor.calibration),
+                "statistic": predictor.statistic, "calibration": _calibration_state(predictor.calibration),
                 "fallback": None if predictor.fallback is None else _learned_state(predictor.fallback)}
     raise MnasError(f"predictor kind {getattr(predictor, 'kind', type(predictor).__name__)!r}: expected lookup or learned")
 
@@ -597,7 +686,8 @@ def predictor_from_state(state: dict[str, Any], table: LatencyTable | None = Non
             raise MnasError("stored lookup predictor: its latency table is missing: expected the table it was fitted on")
         calibration = Calibration(**state["calibration"]) if state.get("calibration") else None
         fallback = _learned_from_state(state["fallback"], space) if state.get("fallback") else None
-        return LookupPredictor(table, calibration=calibration, fallback=fallback, space=space)
+        return LookupPredictor(table, calibration=calibration, fallback=fallback, space=space,
+                               statistic=state.get("statistic", "median"))
     raise MnasError(f"stored predictor: kind {state.get('kind')!r}: expected 'lookup' or 'learned'")
 
 

@@ -61,6 +61,17 @@ SCHEMA_MIGRATIONS: list[str] = [
         metrics TEXT NOT NULL,
         created REAL NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS predictors_table ON predictors (table_id, created)",
+    """CREATE TABLE IF NOT EXISTS predictor_evals (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        predictor_id INTEGER REFERENCES predictors(id),
+        device_id TEXT NOT NULL,
+        seed INTEGER NOT NULL,
+        samples INTEGER NOT NULL,
+        conditions TEXT NOT NULL,
+        metrics TEXT NOT NULL,
+        rows TEXT NOT NULL,
+        plot TEXT,
+        created REAL NOT NULL)""",
 ]
 
 
@@ -78,6 +89,37 @@ def ensure_schema(store: Store) -> None:
 
 def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
+
+
+# Which per-run statistic stands for "the" latency of a model. The median is the standard on a
+# dedicated pinned core (phones). On a shared, time-sliced CPU (the host) a run that gets
+# preempted is stretched by the other process's slice, and the longer the model the more of its
+# runs are: medians of whole networks rose up to 2.3x while single layers stayed put. The
+# minimum is the run nobody interrupted, so it measures the model, not the neighbours.
+STATISTICS: tuple[str, ...] = ("median", "min")
+
+
+def check_statistic(statistic: str) -> str:
+    if statistic not in STATISTICS:
+        raise MnasError(f"latency statistic {statistic!r}: expected one of {list(STATISTICS)}")
+    return statistic
+
+
+def measurement_ms(m: Measurement, statistic: str = "median") -> float:
+    """A measurement's latency in ms by `statistic` ("median" or "min" over its timed runs)."""
+    check_statistic(statistic)
+    return m.median_ms if statistic == "median" else m.stats.min_us / 1000.0
+
+
+def entry_ms(entry: TableEntry, statistic: str, table_name: str = "?") -> float:
+    check_statistic(statistic)
+    if statistic == "median":
+        return entry.median_ms
+    value = (entry.measurement or {}).get("min_ms")
+    if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise MnasError(f"latency table {table_name!r}: entry {entry.layer_key!r} has no minimum latency: "
+                        "expected a table built by `mnas table build` (or use the median)")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -113,6 +155,9 @@ class TableEntry:
             "throttled": bool(m.throttled),
             "wall_s": _finite(m.wall_s),
         }
+        for name in ("child_cpu_share", "contended", "attempt"):  # set by predictor.contention (host only)
+            if name in m.extra:
+                conditions[name] = m.extra[name]
         return cls(
             layer_key=layer_key,
             median_ms=float(m.median_ms),
@@ -196,6 +241,12 @@ class LatencyTable:
 
     def medians(self) -> dict[str, float]:
         return {key: entry.median_ms for key, entry in self.entries.items()}
+
+    def latencies(self, statistic: str = "median") -> dict[str, float]:
+        """Per-layer latency in ms by `statistic` (see `STATISTICS`)."""
+        if statistic == "median":
+            return self.medians()
+        return {key: entry_ms(entry, statistic, self.meta.name) for key, entry in self.entries.items()}
 
     def check(self, resolution: int | None = None, runtime: str | None = None,
               runtime_version: str | None = None, device_name: str | None = None) -> LatencyTable:

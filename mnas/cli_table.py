@@ -1,0 +1,578 @@
+"""`mnas table ...` (latency tables and predictors) and `mnas predict` on the command line.
+
+The commands follow the workflow: `plan` (what a build would measure and how long it would
+take), `build` (resumable, Ctrl-C safe, several phones share one build), `fit` (a lookup
+predictor with a learned fallback, or a learned one), `calibrate` (K measured networks),
+`eval` (N held-out measured networks: figures + scatter plot, stored), `list`, `export`,
+`import`, and `predict` for archs or zoo names. This module only parses options and prints;
+the work is in `mnas.predictor`. Every result command has `--json` (units in key names).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mnas.cli_util import db_path, echo_json, echo_table, json_option
+from mnas.errors import MnasError
+
+SPACES = ("mnasnet",)
+HOST_PER_LAYER_OVERHEAD_S = 0.4  # the host starts one child process per layer (~0.3-0.4 s)
+PHONE_PER_LAYER_OVERHEAD_S = 1.0  # push, shell, thermal reads, cool-down check
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+def _space(name: str) -> Any:
+    from mnas.space.search_space import mnasnet
+
+    if name != "mnasnet":
+        raise MnasError(f"--space {name!r}: expected one of {list(SPACES)}")
+    return mnasnet()
+
+
+def _store(ctx: click.Context, create: bool = True) -> Any:
+    from mnas.bench.store import ResultsStore
+
+    return ResultsStore(db_path(ctx), create=create)
+
+
+def default_table_name(device_name: str, resolution: int, runtime: str, runtime_version: str) -> str:
+    """`<device>-r<resolution>-<runtime>-<version>`, with characters outside [A-Za-z0-9._+-] as '-'."""
+    name = f"{device_name}-r{resolution}-{runtime}-{runtime_version}".strip("-")
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", name)
+
+
+def _bench_config(runs: int, warmup: int, min_secs: float, core: int | None, timeout_s: float) -> Any:
+    from mnas.bench.types import BenchConfig
+
+    if runs < 1 or warmup < 0 or min_secs < 0:
+        raise MnasError(f"--runs {runs} / --warmup {warmup} / --min-secs {min_secs:g}: "
+                        "expected runs >= 1, warmup >= 0, min-secs >= 0")
+    return BenchConfig(warmup_runs=warmup, num_runs=runs, min_secs=min_secs, core=core, timeout_s=timeout_s)
+
+
+def _devices(spec: str, core: int | None, benchmark_binary: str | None, timeout_s: float, retries: int) -> list[Any]:
+    from mnas.bench.devices import select_devices
+
+    unusable: list[str] = []
+    devices = select_devices(spec, core=core, benchmark_binary=Path(benchmark_binary) if benchmark_binary else None,
+                             timeout_s=timeout_s, retries=retries, unusable=unusable)
+    for line in unusable:
+        click.echo(f"mnas: warning: {line}", err=True)
+    return devices
+
+
+def _host_runtime() -> tuple[str, str]:
+    from mnas.bench.runtime import load_runtime
+
+    runtime = load_runtime()
+    return runtime.name, runtime.version
+
+
+def _tables_meta(store: Any) -> list[tuple[dict[str, Any], Any]]:
+    from mnas.predictor.table import find_table, list_tables
+
+    out = []
+    for row in list_tables(store):
+        found = find_table(store, row["name"])
+        if found is not None:
+            out.append((row, found[1]))
+    return out
+
+
+def _device_name(store: Any, spec: str) -> str:
+    """The device model name (`host`, `pixel4`, ...) of SPEC without opening the device.
+
+    SPEC may be `host`, a device name that has tables, or a serial that measured a table
+    (tables record their device ids) or any measurement (the store's devices table).
+    """
+    if spec == "host":
+        return "host"
+    if "," in spec or spec == "all":
+        raise MnasError(f"--device {spec!r}: expected one device (host, a serial or a device name) for this command")
+    tables = _tables_meta(store)
+    for row, meta in tables:
+        if spec == meta.device_name or spec in meta.device_ids:
+            return str(row["device"])
+    profile = store.get_device(spec)
+    if profile is not None:
+        return str(profile.device_name)
+    known = sorted({str(row["device"]) for row, _ in tables} | {d for _, m in tables for d in m.device_ids})
+    raise MnasError(f"unknown device {spec!r}: expected host, or a device or serial with a latency table "
+                    f"(known: {', '.join(known) or 'none: run `mnas table build` first'})")
+
+
+def _runtime_filter(device_name: str) -> str | None:
+    return _host_runtime()[0] if device_name == "host" else None
+
+
+def _choose_table(store: Any, device_name: str, resolution: int, table: str | None) -> Any:
+    """The named table (checked for resolution/device/runtime) or the device's default/largest one."""
+    from mnas.predictor.table import load_table
+
+    runtime = _runtime_filter(device_name)
+    version = _host_runtime()[1] if device_name == "host" else None
+    if table is not None:
+        loaded = load_table(store, table, resolution=resolution)
+        loaded.check(device_name=device_name, runtime=runtime, runtime_version=version)
+        return loaded
+    candidates = [(row, meta) for row, meta in _tables_meta(store) if meta.device_name == device_name]
+    if not candidates:
+        raise MnasError(f"no latency table for device {device_name!r}: expected one built with "
+                        f"`mnas table build --device {device_name} --resolution {resolution}`")
+    at_resolution = [(row, meta) for row, meta in candidates if meta.resolution == resolution]
+    if not at_resolution:
+        have = sorted({meta.resolution for _, meta in candidates})
+        raise MnasError(f"no latency table for device {device_name!r} at resolution {resolution}: "
+                        f"its tables are for resolution {', '.join(map(str, have))} (pass --resolution, "
+                        "or build one for this resolution)")
+    if runtime is not None:
+        matching = [(row, meta) for row, meta in at_resolution
+                    if (meta.runtime, meta.runtime_version) == (runtime, version)]
+        if not matching:
+            other = at_resolution[-1][1]
+            raise MnasError(f"latency table {other.name!r} was measured with runtime {other.runtime} "
+                            f"{other.runtime_version}: expected {runtime} {version} (this host's runtime)")
+        at_resolution = matching
+    row, _ = max(at_resolution, key=lambda item: (item[0]["entries"], item[0]["id"]))
+    return load_table(store, row["name"], resolution=resolution, runtime=runtime)
+
+
+def _load_predictor(store: Any, device_name: str, resolution: int, runtime: str | None,
+                    predictor_id: int | None, space: Any) -> Any:
+    from mnas.predictor.predictors import load_predictor
+
+    predictor = load_predictor(store, predictor_id, device=None if predictor_id else device_name,
+                               resolution=None if predictor_id else resolution,
+                               runtime=None if predictor_id else runtime, space=space)
+    if predictor.resolution != resolution:
+        raise MnasError(f"predictor {predictor.predictor_id} is for resolution {predictor.resolution}: "
+                        f"expected {resolution}")
+    return predictor
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+_device_options = [
+    click.option("--core", type=int, default=None, help="Pin to this core (default: the fastest / config's)."),
+    click.option("--benchmark-binary", type=click.Path(dir_okay=False), default=None,
+                 help="Host path of the arm64 benchmark_model binary (phones)."),
+    click.option("--timeout", "timeout_s", type=float, default=600.0, show_default=True,
+                 help="Bound on one benchmark (s)."),
+    click.option("--retries", type=int, default=1, show_default=True, help="Retries of a failed phone run."),
+]
+
+
+def guard_options(tries: int) -> Any:
+    def decorate(func: Any) -> Any:
+        func = click.option("--min-cpu-share", type=click.FloatRange(0.0, 1.0), default=0.85, show_default=True,
+                            help="host: a model whose benchmark process got less of its core than this was "
+                                 "contended by other processes.")(func)
+        return click.option("--tries", type=click.IntRange(min=1), default=tries, show_default=True,
+                            help="host: measurements per model while contended (the fastest is kept).")(func)
+    return decorate
+
+
+def _guard(tries: int, min_cpu_share: float) -> Any:
+    from mnas.predictor.contention import ContentionGuard
+
+    return ContentionGuard(min_cpu_share=min_cpu_share, tries=tries)
+
+
+def device_options(func: Any) -> Any:
+    for option in reversed(_device_options):
+        func = option(func)
+    return func
+
+
+def repeats_option(func: Any) -> Any:
+    return click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+                        help="Processes per network; its latency is the median of theirs (a process's memory "
+                             "layout moves a network's latency by a few percent).")(func)
+
+
+def timing_options(runs: int, warmup: int, min_secs: float) -> Any:
+    def decorate(func: Any) -> Any:
+        func = click.option("--min-secs", type=float, default=min_secs, show_default=True,
+                            help="Minimum timed seconds per model.")(func)
+        func = click.option("--warmup", type=int, default=warmup, show_default=True, help="Warm-up runs.")(func)
+        return click.option("--runs", type=int, default=runs, show_default=True, help="Minimum timed runs.")(func)
+    return decorate
+
+
+# ------------------------------------------------------------------------------------ the group
+
+@click.group("table")
+def table() -> None:
+    """Latency tables: plan, build, fit, calibrate, eval, list, export, import."""
+
+
+@table.command("plan")
+@click.option("--space", "space_name", type=click.Choice(SPACES), default="mnasnet", show_default=True)
+@click.option("--resolution", type=int, default=224, show_default=True)
+@click.option("--device", "device_spec", default=None, help="host, a serial, all or a comma list (for the estimate).")
+@click.option("--name", "table_name", default=None, help="Table name (default: derived from the device).")
+@click.option("--min-secs", type=float, default=0.2, show_default=True, help="Timed seconds per layer (estimate).")
+@device_options
+@json_option
+@click.pass_context
+def plan_cmd(ctx: click.Context, space_name: str, resolution: int, device_spec: str | None, table_name: str | None,
+             min_secs: float, core: int | None, benchmark_binary: str | None, timeout_s: float, retries: int,
+             as_json: bool) -> None:
+    """Layer counts by kind, how many are stored, and the estimated build time."""
+    from mnas.predictor.build import plan_build
+
+    space = _space(space_name)
+    devices: list[Any] = []
+    kind = "adb"
+    if device_spec is not None:
+        devices = _devices(device_spec, core, benchmark_binary, timeout_s, retries)
+        profile = devices[0].profile()
+        kind = profile.kind
+        if table_name is None:
+            table_name = default_table_name(profile.device_name, resolution, profile.runtime, profile.runtime_version)
+    overhead = HOST_PER_LAYER_OVERHEAD_S if kind == "host" else PHONE_PER_LAYER_OVERHEAD_S
+    with _store(ctx) as store:
+        plan = plan_build(space, resolution, store, table_name, devices=max(1, len(devices)))
+        if plan["per_layer_basis"] == "default":
+            plan = plan_build(space, resolution, store, table_name, per_layer_s=overhead + min_secs,
+                              devices=max(1, len(devices)))
+            plan["per_layer_basis"] = f"{kind} overhead {overhead:g} s + --min-secs {min_secs:g}"
+    payload = {"space": space_name, "table": table_name, "device": device_spec, **plan}
+    if as_json:
+        echo_json(payload)
+        return
+    echo_table([{"kind": k, "layers": v} for k, v in plan["layers"].items()], ["kind", "layers"])
+    click.echo(f"table {table_name or '(none chosen)'}: {plan['stored']} stored, {plan['remaining']} to measure")
+    click.echo(f"estimate: {_duration(plan['estimate_s'])} on {plan['devices']} device(s) at "
+               f"{plan['per_layer_s']:.2f} s/layer ({plan['per_layer_basis']})")
+
+
+@table.command("build")
+@click.option("--device", "device_spec", default="host", show_default=True,
+              help="host, a phone SERIAL, all, or a comma list (the phones share one build).")
+@click.option("--space", "space_name", type=click.Choice(SPACES), default="mnasnet", show_default=True)
+@click.option("--resolution", type=int, default=224, show_default=True)
+@click.option("--name", "table_name", default=None, help="Table name (default: <device>-r<res>-<runtime>-<version>).")
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="Measure at most N layers in this run.")
+@timing_options(runs=30, warmup=3, min_secs=0.2)
+@guard_options(tries=2)
+@device_options
+@json_option
+@click.pass_context
+def build_cmd(ctx: click.Context, device_spec: str, space_name: str, resolution: int, table_name: str | None,
+              limit: int | None, runs: int, warmup: int, min_secs: float, tries: int, min_cpu_share: float,
+              core: int | None, benchmark_binary: str | None, timeout_s: float, retries: int, as_json: bool) -> None:
+    """Measure every layer of the space on DEVICE (resumable: a re-run skips stored layers)."""
+    from mnas.predictor.build import build_table
+    from mnas.predictor.table import find_table, stored_keys
+
+    space = _space(space_name)
+    config = _bench_config(runs, warmup, min_secs, core, timeout_s)
+    devices = _devices(device_spec, core, benchmark_binary, timeout_s, retries)
+    profile = devices[0].profile()
+    name = table_name or default_table_name(profile.device_name, resolution, profile.runtime, profile.runtime_version)
+    with _store(ctx) as store:
+        try:
+            result = build_table(space, resolution, devices, store, name, config, limit=limit, progress=not as_json,
+                                 space_name=space_name, guard=_guard(tries, min_cpu_share))
+        except KeyboardInterrupt:
+            found = find_table(store, name)
+            stored = len(stored_keys(store, found[0])) if found else 0
+            click.echo(f"mnas: interrupted: table {name!r} holds {stored} layers; every stored layer is kept: "
+                       "run the same command again to resume", err=True)
+            raise SystemExit(130) from None  # not ctx.exit: mnas.cli.main drops click's exit codes
+    payload = {**result.to_dict(), "device": device_spec, "resolution": resolution,
+               "conditions": config.conditions_key()}
+    if as_json:
+        echo_json(payload)
+    else:
+        rate = f", {result.seconds_per_layer:.2f} s/layer" if result.seconds_per_layer else ""
+        click.echo(f"table {name}: measured {result.measured} layers in {_duration(result.elapsed_s)}{rate}; "
+                   f"{result.already_stored} were stored before; {result.remaining} of {result.total_layers} remain")
+        if result.remaining:
+            click.echo("run the same command again to continue")
+    for line in result.failures:
+        click.echo(f"mnas: error: {line}", err=True)
+    if result.failures:
+        raise SystemExit(1)
+
+
+@table.command("fit")
+@click.option("--device", "device_spec", default="host", show_default=True,
+              help="host, a serial or a device name (picks its table).")
+@click.option("--table", "table_name", default=None, help="Table name (default: the device's largest at --resolution).")
+@click.option("--resolution", type=int, default=224, show_default=True)
+@click.option("--kind", type=click.Choice(("lookup", "learned")), default="lookup", show_default=True,
+              help="lookup: table sums with a learned fallback for missing layers; learned: a regressor only.")
+@click.option("--model", "model_name", type=click.Choice(("gbr", "rf")), default="gbr", show_default=True,
+              help="Learned regressor (gradient boosting or random forest).")
+@click.option("--no-fallback", is_flag=True, help="lookup only: no learned fallback (missing layers are errors).")
+@click.option("--statistic", type=click.Choice(("auto", "median", "min")), default="auto", show_default=True,
+              help="Per-model latency: median of the timed runs, or min (auto: min on the shared host, "
+                   "median on phones).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@json_option
+@click.pass_context
+def fit_cmd(ctx: click.Context, device_spec: str, table_name: str | None, resolution: int, kind: str,
+            model_name: str, no_fallback: bool, statistic: str, seed: int, as_json: bool) -> None:
+    """Fit a predictor on a latency table and store it (uncalibrated; see `calibrate`)."""
+    from mnas.predictor.fitting import fit_predictor
+    from mnas.predictor.predictors import save_predictor
+
+    with _store(ctx) as store:
+        device_name = _device_name(store, device_spec)
+        loaded = _choose_table(store, device_name, resolution, table_name)
+        predictor, metrics = fit_predictor(loaded, kind=kind, model=model_name, fallback=not no_fallback, seed=seed,
+                                           statistic=None if statistic == "auto" else statistic)
+        predictor_id = save_predictor(store, predictor, loaded.table_id, metrics)
+    payload = {"predictor_id": predictor_id, "kind": kind, "device": device_name, "table": loaded.meta.name,
+               "table_entries": len(loaded), "resolution": loaded.meta.resolution, "runtime": loaded.meta.runtime,
+               "runtime_version": loaded.meta.runtime_version, **metrics}
+    if as_json:
+        echo_json(payload)
+        return
+    click.echo(f"predictor {predictor_id} ({kind}, {metrics['statistic']} latencies) fitted on table "
+               f"{loaded.meta.name} ({len(loaded)} layers)")
+    coverage = metrics.get("space_coverage")
+    if coverage:
+        click.echo(f"space coverage: {coverage['in_table']} of {coverage['space_layers']} layers in the table "
+                   f"({100 * coverage['coverage_share']:.1f}%), {coverage['from_fallback']} from the learned fallback, "
+                   f"{coverage['unpredictable']} unpredictable")
+    holdout = metrics.get("learned_holdout")
+    if holdout:
+        click.echo(f"learned model on {holdout['n']} held-out table layers: MAPE {holdout['mape_pct']:.1f}%, "
+                   f"within ±10% {100 * holdout['within_10pct_share']:.1f}%")
+    click.echo(f"next: mnas table calibrate --device {device_spec} --samples 40")
+
+
+@table.command("calibrate")
+@click.option("--device", "device_spec", default="host", show_default=True,
+              help="host, a serial, or a comma list of phones of one model.")
+@click.option("--samples", type=click.IntRange(min=4), required=True, help="K random networks to measure.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Calibration stream seed (disjoint from eval seeds by construction).")
+@click.option("--resolution", type=int, default=224, show_default=True)
+@click.option("--predictor", "predictor_id", type=int, default=None, help="Predictor id (default: the device's latest).")
+@click.option("--weights/--no-weights", "with_params", default=True, show_default=True,
+              help="Calibrate on each network's weight count too (weights are cold in cache inside a network).")
+@timing_options(runs=30, warmup=3, min_secs=0.4)
+@repeats_option
+@guard_options(tries=3)
+@device_options
+@json_option
+@click.pass_context
+def calibrate_cmd(ctx: click.Context, device_spec: str, samples: int, seed: int, resolution: int,
+                  predictor_id: int | None, with_params: bool, runs: int, warmup: int, min_secs: float,
+                  repeats: int, tries: int, min_cpu_share: float, core: int | None, benchmark_binary: str | None,
+                  timeout_s: float, retries: int, as_json: bool) -> None:
+    """Measure K random networks end to end and store a calibrated predictor."""
+    from mnas.predictor.evals import calibrate_on_device
+
+    config = _bench_config(runs, warmup, min_secs, core, timeout_s)
+    devices = _devices(device_spec, core, benchmark_binary, timeout_s, retries)
+    profile = devices[0].profile()
+    space = _space("mnasnet")
+    with _store(ctx) as store:
+        predictor = _load_predictor(store, profile.device_name, resolution, profile.runtime, predictor_id, space)
+        base_id = predictor.predictor_id
+        report = calibrate_on_device(predictor, devices, store, space, samples, seed, config,
+                                     with_params=with_params, progress=not as_json,
+                                     guard=_guard(tries, min_cpu_share), repeats=repeats)
+    payload = {"base_predictor_id": base_id, "device": device_spec, "seed": seed, **report.to_dict(),
+               "networks": [n.to_dict() for n in report.networks]}
+    if as_json:
+        echo_json(payload)
+        return
+    fit, raw = report.fit, report.uncalibrated
+    click.echo(f"predictor {report.predictor_id}: predictor {base_id} calibrated on {samples} networks "
+               f"({payload['measured']} measured, {payload['reused']} reused from the store)")
+    click.echo(f"calibration: {report.calibration['formula']}")
+    click.echo(f"on the calibration set: MAPE {fit['mape_pct']:.2f}% (uncalibrated {raw['mape_pct']:.2f}%), "
+               f"within ±10% {100 * fit['within_10pct_share']:.1f}%, Kendall tau {_fmt(fit['kendall_tau'])}")
+    click.echo(f"next: mnas table eval --device {device_spec} --samples 100")
+
+
+@table.command("eval")
+@click.option("--device", "device_spec", default="host", show_default=True,
+              help="host, a serial, or a comma list of phones of one model.")
+@click.option("--samples", type=click.IntRange(min=2), required=True, help="N held-out random networks to measure.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Eval stream seed (disjoint from calibration seeds by construction).")
+@click.option("--resolution", type=int, default=224, show_default=True)
+@click.option("--predictor", "predictor_id", type=int, default=None, help="Predictor id (default: the device's latest).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Scatter PNG (default: <results>/plots/eval-<predictor>-<seed>-<N>.png).")
+@timing_options(runs=30, warmup=3, min_secs=0.4)
+@repeats_option
+@guard_options(tries=3)
+@device_options
+@json_option
+@click.pass_context
+def eval_cmd(ctx: click.Context, device_spec: str, samples: int, seed: int, resolution: int, predictor_id: int | None,
+             plot_path: str | None, runs: int, warmup: int, min_secs: float, repeats: int, tries: int,
+             min_cpu_share: float, core: int | None, benchmark_binary: str | None, timeout_s: float, retries: int,
+             as_json: bool) -> None:
+    """Measure N held-out networks and report RMSE, MAPE, ±5/±10% shares, Kendall tau and a plot."""
+    from mnas.predictor.evals import evaluate_on_device
+
+    config = _bench_config(runs, warmup, min_secs, core, timeout_s)
+    devices = _devices(device_spec, core, benchmark_binary, timeout_s, retries)
+    profile = devices[0].profile()
+    space = _space("mnasnet")
+    with _store(ctx) as store:
+        predictor = _load_predictor(store, profile.device_name, resolution, profile.runtime, predictor_id, space)
+        plot = Path(plot_path) if plot_path else (
+            db_path(ctx).parent / "plots" / f"eval-p{predictor.predictor_id}-s{seed}-n{samples}.png")
+        report = evaluate_on_device(predictor, devices, store, space, samples, seed, config, plot=plot,
+                                    progress=not as_json, guard=_guard(tries, min_cpu_share), repeats=repeats)
+    payload = {"device": device_spec, "kind": predictor.kind, "calibrated": predictor.calibration is not None,
+               **report.to_dict()}
+    if as_json:
+        echo_json(payload)
+        return
+    m = report.metrics
+    click.echo(f"predictor {report.predictor_id} ({predictor.kind}"
+               f"{', calibrated' if predictor.calibration is not None else ', uncalibrated'}) on {m['n']} held-out "
+               f"networks (eval {report.eval_id}, seed {seed}; {report.excluded_calibration} calibration networks "
+               f"excluded, overlap {report.overlap})")
+    echo_table([{"metric": k, "value": _fmt(m[k], 4)} for k in
+                ("rmse_ms", "mae_ms", "mape_pct", "max_error_pct", "within_5pct_share", "within_10pct_share",
+                 "kendall_tau")], ["metric", "value"])
+    if m.get("contended_share"):
+        click.echo(f"warning: {100 * m['contended_share']:.0f}% of the networks were measured while other "
+                   "processes shared the core: their figures are unreliable (measure on a quieter machine)")
+    if report.coverage:
+        c = report.coverage
+        click.echo(f"layers: {c['from_table']} from the table, {c['from_fallback']} from the learned fallback")
+    click.echo(f"plot: {report.plot}")
+
+
+@table.command("list")
+@json_option
+@click.pass_context
+def list_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Stored tables (entries, device, runtime, resolution) and predictors (with their last eval)."""
+    from mnas.predictor.evals import list_evals
+    from mnas.predictor.predictors import list_predictors
+    from mnas.predictor.table import list_tables
+
+    with _store(ctx) as store:
+        tables = list_tables(store)
+        predictors = list_predictors(store)
+        evals = list_evals(store)
+    last_eval: dict[int, dict[str, Any]] = {}
+    for row in evals:
+        last_eval[row["predictor_id"]] = row
+    predictor_rows = []
+    for p in predictors:
+        e = last_eval.get(p["id"])
+        predictor_rows.append({
+            "id": p["id"], "kind": p["kind"], "table": p["table"], "device": p["device"],
+            "resolution": p["resolution"], "calibration_samples": p["metrics"].get("calibration_samples"),
+            "eval_id": None if e is None else e["id"], "eval_samples": None if e is None else e["samples"],
+            "within_10pct_share": None if e is None else e["metrics"].get("within_10pct_share"),
+            "kendall_tau": None if e is None else e["metrics"].get("kendall_tau"), "created": p["created"]})
+    if as_json:
+        echo_json({"tables": tables, "predictors": predictor_rows})
+        return
+    click.echo("tables:")
+    echo_table([{"id": t["id"], "name": t["name"], "device": t["device"], "runtime": t["runtime"],
+                 "version": t["runtime_version"], "resolution": t["resolution"], "entries": t["entries"],
+                 "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(t["created"]))} for t in tables])
+    click.echo("predictors:")
+    echo_table([{k: _fmt(v) for k, v in row.items() if k != "created"} for row in predictor_rows])
+
+
+@table.command("export")
+@click.argument("name")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="FILE.json or FILE.json.gz")
+@json_option
+@click.pass_context
+def export_cmd(ctx: click.Context, name: str, output: str, as_json: bool) -> None:
+    """Write table NAME (entries + metadata) to one portable file."""
+    from mnas.predictor.table import export_table, load_table
+
+    with _store(ctx, create=False) as store:
+        loaded = load_table(store, name, allow_empty=True)
+    path = export_table(loaded, output)
+    payload = {"table": name, "entries": len(loaded), "path": str(path), "size_bytes": path.stat().st_size}
+    if as_json:
+        echo_json(payload)
+    else:
+        click.echo(f"table {name}: {len(loaded)} entries written to {path} ({payload['size_bytes']} bytes)")
+
+
+@table.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--name", "new_name", default=None, help="Store under this name (default: the file's).")
+@json_option
+@click.pass_context
+def import_cmd(ctx: click.Context, file: str, new_name: str | None, as_json: bool) -> None:
+    """Add a table file written by `mnas table export` to the store."""
+    from mnas.predictor.table import import_table, save_table
+
+    loaded = import_table(file)
+    with _store(ctx) as store:
+        table_id = save_table(store, loaded, new_name)
+    name = new_name or loaded.meta.name
+    payload = {"table_id": table_id, "table": name, "entries": len(loaded), "device": loaded.meta.device_name,
+               "runtime": loaded.meta.runtime, "runtime_version": loaded.meta.runtime_version,
+               "resolution": loaded.meta.resolution}
+    if as_json:
+        echo_json(payload)
+    else:
+        click.echo(f"imported table {name} (id {table_id}): {len(loaded)} entries, {loaded.meta.device_name}, "
+                   f"{loaded.meta.runtime} {loaded.meta.runtime_version}, resolution {loaded.meta.resolution}")
+
+
+# ------------------------------------------------------------------------------------ predict
+
+@click.command("predict")
+@click.argument("archs", nargs=-1, required=True)
+@click.option("--device", "device_spec", default="host", show_default=True, help="host, a serial or a device name.")
+@click.option("--resolution", type=int, default=224, show_default=True)
+@click.option("--multiplier", type=float, default=1.0, show_default=True, help="Depth multiplier for zoo models.")
+@click.option("--predictor", "predictor_id", type=int, default=None, help="Predictor id (default: the device's latest).")
+@json_option
+@click.pass_context
+def predict(ctx: click.Context, archs: tuple[str, ...], device_spec: str, resolution: int, multiplier: float,
+            predictor_id: int | None, as_json: bool) -> None:
+    """Predicted latency of ARCH... (zoo names or arch strings) from the device's latest predictor."""
+    from mnas.predictor.fitting import prediction_rows
+    from mnas.space.resolve import resolve_arch
+
+    resolved = [(text, resolve_arch(text, multiplier)) for text in archs]
+    with _store(ctx, create=False) as store:
+        device_name = _device_name(store, device_spec)
+        predictor = _load_predictor(store, device_name, resolution, _runtime_filter(device_name), predictor_id,
+                                    _space("mnasnet"))
+    rows = prediction_rows(predictor, resolved)
+    if as_json:
+        echo_json(rows)
+        return
+    echo_table([{"arch": r["input"] if len(r["input"]) <= 40 else r["arch_hash"], "predicted_ms": _fmt(r["predicted_ms"], 2),
+                 "layers": r["layers"], "from_table": r["layers_from_table"], "from_learned": r["layers_from_learned"]}
+                for r in rows])
+    first = rows[0]
+    click.echo(f"predictor {first['predictor_id']} ({first['predictor_kind']}, "
+               f"{'calibrated on ' + str(first['calibration_samples']) + ' networks' if first['calibrated'] else 'uncalibrated'}"
+               f") from table {first['table']}")

@@ -1,0 +1,291 @@
+"""Whole networks measured end to end: the calibration set and the held-out evaluation set.
+
+A predictor is calibrated on a few measured networks and judged on others. The two sets
+must never share an architecture (an evaluation on calibration networks flatters the
+predictor), so each purpose draws from its own random stream: the generator of purpose P
+and seed S is `numpy.random.default_rng([STREAMS[P], S])`. The purpose is part of the seed
+entropy, so calibration seed 3 and eval seed 3 are different, independent streams — no
+choice of `--seed` on either side reuses the other's. On top of that, evaluation drops any
+architecture whose hash is in the predictor's calibration set (`sample_archs(exclude=...)`),
+so an overlap is impossible, not merely improbable.
+
+Every measurement goes to the results store (label `calibration` / `eval`, with the arch
+string) the moment it is taken; a network already measured on the device under the same
+conditions and runtime is reused, so an interrupted calibration or evaluation resumes where
+it stopped. Several devices of one model share the work: one worker thread per device,
+only the calling thread touches the store (as in `build.py`).
+"""
+
+from __future__ import annotations
+
+import queue
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement
+from mnas.errors import MeasurementError, MnasError
+from mnas.predictor.contention import NETWORK_GUARD, ContentionGuard
+from mnas.predictor.table import check_statistic, measurement_ms
+from mnas.space.arch import Arch
+from mnas.space.search_space import SearchSpace
+
+CALIBRATION = "calibration"
+EVALUATION = "eval"
+STREAMS: dict[str, int] = {CALIBRATION: 0xCA11B, EVALUATION: 0xE7A1}
+MAX_DRAWS_PER_ARCH = 100  # resampling bound when duplicates / excluded hashes are drawn
+
+ArchWriter = Callable[[Arch, Path, int], Any]
+
+
+def default_arch_writer(arch: Arch, path: Path, resolution: int) -> Any:
+    """The project's .tflite writer (imported late: it pulls in the flatbuffer schema)."""
+    from mnas.space.tflite_writer import write_arch
+
+    return write_arch(arch, path, resolution=resolution)
+
+
+def stream_rng(purpose: str, seed: int) -> np.random.Generator:
+    """The random generator of `purpose` (calibration or eval) and `seed`; streams never coincide."""
+    if purpose not in STREAMS:
+        raise MnasError(f"sampling purpose {purpose!r}: expected one of {sorted(STREAMS)}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise MnasError(f"--seed {seed!r}: expected an integer >= 0")
+    return np.random.default_rng([STREAMS[purpose], int(seed)])
+
+
+def sample_archs(space: SearchSpace, n: int, seed: int, purpose: str, exclude: Iterable[str] = ()) -> list[Arch]:
+    """`n` distinct random archs of `space` from the `purpose` stream; hashes in `exclude` are skipped."""
+    if n < 1:
+        raise MnasError(f"--samples {n}: expected at least 1 network")
+    rng = stream_rng(purpose, seed)
+    banned = set(exclude)
+    out: list[Arch] = []
+    draws = 0
+    while len(out) < n:
+        draws += 1
+        if draws > MAX_DRAWS_PER_ARCH * n:
+            raise MnasError(f"sampling {n} {purpose} networks: only {len(out)} distinct ones not excluded after "
+                            f"{draws - 1} draws: expected a larger search space or fewer samples")
+        arch = space.sample(rng)
+        if arch.hash in banned:
+            continue
+        banned.add(arch.hash)
+        out.append(arch)
+    return out
+
+
+@dataclass
+class NetMeasurement:
+    """One network measured end to end in `repeats` separate processes (or reused from the store).
+
+    Its latency is the median, over the processes, of each process's statistic: a process
+    draws its own memory layout, so on this host one network's minimum moves by about 3%
+    (up to 10%) from process to process while runs within a process agree; more runs in
+    one process cannot average that out, more processes can.
+    """
+
+    arch: Arch
+    measurements: list[Measurement]
+    measurement_ids: list[int | None]
+    reused: int  # how many of the measurements came from the store
+    statistic: str = "median"
+
+    @property
+    def values_ms(self) -> list[float]:
+        return [measurement_ms(m, self.statistic) for m in self.measurements]
+
+    @property
+    def measured_ms(self) -> float:
+        """Median over the processes of the statistic (median or min of each process's timed runs)."""
+        return float(np.median(self.values_ms))
+
+    @property
+    def measurement(self) -> Measurement:
+        """The measurement whose value is closest to `measured_ms`."""
+        target = self.measured_ms
+        return min(self.measurements, key=lambda m: abs(measurement_ms(m, self.statistic) - target))
+
+    def to_dict(self) -> dict[str, Any]:
+        shares = [m.extra.get("child_cpu_share") for m in self.measurements]
+        flags = [m.extra.get("contended") for m in self.measurements]
+        return {"arch": str(self.arch), "arch_hash": self.arch.hash, "measured_ms": self.measured_ms,
+                "statistic": self.statistic, "repeats_ms": self.values_ms,
+                "median_ms": float(np.median([m.median_ms for m in self.measurements])),
+                "min_ms": float(np.median([m.stats.min_us / 1000.0 for m in self.measurements])),
+                "runs": [m.stats.count for m in self.measurements], "device_id": self.measurements[0].device_id,
+                "child_cpu_share": None if None in shares else min(shares),
+                "contended": None if None in flags else any(flags),
+                "measurement_ids": self.measurement_ids, "reused": self.reused}
+
+
+@dataclass
+class _Job:
+    index: int
+    arch: Arch
+    path: Path  # written by the worker just before timing, deleted right after (files are ~10 MB)
+    resolution: int
+    writer: ArchWriter
+
+
+@dataclass
+class _Done:
+    job: _Job
+    device_id: str
+    measurement: Measurement | None = None
+    error: BaseException | None = None
+
+
+def _sha256(path: Path) -> str:
+    from mnas.bench.models import file_sha256
+
+    return file_sha256(path)
+
+
+def _find_stored(store: Any, profiles: Sequence[DeviceProfile], sha256: str, config: BenchConfig,
+                 wanted: int) -> list[tuple[Measurement, int]]:
+    """Up to `wanted` stored, uncontended measurements of this model under these conditions (oldest first)."""
+    found: list[tuple[Measurement, int]] = []
+    for profile in profiles:
+        frame = store.measurements_frame(device_id=profile.device_id, model_sha256=sha256, runtime=profile.runtime,
+                                         runtime_version=profile.runtime_version,
+                                         conditions_key=config.conditions_key())
+        for measurement_id in frame["id"].tolist():
+            measurement = store.get_measurement(int(measurement_id))
+            if not measurement.extra.get("contended"):
+                found.append((measurement, int(measurement_id)))
+    return found[:wanted]
+
+
+def _worker(device: Device, jobs: queue.Queue[_Job], done: queue.Queue[_Done], stop: threading.Event,
+            config: BenchConfig, guard: ContentionGuard | None, statistic: str) -> None:
+    while not stop.is_set():
+        try:
+            job = jobs.get_nowait()
+        except queue.Empty:
+            return
+        try:
+            job.writer(job.arch, job.path, job.resolution)
+            if guard is None:
+                measurement = device.benchmark(job.path, config)
+            else:
+                measurement = guard.benchmark(device, job.path, config, statistic)
+        except BaseException as exc:  # reported to the main thread, which decides
+            done.put(_Done(job, device.device_id, error=exc))
+            return
+        finally:
+            job.path.unlink(missing_ok=True)
+        done.put(_Done(job, device.device_id, measurement=measurement))
+
+
+def measure_networks(archs: Sequence[Arch], devices: Sequence[Device], store: Any, config: BenchConfig,
+                     resolution: int, label: str, *, writer: ArchWriter = default_arch_writer,
+                     progress: bool = True, reuse: bool = True, statistic: str = "median",
+                     guard: ContentionGuard | None = NETWORK_GUARD, repeats: int = 1) -> list[NetMeasurement]:
+    """Measure each arch end to end `repeats` times (separate processes), storing each result as it comes.
+
+    Repeats go in rounds (every network once, then every network again), so a burst of
+    load or heat lands on one repeat of many networks rather than all repeats of one.
+    `guard` re-measures host networks timed while other processes shared the core (see
+    `contention`); None measures each network once whatever happened. Stored uncontended
+    measurements under the same conditions count as repeats already done (resumable).
+
+    A device that raises stops its worker and its network goes back to the queue; when
+    every device has failed a MeasurementError names the first failure (what was stored
+    stays stored). Ctrl-C stops the workers and propagates; finished measurements are kept.
+    """
+    if not devices:
+        raise MnasError("measure_networks: no devices: expected at least one device to measure on")
+    if repeats < 1:
+        raise MnasError(f"--repeats {repeats}: expected at least 1 measurement per network")
+    check_statistic(statistic)
+    profiles = [device.profile() for device in devices]
+    done: list[list[tuple[Measurement, int | None]]] = [[] for _ in archs]
+    reused = [0] * len(archs)
+    with tempfile.TemporaryDirectory(prefix="mnas-nets-", ignore_cleanup_errors=True) as tmp:
+        rounds: list[list[_Job]] = [[] for _ in range(repeats)]
+        for index, arch in enumerate(archs):
+            stored: list[tuple[Measurement, int]] = []
+            if reuse:  # the writer is deterministic: the file's hash finds earlier measurements
+                probe = Path(tmp) / f"{arch.hash}-{resolution}.tflite"
+                writer(arch, probe, resolution)
+                stored = _find_stored(store, profiles, _sha256(probe), config, repeats)
+                probe.unlink(missing_ok=True)
+            done[index].extend(stored)
+            reused[index] = len(stored)
+            for r in range(repeats - len(stored)):
+                path = Path(tmp) / f"{arch.hash}-{resolution}-{r}.tflite"
+                rounds[r].append(_Job(index, arch, path, resolution, writer))
+        jobs: queue.Queue[_Job] = queue.Queue()
+        for round_jobs in rounds:
+            for job in round_jobs:
+                jobs.put(job)
+        if not jobs.empty():
+            _run(devices, jobs, jobs.qsize(), store, config, label, done, progress, statistic, guard)
+    missing = [i for i, d in enumerate(done) if len(d) < repeats]
+    if missing:  # cannot happen unless a worker vanished without reporting
+        raise MeasurementError(f"{len(missing)} networks were not measured: expected every network measured")
+    return [NetMeasurement(arch, [m for m, _ in d], [i for _, i in d], reused[k], statistic)
+            for k, (arch, d) in enumerate(zip(archs, done, strict=True))]
+
+
+def _run(devices: Sequence[Device], jobs: queue.Queue[_Job], pending: int, store: Any, config: BenchConfig,
+         label: str, results: list[list[tuple[Measurement, int | None]]], progress: bool, statistic: str,
+         guard: ContentionGuard | None) -> None:
+    from tqdm import tqdm
+
+    done: queue.Queue[_Done] = queue.Queue()
+    stop = threading.Event()
+    failures: list[tuple[str, BaseException]] = []
+    threads = [threading.Thread(target=_worker, name=f"nets-{d.device_id}", daemon=True,
+                                args=(d, jobs, done, stop, config, guard, statistic)) for d in devices]
+    bar = tqdm(total=pending, desc=label, unit="net", disable=not progress, dynamic_ncols=True)
+    for thread in threads:
+        thread.start()
+
+    def keep(item: _Done) -> None:
+        assert item.measurement is not None
+        measurement_id = store.add_measurement(item.measurement, label=label, arch=str(item.job.arch))
+        results[item.job.index].append((item.measurement, measurement_id))
+
+    try:
+        while True:
+            try:
+                item = done.get(timeout=0.1)
+            except queue.Empty:
+                if not any(t.is_alive() for t in threads) and done.empty():
+                    break
+                continue
+            if item.error is not None:
+                if not isinstance(item.error, Exception):
+                    raise item.error
+                failures.append((item.device_id, item.error))
+                jobs.put(item.job)
+                continue
+            keep(item)
+            bar.update(1)
+            if item.measurement is not None:
+                bar.set_postfix_str(f"{measurement_ms(item.measurement, statistic):.2f} ms")
+    except BaseException:
+        stop.set()
+        while not done.empty():
+            item = done.get_nowait()
+            if item.measurement is not None:
+                keep(item)
+        for thread in threads:
+            thread.join(timeout=1.0)
+        raise
+    finally:
+        stop.set()
+        bar.close()
+    if len(failures) == len(devices) and not jobs.empty():
+        device_id, error = failures[0]
+        stored = sum(1 for r in results for _, i in r if i is not None)
+        raise MeasurementError(f"{label} networks: every device failed (first: device {device_id}: "
+                               f"{type(error).__name__}: {error}); {stored} measured and stored: fix the device "
+                               "and re-run to resume") from error

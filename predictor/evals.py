@@ -1,0 +1,192 @@
+"""Calibrate a predictor on measured networks and judge it on held-out ones; keep every eval run.
+
+`calibrate_on_device` samples K networks from the calibration stream, measures them end to
+end and fits the predictor's calibration on them; the set (arch, hash, measured latency,
+measurement id) goes into the stored predictor's metrics, so an evaluation can prove it
+never saw those networks. `evaluate_on_device` samples from the disjoint evaluation stream,
+drops any hash of the calibration set, measures, predicts and reports the figures latency
+predictor papers use (see `metrics.evaluate`); each run is stored in `predictor_evals`
+with its per-network rows and the plot it wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnas.bench.types import BenchConfig, Device
+from mnas.errors import MnasError
+from mnas.predictor.contention import NETWORK_GUARD, ContentionGuard, contended_share
+from mnas.predictor.endtoend import (
+    CALIBRATION,
+    EVALUATION,
+    NetMeasurement,
+    measure_networks,
+    sample_archs,
+)
+from mnas.predictor.metrics import evaluate, scatter_png
+from mnas.predictor.predictors import AdditivePredictor, LookupPredictor, _json_safe, save_predictor
+from mnas.predictor.table import Store, ensure_schema
+from mnas.space.search_space import SearchSpace
+
+MIN_CLEAN_FIT = 5  # networks: intercept, sum, layer count, weights, plus one to spare
+
+
+def calibration_hashes(predictor: AdditivePredictor) -> set[str]:
+    """Hashes of the networks the predictor was calibrated on (from its stored metrics)."""
+    rows = (predictor.metrics or {}).get("calibration_set") or []
+    return {str(row["arch_hash"]) for row in rows if isinstance(row, dict) and "arch_hash" in row}
+
+
+@dataclass
+class CalibrationReport:
+    predictor_id: int
+    networks: list[NetMeasurement]
+    fit: dict[str, Any]  # in-sample metrics after calibration
+    uncalibrated: dict[str, Any]  # the raw layer sums against the same measurements
+    calibration: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"predictor_id": self.predictor_id, "samples": len(self.networks),
+                "measured": sum(len(n.measurements) - n.reused for n in self.networks),
+                "reused": sum(n.reused for n in self.networks), "calibration": self.calibration,
+                "fit": self.fit, "uncalibrated": self.uncalibrated}
+
+
+def calibrate_on_device(predictor: AdditivePredictor, devices: Sequence[Device], store: Store, space: SearchSpace,
+                        samples: int, seed: int, config: BenchConfig, *, with_params: bool = True,
+                        progress: bool = True, writer: Any = None,
+                        guard: ContentionGuard | None = NETWORK_GUARD, repeats: int = 3) -> CalibrationReport:
+    """Measure `samples` calibration networks (each in `repeats` processes), fit the calibration,
+    store the calibrated predictor.
+
+    `with_params`: the calibration also takes each network's weight count (see `Calibration`).
+    """
+    archs = sample_archs(space, samples, seed, CALIBRATION)
+    kwargs = {} if writer is None else {"writer": writer}
+    networks = measure_networks(archs, devices, store, config, predictor.resolution, CALIBRATION,
+                                progress=progress, statistic=predictor.statistic, guard=guard, repeats=repeats,
+                                **kwargs)
+    measured = np.asarray([n.measured_ms for n in networks])
+    predictor.calibration = None
+    raw = predictor.predict_ms(archs)
+    # a network still contended after every try measured the neighbours as much as itself:
+    # fit on the clean ones when at least half (and enough for the coefficients) are clean
+    clean = np.asarray([not any(m.extra.get("contended") for m in n.measurements) for n in networks])
+    use = clean if clean.sum() >= max(MIN_CLEAN_FIT, len(networks) // 2) else np.ones(len(networks), dtype=bool)
+    calibration = predictor.calibrate([a for a, u in zip(archs, use, strict=True) if u], measured[use],
+                                      with_params=with_params)
+    fitted = predictor.predict_ms(archs)
+    metrics = dict(predictor.metrics or {})
+    metrics.pop("last_eval", None)
+    metrics.update({
+        "calibration_seed": seed, "calibration_samples": samples, "calibration_conditions": config.conditions_key(),
+        "calibration_set": [n.to_dict() for n in networks],
+        "calibration_fit": evaluate(fitted, measured), "uncalibrated_fit": evaluate(raw, measured),
+        "calibration_contended_share": contended_share([m for n in networks for m in n.measurements]),
+        "calibration_repeats": repeats,
+        "calibration_fitted_on": int(use.sum()),
+    })
+    predictor_id = save_predictor(store, predictor, predictor.table_id, metrics)
+    return CalibrationReport(predictor_id, networks, metrics["calibration_fit"], metrics["uncalibrated_fit"],
+                             calibration.to_dict())
+
+
+@dataclass
+class EvalReport:
+    eval_id: int
+    predictor_id: int | None
+    seed: int
+    metrics: dict[str, Any]
+    rows: list[dict[str, Any]]
+    plot: Path | None
+    excluded_calibration: int  # calibration hashes the eval was told to avoid
+    overlap: int  # eval hashes found in the calibration set (always 0: checked)
+    coverage: dict[str, Any] = field(default_factory=dict)
+    networks: list[NetMeasurement] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"eval_id": self.eval_id, "predictor_id": self.predictor_id, "seed": self.seed,
+                "samples": len(self.rows), **self.metrics, "plot": None if self.plot is None else str(self.plot),
+                "calibration_hashes_excluded": self.excluded_calibration, "overlap_with_calibration": self.overlap,
+                "coverage": self.coverage, "networks": self.rows}
+
+
+def evaluate_on_device(predictor: AdditivePredictor, devices: Sequence[Device], store: Store, space: SearchSpace,
+                       samples: int, seed: int, config: BenchConfig, *, plot: Path | None = None,
+                       progress: bool = True, writer: Any = None,
+                       guard: ContentionGuard | None = NETWORK_GUARD, repeats: int = 3) -> EvalReport:
+    """Measure `samples` held-out networks, compare with the predictions, store and plot the run."""
+    banned = calibration_hashes(predictor)
+    archs = sample_archs(space, samples, seed, EVALUATION, exclude=banned)
+    overlap = len({a.hash for a in archs} & banned)
+    if overlap:  # sample_archs excludes them; never report figures on calibration networks
+        raise MnasError(f"evaluation: {overlap} networks are in the calibration set: expected held-out networks only")
+    kwargs = {} if writer is None else {"writer": writer}
+    networks = measure_networks(archs, devices, store, config, predictor.resolution, EVALUATION,
+                                progress=progress, statistic=predictor.statistic, guard=guard, repeats=repeats,
+                                **kwargs)
+    measured = np.asarray([n.measured_ms for n in networks])
+    coverage: dict[str, Any] = {}
+    if isinstance(predictor, LookupPredictor):
+        before = predictor.stats.to_dict()
+        predicted = predictor.predict_ms(archs)
+        after = predictor.stats.to_dict()
+        layers = after["layers"] - before["layers"]
+        from_fallback = after["from_fallback"] - before["from_fallback"]
+        coverage = {"layers": layers, "from_table": layers - from_fallback, "from_fallback": from_fallback,
+                    "coverage_share": 1.0 - from_fallback / layers if layers else 1.0}
+    else:
+        predicted = predictor.predict_ms(archs)
+    metrics = {**evaluate(predicted, measured), "statistic": predictor.statistic,
+               "contended_share": contended_share([m for n in networks for m in n.measurements]),
+               "repeats": repeats}
+    rows = [{**n.to_dict(), "predicted_ms": float(p), "error_pct": float(100.0 * (p - n.measured_ms) / n.measured_ms)}
+            for n, p in zip(networks, predicted, strict=True)]
+    written = None
+    if plot is not None:
+        title = f"predictor {predictor.predictor_id} ({predictor.kind}) on {len(rows)} held-out networks"
+        written = scatter_png(predicted, measured, plot, title)
+    eval_id = save_eval(store, predictor.predictor_id, devices[0].device_id, seed, config, metrics, rows, written,
+                        coverage)
+    return EvalReport(eval_id, predictor.predictor_id, seed, metrics, rows, written, len(banned), overlap, coverage,
+                      networks)
+
+
+def save_eval(store: Store, predictor_id: int | None, device_id: str, seed: int, config: BenchConfig,
+              metrics: dict[str, Any], rows: list[dict[str, Any]], plot: Path | None,
+              coverage: dict[str, Any] | None = None) -> int:
+    ensure_schema(store)
+    with store.transaction() as conn:
+        cursor = conn.execute(
+            "INSERT INTO predictor_evals (predictor_id, device_id, seed, samples, conditions, metrics, rows, plot, "
+            "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (predictor_id, device_id, seed, len(rows), config.conditions_key(),
+             json.dumps(_json_safe({**metrics, "coverage": coverage or {}}), sort_keys=True),
+             json.dumps(_json_safe(rows)), None if plot is None else str(plot), time.time()))
+        return int(cursor.lastrowid)
+
+
+def list_evals(store: Store, predictor_id: int | None = None) -> list[dict[str, Any]]:
+    """Stored eval runs (newest last): id, predictor_id, device_id, seed, samples, metrics, plot, created."""
+    ensure_schema(store)
+    sql = "SELECT id, predictor_id, device_id, seed, samples, conditions, metrics, plot, created FROM predictor_evals"
+    args: tuple[Any, ...] = ()
+    if predictor_id is not None:
+        sql += " WHERE predictor_id = ?"
+        args = (predictor_id,)
+    with store.transaction() as conn:
+        found = conn.execute(sql + " ORDER BY id", args).fetchall()
+    keys = ("id", "predictor_id", "device_id", "seed", "samples", "conditions", "metrics", "plot", "created")
+    out = []
+    for row in found:
+        item = dict(zip(keys, row, strict=True))
+        item["metrics"] = json.loads(item["metrics"])
+        out.append(item)
+    return out
