@@ -168,3 +168,23 @@ class Device(Protocol):
     def profile(self) -> DeviceProfile: ...
 
     def benchmark(self, model_path: Path, config: BenchConfig) -> Measurement: ...
+
+
+def headline_statistic(device_name: str) -> str:
+    """Which per-run statistic stands for a device's latency: `min` on the host, `median` on phones.
+
+    The host is a shared, time-sliced CPU: runs longer than a scheduler slice get stretched by
+    other processes' turns, which moves the median of a whole network far more than that of
+    a short layer; the minimum is what the model costs when it has the core (measured in
+    predictor/__init__.py's notes). A phone pinned to a quiet big core reports the median, as
+    benchmark_model users expect. Tables, predictors and measured search latencies all use
+    this one rule, so measured and predicted latency stay interchangeable.
+    """
+    return "min" if device_name == "host" else "median"
+
+
+def headline_ms(m: Measurement) -> float:
+    """A measurement's latency in ms under `headline_statistic` of its device."""
+    if headline_statistic(m.device_name) == "min":
+        return m.stats.min_us / 1000.0
+    return m.median_ms

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mnas.bench.types import headline_statistic
 from mnas.errors import MnasError
 from mnas.predictor.metrics import evaluate
 from mnas.predictor.predictors import AdditivePredictor, LearnedPredictor, LookupPredictor
@@ -44,7 +45,7 @@ def learned_holdout(table: LatencyTable, model: str, seed: int, statistic: str =
 
 def default_statistic(table: LatencyTable) -> str:
     """`min` for tables measured on the host (a shared, time-sliced CPU), `median` for phones."""
-    return "min" if table.meta.device_name == "host" else "median"
+    return headline_statistic(table.meta.device_name)
 
 
 def fit_predictor(table: LatencyTable, *, kind: str = "lookup", model: str = "gbr", fallback: bool = True,

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement
+from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement, headline_ms
 from mnas.errors import MnasError
 from mnas.search.types import LatencyResult, LatencySource
 from mnas.space.arch import Arch
@@ -120,8 +120,9 @@ class MeasuredLatency:
             prof = self.profile(device)
             found = self.store.find_measurement(device.device_id, sha, prof.runtime, prof.runtime_version, key)
             if found is not None:
-                result = LatencyResult(latency_ms=found.median_ms, source=f"store:{device.device_id}",
-                                       measured_ms=found.median_ms, device_id=device.device_id, model_sha256=sha)
+                value = headline_ms(found)
+                result = LatencyResult(latency_ms=value, source=f"store:{device.device_id}",
+                                       measured_ms=value, device_id=device.device_id, model_sha256=sha)
                 self._memo[(device.device_id, sha)] = result
                 return result
         return None
@@ -184,9 +185,9 @@ class MeasuredLatency:
         return out
 
     def _record(self, arch: Arch, sha: str, m: Measurement) -> LatencyResult:
-        median = m.median_ms
+        median = headline_ms(m)  # min of runs on the host, median on phones: what predictors predict
         if not math.isfinite(median) or median <= 0:
-            raise MnasError(f"measured latency: {m.device_id} gave median {median!r} ms for {arch}: expected a latency > 0")
+            raise MnasError(f"measured latency: {m.device_id} gave {median!r} ms for {arch}: expected a latency > 0")
         self.benchmarks += 1
         row = self.store.add_measurement(m, label=self.label, arch=str(arch)) if self.store is not None else None
         result = LatencyResult(latency_ms=median, source=f"measured:{m.device_id}", measured_ms=median,
