@@ -273,34 +273,55 @@ def plan_cmd(ctx: click.Context, space_name: str, resolution: int, device_spec: 
 @click.option("--resolution", type=int, default=224, show_default=True)
 @click.option("--name", "table_name", default=None, help="Table name (default: <device>-r<res>-<runtime>-<version>).")
 @click.option("--limit", type=click.IntRange(min=0), default=None, help="Measure at most N layers in this run.")
+@click.option("--executor", "executor_kind", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: measure on every phone of the Ray cluster whose node offers resource device:DEVICE.")
+@click.option("--address", default="auto", show_default=True,
+              help="Ray cluster: auto (the one `ray start` runs here), HOST:PORT, ray://..., or local.")
 @timing_options(runs=30, warmup=3, min_secs=0.2)
 @guard_options(tries=2)
 @device_options
 @json_option
 @click.pass_context
 def build_cmd(ctx: click.Context, device_spec: str, space_name: str, resolution: int, table_name: str | None,
-              limit: int | None, runs: int, warmup: int, min_secs: float, tries: int, min_cpu_share: float,
-              core: int | None, benchmark_binary: str | None, timeout_s: float, retries: int, as_json: bool) -> None:
+              limit: int | None, executor_kind: str, address: str, runs: int, warmup: int, min_secs: float, tries: int,
+              min_cpu_share: float, core: int | None, benchmark_binary: str | None, timeout_s: float, retries: int,
+              as_json: bool) -> None:
     """Measure every layer of the space on DEVICE (resumable: a re-run skips stored layers)."""
     from mnas.predictor.build import build_table
     from mnas.predictor.table import find_table, stored_keys
 
     space = _space(space_name)
     config = _bench_config(runs, warmup, min_secs, core, timeout_s)
-    devices = _devices(device_spec, core, benchmark_binary, timeout_s, retries)
+    started_ray = False
+    if executor_kind == "ray":  # DEVICE names a resource (pixel4 -> device:pixel4), host, all, or a comma list
+        from mnas.bench import ray_devices
+
+        started_ray = ray_devices.connect(address)
+        options = {"core": core, "benchmark_binary": Path(benchmark_binary) if benchmark_binary else None,
+                   "timeout_s": timeout_s, "retries": retries}
+        devices = ray_devices.cluster_devices(device_spec, options, guard=_guard(tries, min_cpu_share), statistic="min")
+    else:
+        devices = _devices(device_spec, core, benchmark_binary, timeout_s, retries)
     profile = devices[0].profile()
     name = table_name or default_table_name(profile.device_name, resolution, profile.runtime, profile.runtime_version)
     with _store(ctx) as store:
         try:
+            # on Ray the contention guard already runs inside each device actor, next to the device
             result = build_table(space, resolution, devices, store, name, config, limit=limit, progress=not as_json,
-                                 space_name=space_name, guard=_guard(tries, min_cpu_share))
+                                 space_name=space_name,
+                                 guard=None if executor_kind == "ray" else _guard(tries, min_cpu_share))
         except KeyboardInterrupt:
             found = find_table(store, name)
             stored = len(stored_keys(store, found[0])) if found else 0
             click.echo(f"mnas: interrupted: table {name!r} holds {stored} layers; every stored layer is kept: "
                        "run the same command again to resume", err=True)
             raise SystemExit(130) from None  # not ctx.exit: mnas.cli.main drops click's exit codes
-    payload = {**result.to_dict(), "device": device_spec, "resolution": resolution,
+        finally:
+            if executor_kind == "ray":
+                ray_devices.stop_devices(devices)
+                if started_ray:
+                    ray_devices.require_ray().shutdown()
+    payload = {**result.to_dict(), "device": device_spec, "executor": executor_kind, "resolution": resolution,
                "conditions": config.conditions_key()}
     if as_json:
         echo_json(payload)
