@@ -385,14 +385,24 @@ def fit_cmd(ctx: click.Context, device_spec: str, table_name: str | None, resolu
     click.echo(f"next: mnas table calibrate --device {device_spec} --samples 40")
 
 
+def network_target_options(func):
+    """--device, --resolution and --predictor, shared by the commands that measure whole networks."""
+    for option in reversed([
+        click.option("--device", "device_spec", default="host", show_default=True,
+                     help="host, a serial, or a comma list of phones of one model."),
+        click.option("--resolution", type=int, default=224, show_default=True),
+        click.option("--predictor", "predictor_id", type=int, default=None,
+                     help="Predictor id (default: the device's latest)."),
+    ]):
+        func = option(func)
+    return func
+
+
 @table.command("calibrate")
-@click.option("--device", "device_spec", default="host", show_default=True,
-              help="host, a serial, or a comma list of phones of one model.")
+@network_target_options
 @click.option("--samples", type=click.IntRange(min=4), required=True, help="K random networks to measure.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Calibration stream seed (disjoint from eval seeds by construction).")
-@click.option("--resolution", type=int, default=224, show_default=True)
-@click.option("--predictor", "predictor_id", type=int, default=None, help="Predictor id (default: the device's latest).")
 @click.option("--weights/--no-weights", "with_params", default=True, show_default=True,
               help="Calibrate on each network's weight count too (weights are cold in cache inside a network).")
 @timing_options(runs=30, warmup=3, min_secs=0.4)
@@ -433,13 +443,10 @@ def calibrate_cmd(ctx: click.Context, device_spec: str, samples: int, seed: int,
 
 
 @table.command("eval")
-@click.option("--device", "device_spec", default="host", show_default=True,
-              help="host, a serial, or a comma list of phones of one model.")
+@network_target_options
 @click.option("--samples", type=click.IntRange(min=2), required=True, help="N held-out random networks to measure.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Eval stream seed (disjoint from calibration seeds by construction).")
-@click.option("--resolution", type=int, default=224, show_default=True)
-@click.option("--predictor", "predictor_id", type=int, default=None, help="Predictor id (default: the device's latest).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Scatter PNG (default: <results>/plots/eval-<predictor>-<seed>-<N>.png).")
 @timing_options(runs=30, warmup=3, min_secs=0.4)
