@@ -235,6 +235,18 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
         echo_table([{**r, "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"]))} for r in rows])
 
 
+def _open_run(ctx: click.Context, run_id: str, out_dir: str | None, kind: str):
+    """The run's store and config, and the output folder (default results/runs/RUN/<kind>)."""
+    from mnas.bench.store import ResultsStore
+    from mnas.search.run_store import RunStore
+
+    database = db_path(ctx)
+    runs_store = RunStore(ResultsStore(database))
+    cfg = runs_store.run_config(run_id)
+    run_dir = _run_dir(database, run_id)
+    return runs_store, cfg, Path(out_dir) if out_dir else run_dir / kind, run_dir
+
+
 @search.command("report")
 @click.argument("run_id")
 @click.option("--top", type=int, default=10, show_default=True)
@@ -244,14 +256,9 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def report_cmd(ctx: click.Context, run_id: str, top: int, out_dir: str | None, as_json: bool) -> None:
     """Pareto front, reward curve, latency distribution (PNGs) and the top-k table of RUN."""
-    from mnas.bench.store import ResultsStore
     from mnas.search.report import make_report
-    from mnas.search.run_store import RunStore
 
-    database = db_path(ctx)
-    runs_store = RunStore(ResultsStore(database))
-    cfg = runs_store.run_config(run_id)
-    folder = Path(out_dir) if out_dir else _run_dir(database, run_id) / "report"
+    runs_store, cfg, folder, _ = _open_run(ctx, run_id, out_dir, "report")
     report = make_report(runs_store, run_id, cfg, folder, top)
     if as_json:
         echo_json(report)
@@ -280,15 +287,10 @@ def report_cmd(ctx: click.Context, run_id: str, top: int, out_dir: str | None, a
 @click.pass_context
 def export_cmd(ctx: click.Context, run_id: str, top: int, out_dir: str | None, as_json: bool) -> None:
     """Block strings, .tflite files and trained proxy weights of the top-K children of RUN."""
-    from mnas.bench.store import ResultsStore
     from mnas.search.report import export_top
-    from mnas.search.run_store import RunStore
 
-    database = db_path(ctx)
-    runs_store = RunStore(ResultsStore(database))
-    cfg = runs_store.run_config(run_id)
-    folder = Path(out_dir) if out_dir else _run_dir(database, run_id) / "export"
-    rows = export_top(runs_store, run_id, cfg, folder, top, _run_dir(database, run_id) / "weights")
+    runs_store, cfg, folder, run_dir = _open_run(ctx, run_id, out_dir, "export")
+    rows = export_top(runs_store, run_id, cfg, folder, top, run_dir / "weights")
     if as_json:
         echo_json(rows)
     else:
