@@ -44,5 +44,3 @@ def prepare_model(spec: str, models_dir: Path, resolution: int | None = None, mu
         write_arch(arch, path, resolution=res)
     return PreparedModel(path, label, sha256_file(path), str(arch), res)
 
-
-file_sha256 = sha256_file  # name used by predictor/endtoend.py

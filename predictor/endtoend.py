@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from mnas.bench.files import sha256_file
 from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement
 from mnas.errors import MeasurementError, MnasError
 from mnas.predictor.contention import NETWORK_GUARD, ContentionGuard
@@ -141,12 +142,6 @@ class _Done:
     error: BaseException | None = None
 
 
-def _sha256(path: Path) -> str:
-    from mnas.bench.models import file_sha256
-
-    return file_sha256(path)
-
-
 def _find_stored(store: Any, profiles: Sequence[DeviceProfile], sha256: str, config: BenchConfig,
                  wanted: int) -> list[tuple[Measurement, int]]:
     """Up to `wanted` stored, uncontended measurements of this model under these conditions (oldest first)."""
@@ -214,7 +209,7 @@ def measure_networks(archs: Sequence[Arch], devices: Sequence[Device], store: An
             if reuse:  # the writer is deterministic: the file's hash finds earlier measurements
                 probe = Path(tmp) / f"{arch.hash}-{resolution}.tflite"
                 writer(arch, probe, resolution)
-                stored = _find_stored(store, profiles, _sha256(probe), config, repeats)
+                stored = _find_stored(store, profiles, sha256_file(probe), config, repeats)
                 probe.unlink(missing_ok=True)
             done[index].extend(stored)
             reused[index] = len(stored)

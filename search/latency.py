@@ -16,7 +16,6 @@ soon as it completes, so a failure loses only what was in flight.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import queue
 import tempfile
@@ -28,6 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mnas.bench.files import sha256_file
 from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement, headline_ms
 from mnas.errors import MnasError
 from mnas.search.types import LatencyResult, LatencySource
@@ -53,14 +53,6 @@ class LatencyPredictor(Protocol):
     """Anything that predicts whole-network latency (a fitted latency table, a regressor)."""
 
     def predict_ms(self, archs: Sequence[Arch]) -> np.ndarray: ...
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class MeasuredLatency:
