@@ -10,9 +10,7 @@ stored is whole, and the layers in flight are simply measured again on the next 
 
 from __future__ import annotations
 
-import queue
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -22,6 +20,7 @@ from typing import Any
 from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement
 from mnas.errors import MeasurementError, MnasError
 from mnas.predictor.contention import LAYER_GUARD, ContentionGuard
+from mnas.predictor.device_pool import run_device_pool
 from mnas.predictor.layers import enumerate_layers
 from mnas.predictor.table import TableEntry, TableMeta, add_entry, open_table, stored_keys
 from mnas.space.arch import LayerSig
@@ -76,36 +75,6 @@ def table_meta(table_name: str, profiles: Sequence[DeviceProfile], resolution: i
     return replace(meta, device_ids=tuple(dict.fromkeys(p.device_id for p in profiles)))
 
 
-@dataclass
-class _Done:
-    layer: LayerSig
-    device_id: str
-    measurement: Measurement | None = None
-    error: BaseException | None = None
-
-
-def _worker(device: Device, jobs: queue.Queue[LayerSig], done: queue.Queue[_Done], stop: threading.Event,
-            workdir: Path, writer: LayerWriter, config: BenchConfig, guard: ContentionGuard | None) -> None:
-    """Measure layers from `jobs` until it is empty, `stop` is set or the device fails."""
-    device_id = device.device_id
-    while not stop.is_set():
-        try:
-            layer = jobs.get_nowait()
-        except queue.Empty:
-            return
-        path = workdir / f"{device_id.replace('/', '_')}-{abs(hash(layer.key)):x}.tflite"
-        try:
-            writer(layer, path)
-            # the guard keeps the lowest minimum: the statistic least touched by other processes
-            measurement = device.benchmark(path, config) if guard is None else guard.benchmark(device, path, config, "min")
-        except BaseException as exc:  # reported to the main thread, which decides
-            done.put(_Done(layer, device_id, error=exc))
-            return
-        finally:
-            path.unlink(missing_ok=True)
-        done.put(_Done(layer, device_id, measurement=measurement))
-
-
 def build_table(space: SearchSpace, resolution: int, devices: Sequence[Device], store: Any, table_name: str,
                 config: BenchConfig, limit: int | None = None, writer: LayerWriter = default_writer,
                 progress: bool = True, space_name: str = "mnasnet", num_classes: int = 1000,
@@ -142,57 +111,36 @@ def build_table(space: SearchSpace, resolution: int, devices: Sequence[Device], 
         result.elapsed_s = time.monotonic() - started
         return result
 
-    jobs: queue.Queue[LayerSig] = queue.Queue()
-    for layer in pending:
-        jobs.put(layer)
-    done: queue.Queue[_Done] = queue.Queue()
-    stop = threading.Event()
-    errors: list[BaseException] = []
     bar = _progress_bar(len(pending), table_name, progress)
     with tempfile.TemporaryDirectory(prefix="mnas-table-", ignore_cleanup_errors=True) as tmp:
-        threads = [threading.Thread(target=_worker, name=f"table-{d.device_id}", daemon=True,
-                                    args=(d, jobs, done, stop, Path(tmp), writer, config, guard)) for d in devices]
-        for thread in threads:
-            thread.start()
+        workdir = Path(tmp)
+
+        def measure(device: Device, layer: LayerSig) -> Measurement:
+            path = workdir / f"{device.device_id.replace('/', '_')}-{abs(hash(layer.key)):x}.tflite"
+            try:
+                writer(layer, path)
+                # the guard keeps the lowest minimum: the statistic least touched by other processes
+                return device.benchmark(path, config) if guard is None else guard.benchmark(device, path, config, "min")
+            finally:
+                path.unlink(missing_ok=True)
+
+        def keep(layer: LayerSig, device_id: str, measurement: Measurement) -> None:
+            _store_entry(store, table_id, layer, device_id, measurement, result)
+            bar.update(1)
+            bar.set_postfix_str(f"{layer.kind}:{layer.op} {measurement.median_ms:.3f} ms")
+
         try:
-            while True:
-                try:
-                    item = done.get(timeout=0.1)
-                except queue.Empty:
-                    if not any(t.is_alive() for t in threads) and done.empty():
-                        break
-                    continue
-                if item.error is not None:
-                    if not isinstance(item.error, Exception):  # KeyboardInterrupt, SystemExit
-                        raise item.error
-                    errors.append(item.error)
-                    result.failures.append(f"device {item.device_id}: {type(item.error).__name__}: {item.error}")
-                    jobs.put(item.layer)
-                    continue
-                _store_entry(store, table_id, item, result)
-                bar.update(1)
-                assert item.measurement is not None
-                bar.set_postfix_str(f"{item.layer.kind}:{item.layer.op} {item.measurement.median_ms:.3f} ms")
-        except BaseException:
-            stop.set()
-            # keep what finished before the interrupt; what is in flight is measured next run
-            while not done.empty():
-                item = done.get_nowait()
-                if item.measurement is not None:
-                    _store_entry(store, table_id, item, result)
-            for thread in threads:
-                thread.join(timeout=1.0)
-            raise
+            failures = run_device_pool(devices, pending, measure, keep, name="table")
         finally:
-            stop.set()
             bar.close()
             result.remaining = len(all_layers) - already - result.measured
             result.elapsed_s = time.monotonic() - started
-    if errors and len(errors) == len(devices):
+    result.failures.extend(f"device {device_id}: {type(error).__name__}: {error}" for device_id, error in failures)
+    if failures and len(failures) == len(devices):
         raise MeasurementError(
             f"latency table {table_name!r}: every device failed (first: {result.failures[0]}); "
             f"{result.measured} layers stored, {result.remaining} remaining: fix the device and re-run to resume"
-        ) from errors[0]
+        ) from failures[0][1]
     return result
 
 
@@ -227,14 +175,13 @@ def plan_build(space: SearchSpace, resolution: int, store: Any | None = None, ta
             "estimate_s": estimate_build_seconds(missing, per_layer, devices)}
 
 
-def _store_entry(store: Any, table_id: int, item: _Done, result: BuildResult) -> None:
-    measurement = item.measurement
-    assert measurement is not None
-    measurement_id = store.add_measurement(measurement, label=f"layer {item.layer.key}")
-    entry = TableEntry.from_measurement(item.layer.key, measurement, measurement_id=measurement_id)
+def _store_entry(store: Any, table_id: int, layer: LayerSig, device_id: str, measurement: Measurement,
+                 result: BuildResult) -> None:
+    measurement_id = store.add_measurement(measurement, label=f"layer {layer.key}")
+    entry = TableEntry.from_measurement(layer.key, measurement, measurement_id=measurement_id)
     if add_entry(store, table_id, entry):
         result.measured += 1
-        result.per_device[item.device_id] = result.per_device.get(item.device_id, 0) + 1
+        result.per_device[device_id] = result.per_device.get(device_id, 0) + 1
 
 
 def _progress_bar(total: int, name: str, enabled: bool) -> Any:

@@ -18,9 +18,7 @@ only the calling thread touches the store (as in `build.py`).
 
 from __future__ import annotations
 
-import queue
 import tempfile
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from mnas.bench.files import sha256_file
 from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement
 from mnas.errors import MeasurementError, MnasError
 from mnas.predictor.contention import NETWORK_GUARD, ContentionGuard
+from mnas.predictor.device_pool import run_device_pool
 from mnas.predictor.table import check_statistic, measurement_ms
 from mnas.space.arch import Arch
 from mnas.space.search_space import SearchSpace
@@ -134,14 +133,6 @@ class _Job:
     writer: ArchWriter
 
 
-@dataclass
-class _Done:
-    job: _Job
-    device_id: str
-    measurement: Measurement | None = None
-    error: BaseException | None = None
-
-
 def _find_stored(store: Any, profiles: Sequence[DeviceProfile], sha256: str, config: BenchConfig,
                  wanted: int) -> list[tuple[Measurement, int]]:
     """Up to `wanted` stored, uncontended measurements of this model under these conditions (oldest first)."""
@@ -155,27 +146,6 @@ def _find_stored(store: Any, profiles: Sequence[DeviceProfile], sha256: str, con
             if not measurement.extra.get("contended"):
                 found.append((measurement, int(measurement_id)))
     return found[:wanted]
-
-
-def _worker(device: Device, jobs: queue.Queue[_Job], done: queue.Queue[_Done], stop: threading.Event,
-            config: BenchConfig, guard: ContentionGuard | None, statistic: str) -> None:
-    while not stop.is_set():
-        try:
-            job = jobs.get_nowait()
-        except queue.Empty:
-            return
-        try:
-            job.writer(job.arch, job.path, job.resolution)
-            if guard is None:
-                measurement = device.benchmark(job.path, config)
-            else:
-                measurement = guard.benchmark(device, job.path, config, statistic)
-        except BaseException as exc:  # reported to the main thread, which decides
-            done.put(_Done(job, device.device_id, error=exc))
-            return
-        finally:
-            job.path.unlink(missing_ok=True)
-        done.put(_Done(job, device.device_id, measurement=measurement))
 
 
 def measure_networks(archs: Sequence[Arch], devices: Sequence[Device], store: Any, config: BenchConfig,
@@ -216,12 +186,9 @@ def measure_networks(archs: Sequence[Arch], devices: Sequence[Device], store: An
             for r in range(repeats - len(stored)):
                 path = Path(tmp) / f"{arch.hash}-{resolution}-{r}.tflite"
                 rounds[r].append(_Job(index, arch, path, resolution, writer))
-        jobs: queue.Queue[_Job] = queue.Queue()
-        for round_jobs in rounds:
-            for job in round_jobs:
-                jobs.put(job)
-        if not jobs.empty():
-            _run(devices, jobs, jobs.qsize(), store, config, label, done, progress, statistic, guard)
+        jobs = [job for round_jobs in rounds for job in round_jobs]
+        if jobs:
+            _run(devices, jobs, store, config, label, done, progress, statistic, guard)
     missing = [i for i, d in enumerate(done) if len(d) < repeats]
     if missing:  # cannot happen unless a worker vanished without reporting
         raise MeasurementError(f"{len(missing)} networks were not measured: expected every network measured")
@@ -229,56 +196,32 @@ def measure_networks(archs: Sequence[Arch], devices: Sequence[Device], store: An
             for k, (arch, d) in enumerate(zip(archs, done, strict=True))]
 
 
-def _run(devices: Sequence[Device], jobs: queue.Queue[_Job], pending: int, store: Any, config: BenchConfig,
-         label: str, results: list[list[tuple[Measurement, int | None]]], progress: bool, statistic: str,
+def _run(devices: Sequence[Device], jobs: list[_Job], store: Any, config: BenchConfig, label: str,
+         results: list[list[tuple[Measurement, int | None]]], progress: bool, statistic: str,
          guard: ContentionGuard | None) -> None:
     from tqdm import tqdm
 
-    done: queue.Queue[_Done] = queue.Queue()
-    stop = threading.Event()
-    failures: list[tuple[str, BaseException]] = []
-    threads = [threading.Thread(target=_worker, name=f"nets-{d.device_id}", daemon=True,
-                                args=(d, jobs, done, stop, config, guard, statistic)) for d in devices]
-    bar = tqdm(total=pending, desc=label, unit="net", disable=not progress, dynamic_ncols=True)
-    for thread in threads:
-        thread.start()
+    def measure(device: Device, job: _Job) -> Measurement:
+        try:
+            job.writer(job.arch, job.path, job.resolution)
+            if guard is None:
+                return device.benchmark(job.path, config)
+            return guard.benchmark(device, job.path, config, statistic)
+        finally:
+            job.path.unlink(missing_ok=True)
 
-    def keep(item: _Done) -> None:
-        assert item.measurement is not None
-        measurement_id = store.add_measurement(item.measurement, label=label, arch=str(item.job.arch))
-        results[item.job.index].append((item.measurement, measurement_id))
+    def keep(job: _Job, device_id: str, measurement: Measurement) -> None:
+        measurement_id = store.add_measurement(measurement, label=label, arch=str(job.arch))
+        results[job.index].append((measurement, measurement_id))
+        bar.update(1)
+        bar.set_postfix_str(f"{measurement_ms(measurement, statistic):.2f} ms")
 
+    bar = tqdm(total=len(jobs), desc=label, unit="net", disable=not progress, dynamic_ncols=True)
     try:
-        while True:
-            try:
-                item = done.get(timeout=0.1)
-            except queue.Empty:
-                if not any(t.is_alive() for t in threads) and done.empty():
-                    break
-                continue
-            if item.error is not None:
-                if not isinstance(item.error, Exception):
-                    raise item.error
-                failures.append((item.device_id, item.error))
-                jobs.put(item.job)
-                continue
-            keep(item)
-            bar.update(1)
-            if item.measurement is not None:
-                bar.set_postfix_str(f"{measurement_ms(item.measurement, statistic):.2f} ms")
-    except BaseException:
-        stop.set()
-        while not done.empty():
-            item = done.get_nowait()
-            if item.measurement is not None:
-                keep(item)
-        for thread in threads:
-            thread.join(timeout=1.0)
-        raise
+        failures = run_device_pool(devices, jobs, measure, keep, name="nets")
     finally:
-        stop.set()
         bar.close()
-    if len(failures) == len(devices) and not jobs.empty():
+    if len(failures) == len(devices):
         device_id, error = failures[0]
         stored = sum(1 for r in results for _, i in r if i is not None)
         raise MeasurementError(f"{label} networks: every device failed (first: device {device_id}: "
