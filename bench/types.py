@@ -170,21 +170,41 @@ class Device(Protocol):
     def benchmark(self, model_path: Path, config: BenchConfig) -> Measurement: ...
 
 
+# Which per-run statistic stands for "the" latency of a model. The median is the standard on a
+# dedicated pinned core (phones). On a shared, time-sliced CPU (the host) a run that gets
+# preempted is stretched by the other process's slice, and the longer the model the more of its
+# runs are: medians of whole networks rose up to 2.3x while single layers stayed put. The
+# minimum is the run nobody interrupted, so it measures the model, not the neighbours.
+STATISTICS: tuple[str, ...] = ("median", "min")
+
+
+def check_statistic(statistic: str) -> str:
+    """`statistic` itself when it is one of `STATISTICS`, else a one-line MnasError."""
+    if statistic not in STATISTICS:
+        from mnas.errors import MnasError
+
+        raise MnasError(f"latency statistic {statistic!r}: expected one of {list(STATISTICS)}")
+    return statistic
+
+
 def headline_statistic(device_name: str) -> str:
     """Which per-run statistic stands for a device's latency: `min` on the host, `median` on phones.
 
     The host is a shared, time-sliced CPU: runs longer than a scheduler slice get stretched by
     other processes' turns, which moves the median of a whole network far more than that of
-    a short layer; the minimum is what the model costs when it has the core (measured in
-    predictor/__init__.py's notes). A phone pinned to a quiet big core reports the median, as
-    benchmark_model users expect. Tables, predictors and measured search latencies all use
-    this one rule, so measured and predicted latency stay interchangeable.
+    a short layer; the minimum is what the model costs when it has the core. A phone pinned
+    to a quiet big core reports the median, as benchmark_model users expect. Tables,
+    predictors and measured search latencies all use this one rule, so measured and
+    predicted latency stay interchangeable (docs/architecture.md, "Statistics").
     """
     return "min" if device_name == "host" else "median"
 
 
-def headline_ms(m: Measurement) -> float:
-    """A measurement's latency in ms under `headline_statistic` of its device."""
-    if headline_statistic(m.device_name) == "min":
-        return m.stats.min_us / 1000.0
-    return m.median_ms
+def latency_ms(m: Measurement, statistic: str | None = None) -> float:
+    """The one answer to "how fast was this measurement", in ms.
+
+    `statistic` is "median" or "min" over the timed runs; None means the headline statistic
+    of the measurement's device (`headline_statistic`).
+    """
+    statistic = check_statistic(statistic or headline_statistic(m.device_name))
+    return m.median_ms if statistic == "median" else m.stats.min_us / 1000.0

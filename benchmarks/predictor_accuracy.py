@@ -5,7 +5,7 @@ Builds (or resumes, or reuses from `--db`) the full latency table of the MnasNet
 random networks measured end to end, and evaluates it on N >= 100 held-out random networks
 (a disjoint random stream; hashes checked). Each network is timed in `--repeats` separate
 processes (median of their minima); host measurements contended by other processes are
-re-taken and flagged (`mnas.predictor.contention`), and their share is printed. Prints the table size (entries, bytes of the
+re-taken and flagged (`mnas.bench.contention`), and their share is printed. Prints the table size (entries, bytes of the
 exported .json.gz), the build time (the sum of every layer's measurement wall time, so a
 resumed build counts fully), the calibration size, every metric, and writes the
 predicted-vs-measured scatter PNG. Acceptance: within ±10% >= 95% and Kendall tau >= 0.9.
@@ -46,7 +46,8 @@ from mnas.predictor.evals import calibrate_on_device, evaluate_on_device
 from mnas.predictor.fitting import fit_predictor
 from mnas.predictor.metrics import evaluate
 from mnas.predictor.predictors import LearnedPredictor, LookupPredictor, save_predictor
-from mnas.predictor.table import export_table, load_table, measurement_ms
+from mnas.bench.types import latency_ms
+from mnas.predictor.table import export_table, load_table
 from mnas.space.search_space import mnasnet
 
 ACCEPT_WITHIN_10 = 0.95
@@ -78,8 +79,8 @@ def ablation(store: ResultsStore, name: str, cal: list[Any], ev: list[Any], seed
     space = mnasnet()
     rows = []
     for statistic in ("median", "min"):
-        cal_ms = np.asarray([np.median([measurement_ms(m, statistic) for m in n.measurements]) for n in cal])
-        ev_ms = np.asarray([np.median([measurement_ms(m, statistic) for m in n.measurements]) for n in ev])
+        cal_ms = np.asarray([np.median([latency_ms(m, statistic) for m in n.measurements]) for n in cal])
+        ev_ms = np.asarray([np.median([latency_ms(m, statistic) for m in n.measurements]) for n in ev])
         cal_archs, ev_archs = [n.arch for n in cal], [n.arch for n in ev]
         fallback = LearnedPredictor.from_table(table, seed=seed, statistic=statistic)
         lookup = LookupPredictor(table, fallback=fallback, statistic=statistic, space=space)

@@ -192,7 +192,7 @@ def guard_options(tries: int) -> Any:
 
 
 def _guard(tries: int, min_cpu_share: float) -> Any:
-    from mnas.predictor.contention import ContentionGuard
+    from mnas.bench.contention import ContentionGuard
 
     return ContentionGuard(min_cpu_share=min_cpu_share, tries=tries)
 

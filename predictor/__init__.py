@@ -8,7 +8,7 @@ x86 VM, LiteRT 2.3.0, 224x224, `benchmarks/predictor_accuracy.py`):
    On the host: 14 min of measurement (0.34 s per layer, mostly the child process start),
    313 KiB as .json.gz. No kernel detection, no per-op profiling, no training data beyond
    the table itself — cheaper to build than nn-Meter / LitePred-style predictors.
-2. **Statistic** (`table.STATISTICS`): the median of the timed runs on phones; the minimum
+2. **Statistic** (`bench.types.STATISTICS`): the median of the timed runs on phones; the minimum
    on the host, whose cores other processes share — a run longer than a scheduler slice is
    stretched by their turns (medians of whole networks rose 2x under load while layers
    stayed put), and the minimum is the run nobody interrupted.

@@ -29,9 +29,9 @@ import numpy as np
 from mnas.bench.files import sha256_file
 from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement
 from mnas.errors import MeasurementError, MnasError
-from mnas.predictor.contention import NETWORK_GUARD, ContentionGuard
-from mnas.predictor.device_pool import run_device_pool
-from mnas.predictor.table import check_statistic, measurement_ms
+from mnas.bench.contention import NETWORK_GUARD, ContentionGuard
+from mnas.bench.pool import run_device_pool
+from mnas.bench.types import check_statistic, latency_ms
 from mnas.space.arch import Arch
 from mnas.space.search_space import SearchSpace
 
@@ -98,7 +98,7 @@ class NetMeasurement:
 
     @property
     def values_ms(self) -> list[float]:
-        return [measurement_ms(m, self.statistic) for m in self.measurements]
+        return [latency_ms(m, self.statistic) for m in self.measurements]
 
     @property
     def measured_ms(self) -> float:
@@ -109,7 +109,7 @@ class NetMeasurement:
     def measurement(self) -> Measurement:
         """The measurement whose value is closest to `measured_ms`."""
         target = self.measured_ms
-        return min(self.measurements, key=lambda m: abs(measurement_ms(m, self.statistic) - target))
+        return min(self.measurements, key=lambda m: abs(latency_ms(m, self.statistic) - target))
 
     def to_dict(self) -> dict[str, Any]:
         shares = [m.extra.get("child_cpu_share") for m in self.measurements]
@@ -214,7 +214,7 @@ def _run(devices: Sequence[Device], jobs: list[_Job], store: Any, config: BenchC
         measurement_id = store.add_measurement(measurement, label=label, arch=str(job.arch))
         results[job.index].append((measurement, measurement_id))
         bar.update(1)
-        bar.set_postfix_str(f"{measurement_ms(measurement, statistic):.2f} ms")
+        bar.set_postfix_str(f"{latency_ms(measurement, statistic):.2f} ms")
 
     bar = tqdm(total=len(jobs), desc=label, unit="net", disable=not progress, dynamic_ncols=True)
     try:

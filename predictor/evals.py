@@ -22,7 +22,7 @@ import numpy as np
 
 from mnas.bench.types import BenchConfig, Device
 from mnas.errors import MnasError
-from mnas.predictor.contention import NETWORK_GUARD, ContentionGuard, contended_share
+from mnas.bench.contention import NETWORK_GUARD, ContentionGuard, contended_share
 from mnas.predictor.endtoend import (
     CALIBRATION,
     EVALUATION,

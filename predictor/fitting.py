@@ -19,7 +19,8 @@ from mnas.bench.types import headline_statistic
 from mnas.errors import MnasError
 from mnas.predictor.metrics import evaluate
 from mnas.predictor.predictors import AdditivePredictor, LearnedPredictor, LookupPredictor
-from mnas.predictor.table import LatencyTable, check_statistic
+from mnas.bench.types import check_statistic
+from mnas.predictor.table import LatencyTable
 from mnas.space.arch import Arch, LayerSig
 
 HOLDOUT_SHARE = 0.2

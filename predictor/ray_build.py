@@ -17,7 +17,7 @@ from typing import Any
 from mnas.bench.types import BenchConfig, Device
 from mnas.errors import MnasError
 from mnas.predictor.build import BuildResult, LayerWriter, build_table, default_writer
-from mnas.predictor.contention import LAYER_GUARD
+from mnas.bench.contention import LAYER_GUARD
 from mnas.space.search_space import SearchSpace
 
 

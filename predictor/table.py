@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from mnas.bench.types import BenchConfig, DeviceProfile, Measurement
+from mnas.bench.types import BenchConfig, DeviceProfile, Measurement, check_statistic
 from mnas.errors import MnasError
 
 FILE_FORMAT = "mnas-latency-table"
@@ -89,26 +89,6 @@ def ensure_schema(store: Store) -> None:
 
 def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
-
-
-# Which per-run statistic stands for "the" latency of a model. The median is the standard on a
-# dedicated pinned core (phones). On a shared, time-sliced CPU (the host) a run that gets
-# preempted is stretched by the other process's slice, and the longer the model the more of its
-# runs are: medians of whole networks rose up to 2.3x while single layers stayed put. The
-# minimum is the run nobody interrupted, so it measures the model, not the neighbours.
-STATISTICS: tuple[str, ...] = ("median", "min")
-
-
-def check_statistic(statistic: str) -> str:
-    if statistic not in STATISTICS:
-        raise MnasError(f"latency statistic {statistic!r}: expected one of {list(STATISTICS)}")
-    return statistic
-
-
-def measurement_ms(m: Measurement, statistic: str = "median") -> float:
-    """A measurement's latency in ms by `statistic` ("median" or "min" over its timed runs)."""
-    check_statistic(statistic)
-    return m.median_ms if statistic == "median" else m.stats.min_us / 1000.0
 
 
 def entry_ms(entry: TableEntry, statistic: str, table_name: str = "?") -> float:

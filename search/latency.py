@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from mnas.bench.files import sha256_file
-from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement, headline_ms
+from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement, latency_ms
 from mnas.errors import MnasError
 from mnas.search.types import LatencyResult, LatencySource
 from mnas.space.arch import Arch
@@ -112,7 +112,7 @@ class MeasuredLatency:
             prof = self.profile(device)
             found = self.store.find_measurement(device.device_id, sha, prof.runtime, prof.runtime_version, key)
             if found is not None:
-                value = headline_ms(found)
+                value = latency_ms(found)
                 result = LatencyResult(latency_ms=value, source=f"store:{device.device_id}",
                                        measured_ms=value, device_id=device.device_id, model_sha256=sha)
                 self._memo[(device.device_id, sha)] = result
@@ -177,7 +177,7 @@ class MeasuredLatency:
         return out
 
     def _record(self, arch: Arch, sha: str, m: Measurement) -> LatencyResult:
-        median = headline_ms(m)  # min of runs on the host, median on phones: what predictors predict
+        median = latency_ms(m)  # min of runs on the host, median on phones: what predictors predict
         if not math.isfinite(median) or median <= 0:
             raise MnasError(f"measured latency: {m.device_id} gave {median!r} ms for {arch}: expected a latency > 0")
         self.benchmarks += 1

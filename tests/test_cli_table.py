@@ -29,7 +29,7 @@ from mnas.bench.store import ResultsStore
 from mnas.bench.types import BenchConfig, LatencyStats, Measurement
 from mnas.cli import main
 from mnas.predictor.build import build_table
-from mnas.predictor.contention import ContentionGuard
+from mnas.bench.contention import ContentionGuard
 from mnas.predictor.endtoend import CALIBRATION, EVALUATION, sample_archs
 from mnas.predictor.fitting import fit_predictor
 from mnas.predictor.predictors import load_predictor, save_predictor

@@ -28,7 +28,7 @@ from typing import Any
 
 from mnas.bench.types import BenchConfig, Device, Measurement
 from mnas.errors import MnasError
-from mnas.predictor.table import measurement_ms
+from mnas.bench.types import latency_ms
 
 _CHILDREN_LOCK = threading.Lock()  # RUSAGE_CHILDREN is per process: one guarded host call at a time
 
@@ -57,11 +57,11 @@ class ContentionGuard:
         for attempt in range(1, self.tries + 1):
             measurement = self._timed(device, path, config)
             measurement.extra["attempt"] = attempt
-            if best is None or measurement_ms(measurement, statistic) < measurement_ms(best, statistic):
+            if best is None or latency_ms(measurement, statistic) < latency_ms(best, statistic):
                 best = measurement
             if not measurement.extra["contended"]:
                 return measurement
-            if measurement_ms(measurement, statistic) < self.short_ms:
+            if latency_ms(measurement, statistic) < self.short_ms:
                 return best
             if attempt < self.tries:
                 sleep(self.pause_s)
