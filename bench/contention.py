@@ -26,9 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnas.bench.types import BenchConfig, Device, Measurement
+from mnas.bench.types import BenchConfig, Device, Measurement, latency_ms
 from mnas.errors import MnasError
-from mnas.bench.types import latency_ms
 
 _CHILDREN_LOCK = threading.Lock()  # RUSAGE_CHILDREN is per process: one guarded host call at a time
 

@@ -40,13 +40,12 @@ import numpy as np
 
 from mnas.bench.host import HostDevice
 from mnas.bench.store import ResultsStore
-from mnas.bench.types import BenchConfig
+from mnas.bench.types import BenchConfig, latency_ms
 from mnas.predictor.build import build_table
 from mnas.predictor.evals import calibrate_on_device, evaluate_on_device
 from mnas.predictor.fitting import fit_predictor
 from mnas.predictor.metrics import evaluate
 from mnas.predictor.predictors import LearnedPredictor, LookupPredictor, save_predictor
-from mnas.bench.types import latency_ms
 from mnas.predictor.table import export_table, load_table
 from mnas.space.search_space import mnasnet
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement
-from mnas.errors import MeasurementError, MnasError
 from mnas.bench.contention import LAYER_GUARD, ContentionGuard
 from mnas.bench.pool import run_device_pool
+from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement
+from mnas.errors import MeasurementError, MnasError
 from mnas.predictor.layers import enumerate_layers
 from mnas.predictor.table import TableEntry, TableMeta, add_entry, open_table, stored_keys
 from mnas.space.arch import LayerSig

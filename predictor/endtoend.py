@@ -26,12 +26,18 @@ from typing import Any
 
 import numpy as np
 
-from mnas.bench.files import sha256_file
-from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement
-from mnas.errors import MeasurementError, MnasError
 from mnas.bench.contention import NETWORK_GUARD, ContentionGuard
+from mnas.bench.files import sha256_file
 from mnas.bench.pool import run_device_pool
-from mnas.bench.types import check_statistic, latency_ms
+from mnas.bench.types import (
+    BenchConfig,
+    Device,
+    DeviceProfile,
+    Measurement,
+    check_statistic,
+    latency_ms,
+)
+from mnas.errors import MeasurementError, MnasError
 from mnas.space.arch import Arch
 from mnas.space.search_space import SearchSpace
 

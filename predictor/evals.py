@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from mnas.bench.contention import NETWORK_GUARD, ContentionGuard, contended_share
 from mnas.bench.types import BenchConfig, Device
 from mnas.errors import MnasError
-from mnas.bench.contention import NETWORK_GUARD, ContentionGuard, contended_share
 from mnas.predictor.endtoend import (
     CALIBRATION,
     EVALUATION,

@@ -15,11 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from mnas.bench.types import headline_statistic
+from mnas.bench.types import check_statistic, headline_statistic
 from mnas.errors import MnasError
 from mnas.predictor.metrics import evaluate
 from mnas.predictor.predictors import AdditivePredictor, LearnedPredictor, LookupPredictor
-from mnas.bench.types import check_statistic
 from mnas.predictor.table import LatencyTable
 from mnas.space.arch import Arch, LayerSig
 

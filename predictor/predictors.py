@@ -34,10 +34,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from mnas.bench.types import check_statistic
 from mnas.errors import MnasError
 from mnas.predictor.features import FEATURE_NAMES, layer_features, work
 from mnas.predictor.layers import block_input_shapes, iter_block_variants, stem_and_head
-from mnas.bench.types import check_statistic
 from mnas.predictor.table import LatencyTable, Store, ensure_schema, load_table
 from mnas.space.arch import Arch, LayerSig
 from mnas.space.cost import layer_cost

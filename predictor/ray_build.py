@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from mnas.bench.contention import LAYER_GUARD
 from mnas.bench.types import BenchConfig, Device
 from mnas.errors import MnasError
 from mnas.predictor.build import BuildResult, LayerWriter, build_table, default_writer
-from mnas.bench.contention import LAYER_GUARD
 from mnas.space.search_space import SearchSpace
 
 

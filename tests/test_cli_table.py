@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from mnas.bench.contention import ContentionGuard
 from mnas.bench.host import HostDevice
 from mnas.bench.runtime import load_runtime
 from mnas.bench.store import ResultsStore
 from mnas.bench.types import BenchConfig, LatencyStats, Measurement
 from mnas.cli import main
 from mnas.predictor.build import build_table
-from mnas.bench.contention import ContentionGuard
 from mnas.predictor.endtoend import CALIBRATION, EVALUATION, sample_archs
 from mnas.predictor.fitting import fit_predictor
 from mnas.predictor.predictors import load_predictor, save_predictor
