@@ -48,7 +48,7 @@ def select_devices(spec: str, *, core: int | None = None, benchmark_binary: Path
         else:
             phones[name] = True
     if phones:
-        from mnas.bench.adb_device import (
+        from mnas.bench.adb import (
             adb_client,
             adb_unavailable_reason,
             list_devices,
@@ -86,7 +86,7 @@ def select_devices(spec: str, *, core: int | None = None, benchmark_binary: Path
 
 
 def _online_phones(timeout_s: float, unusable: list[str] | None = None) -> list[str]:
-    from mnas.bench.adb_device import adb_client, adb_unavailable_reason, list_devices
+    from mnas.bench.adb import adb_client, adb_unavailable_reason, list_devices
 
     client = adb_client(min(timeout_s, 30.0))
     reason = adb_unavailable_reason(client)

@@ -24,6 +24,7 @@ from typing import Any
 
 from mnas.bench.files import check_tflite_file, sha256_file
 from mnas.bench.host_worker import MEASUREMENT_EXIT, USAGE_EXIT, TimingResult
+from mnas.bench.measurement import Conditions, Timings, build_measurement, freq_below
 from mnas.bench.runtime import load_runtime
 from mnas.bench.sysfs import HostSysfs
 from mnas.bench.topology import fastest_core
@@ -116,32 +117,25 @@ class HostDevice:
         if payload.get("affinity") != [core]:  # the child fails itself first; never trust silently
             raise MeasurementError(f"{model_path}: benchmark child reports affinity {payload.get('affinity')}, expected [{core}]")
         stats = LatencyStats.from_runs(timing.runs_us)
-        throttled = bool(max_freq and freq_after is not None and freq_after < THROTTLE_RATIO * max_freq)
         median = stats.median_us or stats.mean_us
-        return Measurement(
+        return build_measurement(
             device_id=self.device_id,
             device_name=self.device_name,
+            model_path=model_path,
             model_sha256=model_hash,
-            model_path=str(model_path),
             runtime=timing.runtime,
             runtime_version=timing.runtime_version,
             config=config,
-            stats=stats,
-            runs_us=timing.runs_us,
-            init_us=timing.init_us,
-            first_us=timing.first_us,
-            warmup_avg_us=timing.warmup_avg_us,
-            pinned_cores=(core,),
-            cpu_model=cpu,
-            temps_before_c=temps_before,
-            temps_after_c=temps_after,
-            freq_before_khz=freq_before,
-            freq_after_khz=freq_after,
-            max_freq_khz=max_freq,
-            throttled=throttled,
             # peak_memory_mb stays None: the child's max RSS (Python + numpy + interpreter) is
             # not comparable with benchmark_model's footprint, so it goes to extra, labelled
-            wall_s=wall_s,
+            timings=Timings(stats=stats, runs_us=timing.runs_us, init_us=timing.init_us,
+                            first_us=timing.first_us, warmup_avg_us=timing.warmup_avg_us),
+            conditions=Conditions(
+                core=core, cpu_model=cpu, max_freq_khz=max_freq,
+                throttled=freq_below(freq_after, max_freq, THROTTLE_RATIO), wall_s=wall_s,
+                temps_before_c=temps_before, temps_after_c=temps_after,
+                freq_before_khz=freq_before, freq_after_khz=freq_after,
+            ),
             extra={
                 "timed_wall_s": timing.timed_wall_s,
                 "warmup_runs_done": len(timing.warmup_us),

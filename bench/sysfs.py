@@ -12,6 +12,10 @@ import platform
 import re
 from pathlib import Path
 
+from mnas.bench.topology import parse_cpu_list
+
+__all__ = ["HostSysfs", "int_or_none"]
+
 _CPU_DIR = Path("sys/devices/system/cpu")
 _THERMAL_DIR = Path("sys/class/thermal")
 # /proc/cpuinfo keys that name the CPU, in order of preference (x86, then ARM variants)
@@ -25,8 +29,11 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
-def _read_int(path: Path) -> int | None:
-    text = _read_text(path)
+def int_or_none(text: str | None) -> int | None:
+    """One integer sysfs value (a frequency, a temperature), or None when absent or not a number.
+
+    The phone's sysfs values arrive through adb as text and are read with this same rule.
+    """
     if text is None:
         return None
     try:
@@ -35,20 +42,8 @@ def _read_int(path: Path) -> int | None:
         return None
 
 
-def parse_cpu_list(text: str) -> list[int]:
-    """Parse the kernel's CPU list syntax ("0-3,5,7-8") into sorted core ids."""
-    cores: set[int] = set()
-    for part in text.strip().split(","):
-        part = part.strip()
-        if not part:
-            continue
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if match is None:
-            raise ValueError(f"not a CPU list: {text.strip()!r}")
-        low = int(match.group(1))
-        high = int(match.group(2)) if match.group(2) else low
-        cores.update(range(low, high + 1))
-    return sorted(cores)
+def _read_int(path: Path) -> int | None:
+    return int_or_none(_read_text(path))
 
 
 class HostSysfs:

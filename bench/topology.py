@@ -8,7 +8,33 @@ cores is the quietest).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+
+__all__ = ["clusters_by_frequency", "core_mask", "fastest_core", "parse_cpu_list"]
+
+_CPU_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """The kernel's CPU list syntax (`0-3,5,7-8`, as in /sys/devices/system/cpu/online) as sorted ids.
+
+    Strict on purpose: a list read wrongly would pin a benchmark to a core that does not exist
+    or is offline, so anything but ids and ascending ranges is a ValueError naming the text
+    (callers add which file or phone it came from).
+    """
+    cores: set[int] = set()
+    for part in text.strip().split(","):
+        part = part.strip()
+        if not part:
+            continue
+        match = _CPU_RANGE.fullmatch(part)
+        low, high = (int(match.group(1)), int(match.group(2) or match.group(1))) if match else (0, -1)
+        if high < low:  # not a number or range, or a descending range
+            raise ValueError(f"CPU list {text.strip()!r}: expected core ids and ascending ranges "
+                             "such as '0-3,6'")
+        cores.update(range(low, high + 1))
+    return sorted(cores)
 
 
 def fastest_core(max_freq_khz: Mapping[int, int | None]) -> int:

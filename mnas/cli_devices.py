@@ -45,7 +45,7 @@ def _host_row(notes: list[str]) -> dict[str, Any]:
 
 def collect_devices(timeout_s: float) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows for the host and every phone, plus one-line notes about what could not be read."""
-    from mnas.bench.adb_device import adb_client, adb_unavailable_reason, discover_phones
+    from mnas.bench.adb import adb_client, adb_unavailable_reason, discover_phones
     from mnas.bench.device_config import load_all
 
     notes: list[str] = []
@@ -118,7 +118,7 @@ def devices(ctx: click.Context, as_json: bool, timeout_s: float) -> None:
 @json_option
 def probe(serial: str, output: Path, force: bool, timeout_s: float, as_json: bool) -> None:
     """Read SERIAL's getprop and CPU topology and write its device config to OUTPUT."""
-    from mnas.bench.adb_device import (
+    from mnas.bench.adb import (
         AdbDevice,
         adb_client,
         adb_unavailable_reason,

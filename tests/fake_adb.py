@@ -1,4 +1,4 @@
-"""A fake adbutils client/device for unit tests of `bench.adb_device`.
+"""A fake adbutils client/device for unit tests of `bench.adb`.
 
 It speaks the same surface adbutils offers (`AdbClient.list/device`, `AdbDevice.open_transport`
 with `shell,v2:` / `shell:` services on a socket-like object, `sync.stat/push`) and records

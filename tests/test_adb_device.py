@@ -10,20 +10,22 @@ import time
 from pathlib import Path
 
 import pytest
+from adbutils.errors import AdbConnectionError
 from click.testing import CliRunner
 from fake_adb import TRUNCATED_OUTPUT, FakeAdbClient, FakePhone, Reply
 
-from mnas.bench import adb_device as ad
-from mnas.bench.adb_device import (
+from mnas.bench import adb as ad
+from mnas.bench.adb import (
     AdbDevice,
     adb_client,
     build_probed_config,
     discover_phones,
-    parse_cpu_list,
+    parse_cpu_probe,
     parse_getprop,
     parse_thermal_output,
 )
 from mnas.bench.device_config import dump_config, load_all, load_config
+from mnas.bench.topology import parse_cpu_list
 from mnas.bench.types import BenchConfig, Measurement
 from mnas.errors import MeasurementError, MnasError
 
@@ -471,6 +473,20 @@ def test_parsers():
         "ro.product.model": "Pixel 4", "empty": "", "a.b": "x: [y]"}
 
 
+@pytest.mark.parametrize("text", ["0-a", "3-1", "0 1", "0-3,x"])
+def test_one_strict_cpu_list_parser_names_its_input(text):
+    with pytest.raises(ValueError) as info:
+        parse_cpu_list(text)
+    assert str(info.value) == (f"CPU list {text!r}: expected core ids and ascending ranges "
+                               "such as '0-3,6'")
+    # on a phone the same rule, reported as one line naming the phone
+    with pytest.raises(MnasError) as info:
+        parse_cpu_probe(f"__POSSIBLE|{text}\n", source="phone S")
+    assert str(info.value) == f"phone S: CPU list {text!r}: expected core ids and ascending ranges such as '0-3,6'"
+    # related_cpus is space-separated: spaces are separators there, not an error
+    assert parse_cpu_probe("__P|0 1|1000\n__P|2|2000\n") == {0: 1000, 1: 1000, 2: 2000}
+
+
 # --------------------------------------------------------------------------- the adb server
 
 
@@ -487,7 +503,7 @@ def test_adb_client_honours_port_and_never_starts_a_server(monkeypatch):
     assert client.port == port
     assert ad.adb_unavailable_reason(client).startswith(f"no adb server on 127.0.0.1:{port}")
     started = time.monotonic()
-    with pytest.raises(ad.AdbConnectionError):
+    with pytest.raises(AdbConnectionError):
         client.list()
     assert time.monotonic() - started < 2.0
     monkeypatch.setenv("ADBUTILS_ADB_PATH", "/nonexistent/adb")

@@ -17,7 +17,8 @@ from tflite_fixtures import add_model_bytes, small_conv, write_model
 from mnas.bench import runtime as runtime_module
 from mnas.bench.host import HostDevice, check_tflite_file
 from mnas.bench.host_worker import _pin, _prepare_inputs, time_model
-from mnas.bench.sysfs import HostSysfs, parse_cpu_list
+from mnas.bench.sysfs import HostSysfs
+from mnas.bench.topology import parse_cpu_list
 from mnas.bench.types import BenchConfig, Device, Measurement
 from mnas.errors import MeasurementError, MnasError
 

@@ -51,7 +51,7 @@ from test_phone_integration import (
 )
 from tflite_fixtures import conv_model_bytes
 
-from mnas.bench.adb_device import open_phone
+from mnas.bench.adb import open_phone
 from mnas.bench.device_config import default_config_dir, load_config
 from mnas.bench.harness import run_benchmarks
 from mnas.bench.loopback import manager
@@ -368,7 +368,7 @@ def test_slow_link_is_slower_but_correct(lab: dict[str, Any], start_faulty: Star
         times = []
         for _ in range(3):
             start = time.perf_counter()
-            device._push(payload, "/data/local/tmp/payload.bin")
+            device.push(payload, "/data/local/tmp/payload.bin")
             times.append(time.perf_counter() - start)
         best[name] = min(times)
         assert adb.client(30).device(phone.serial).sync.read_bytes("/data/local/tmp/payload.bin") == payload.read_bytes()

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 from loopback_fixtures import IsolatedAdb, isolated_adb_server, loopback_phones, requires_adb
 
-from mnas.bench.adb_device import open_phone
+from mnas.bench.adb import open_phone
 from mnas.bench.device_config import load_config
 from mnas.bench.loopback import manager
 
@@ -313,13 +313,13 @@ def test_adb_device_pushes_a_20mb_binary_byte_identical_and_only_once(lab: dict[
     binary.write_bytes(data)
     device = open_phone(phone.serial, benchmark_binary=binary, timeout_s=30, retries=0)
     pushes: list[str] = []
-    real_push = device._push
+    real_push = device.push
 
     def counting_push(local: Path, remote: str, mode: int = 0o644, timeout_s: float | None = None) -> None:
         pushes.append(remote)
         real_push(local, remote, mode, timeout_s)
 
-    device._push = counting_push  # type: ignore[method-assign]
+    device.push = counting_push  # type: ignore[method-assign]
     start = time.perf_counter()
     assert device.ensure_binary() == hashlib.sha256(data).hexdigest()
     figure("adb_device_push_20MB_MBps", len(data) / (time.perf_counter() - start) / 1e6, "MB/s")
@@ -331,6 +331,6 @@ def test_adb_device_pushes_a_20mb_binary_byte_identical_and_only_once(lab: dict[
     # a second session finds the same hash on the phone and pushes nothing
     again = open_phone(phone.serial, benchmark_binary=binary, timeout_s=30, retries=0)
     again_pushes: list[str] = []
-    again._push = lambda *a, **k: again_pushes.append(a[1])  # type: ignore[method-assign]
+    again.push = lambda *a, **k: again_pushes.append(a[1])  # type: ignore[method-assign]
     assert again.ensure_binary() == hashlib.sha256(data).hexdigest()
     assert again_pushes == []

@@ -1,0 +1,133 @@
+"""One `benchmark_model` run on the phone: its command, its clean-up after a timeout, its output.
+
+- Everything sent to the phone's shell is built with `shlex.quote`.
+- A timed-out benchmark keeps running on the phone (adbd does not kill it when the socket
+  closes) and would spoil the retry, so the command announces its shell's PID and a timeout
+  kills that process tree.
+- An output without `benchmark_model`'s final timing line counts as a failed run: a phone
+  that dies mid-run can otherwise look like a normal short output.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+from collections.abc import Mapping
+
+from mnas.bench.adb.transport import (
+    AdbNoAnswer,
+    PhoneTransport,
+    ShellResult,
+    ShellTimeout,
+    last_line,
+    one_line,
+)
+from mnas.bench.bm_output import BenchmarkParseError, parse_benchmark_output, require_complete
+from mnas.bench.measurement import Timings
+from mnas.bench.topology import core_mask
+from mnas.bench.types import BenchConfig
+from mnas.errors import MeasurementError
+
+__all__ = [
+    "PID_MARKER",
+    "RUNTIME",
+    "benchmark_command",
+    "read_timings",
+    "run_benchmark",
+    "runtime_version",
+    "version_from_sha",
+]
+
+RUNTIME = "benchmark_model"
+PID_MARKER = "__MNAS_PID="
+
+
+def benchmark_command(binary: str, remote_model: str, core: int, config: BenchConfig) -> str:
+    """The exact shell command of one benchmark run; every argument shlex-quoted."""
+    argv = [
+        "taskset",
+        core_mask(core),
+        binary,
+        f"--graph={remote_model}",
+        f"--num_threads={config.num_threads}",
+        f"--warmup_runs={config.warmup_runs}",
+        f"--num_runs={config.num_runs}",
+        f"--min_secs={config.min_secs:g}",
+    ]
+    if config.profile_ops:
+        argv.append("--enable_op_profiling=true")
+    return f"echo {PID_MARKER}$$; " + " ".join(shlex.quote(arg) for arg in argv)
+
+
+def _kill_stale(transport: PhoneTransport, partial_output: str, timeout_s: float,
+                errors: list[str]) -> bool:
+    """Kill the timed-out benchmark's shell and its children (best effort).
+
+    Returns whether the phone answered: False means it is hung or gone (no PID was ever
+    printed and a plain `true` gets no answer, or the kill itself got none).
+    """
+    match = re.search(re.escape(PID_MARKER) + r"(\d+)", partial_output)
+    pid = shlex.quote(match.group(1)) if match else None
+    command = f"pkill -P {pid}; kill {pid}" if pid else "true"
+    try:
+        transport.shell(command, timeout_s)
+    except MeasurementError as exc:
+        errors.append(f"{'kill ' + pid if pid else 'liveness check'}: {exc}")
+        return False
+    return True
+
+
+def run_benchmark(transport: PhoneTransport, command: str, timeout_s: float, call_bound: float,
+                  errors: list[str]) -> tuple[ShellResult, float]:
+    """Run `command` for at most `timeout_s`; returns its result and wall time.
+
+    On a timeout the stale run is killed (each clean-up call bounded by `call_bound`) and the
+    ShellTimeout re-raised, or AdbNoAnswer when the phone no longer answers at all.
+    """
+    started = time.monotonic()
+    try:
+        result = transport.shell(command, timeout_s=timeout_s)
+    except ShellTimeout as exc:
+        if not _kill_stale(transport, exc.output, call_bound, errors):
+            raise AdbNoAnswer(f"{exc}; the phone stopped answering (hung or disconnected)",
+                              exc.output) from None
+        raise
+    return result, time.monotonic() - started
+
+
+def read_timings(result: ShellResult, source: str) -> tuple[Timings, dict[str, str]]:
+    """The timings of a finished run, and the parameters it printed; MeasurementError otherwise."""
+    output = re.sub(r"^" + re.escape(PID_MARKER) + r"\d+\n?", "", result.output, flags=re.M)
+    if result.returncode != 0:
+        raise MeasurementError(f"{source}: benchmark_model exited with code "
+                               f"{result.returncode}: {last_line(output)}")
+    try:
+        parsed = parse_benchmark_output(output)
+    except BenchmarkParseError as exc:
+        raise MeasurementError(f"{source}: unreadable benchmark_model output: "
+                               f"{one_line(str(exc))}") from None
+    require_complete(parsed, source=source)
+    if parsed.inference is None:
+        raise MeasurementError(f"{source}: benchmark_model printed no inference timings")
+    timings = Timings(stats=parsed.inference, init_us=parsed.init_us, first_us=parsed.first_us,
+                      warmup_avg_us=parsed.warmup_avg_us, peak_memory_mb=parsed.peak_memory_mb,
+                      op_profile=parsed.op_profile)
+    return timings, parsed.params
+
+
+def version_from_sha(sha: str) -> str:
+    """A binary's identity from its sha256 (or `size:N` when neither side could hash it)."""
+    return sha if sha.startswith("size:") else f"sha256:{sha[:12]}"
+
+
+def runtime_version(params: Mapping[str, str], binary_sha: str) -> str:
+    """The binary's identity: a version the tool printed (if any) plus its hash prefix.
+
+    Released benchmark_model builds print no version line, so the hash is what tells two
+    builds apart; a build that prints one (`... version: [X]`) gets it in front.
+    """
+    printed = next((value.strip() for key, value in params.items()
+                    if "version" in key.lower() and value.strip()), "")
+    identity = version_from_sha(binary_sha)
+    return f"{printed}+{identity}" if printed else identity
