@@ -1,13 +1,12 @@
-"""Run many models on many devices: one worker per device, results stored as they come.
+"""`mnas bench`: every model on every device, results stored as they come.
 
-Each device gets its own thread and works through the model list in order, so two
-measurements never run at once on one device while several phones run in parallel. Every
-finished measurement is written to the store at once (a crash loses at most the one in
-flight); a measurement already stored for the same device, model, runtime and conditions is
-reused unless `force` is set, so a re-run after a kill resumes and duplicates nothing.
-A device that reports itself `offline` after a failure (a phone that is gone or hung) gets
-no further models; each pair it leaves unmeasured is reported, naming device and model,
-through `on_result` like every other outcome.
+Each (device, model) pair is a job pinned to its device in the one device pool
+(`bench.pool`, policy FAIL_JOB: a model that fails is reported and the device goes on
+with the next, unless the device reports itself offline, and then each pair it leaves
+unmeasured is reported, naming device and model). Devices are profiled in parallel first;
+a pair whose stored measurement passes the one reuse rule (`bench.measure.find_reusable`)
+is reused unless `force` is set, so a re-run after a kill resumes and duplicates nothing.
+Every outcome reaches `on_result` the moment it is known.
 """
 
 from __future__ import annotations
@@ -15,11 +14,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from queue import Queue
 
-from mnas.bench.models import PreparedModel
-from mnas.bench.types import BenchConfig, Device, Measurement
+from mnas.bench.measure import PreparedModel, find_reusable, profile_devices
+from mnas.bench.pool import FailurePolicy, run_device_pool
+from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement
 from mnas.errors import MnasError
+
+__all__ = ["BenchOutcome", "run_benchmarks"]
 
 
 @dataclass
@@ -41,54 +42,52 @@ def run_benchmarks(
     on_result: Callable[[BenchOutcome], None] | None = None,
 ) -> list[BenchOutcome]:
     """Measure every model on every device; failures are reported per pair, never raised."""
-    outcomes: Queue[BenchOutcome] = Queue()
+    outcomes: list[BenchOutcome] = []
     lock = threading.Lock()
 
     def report(outcome: BenchOutcome) -> None:
         with lock:
+            outcomes.append(outcome)
             if on_result is not None:
                 on_result(outcome)
-        outcomes.put(outcome)
 
-    def work(device: Device) -> None:
-        try:
-            profile = device.profile()
-        except MnasError as exc:
-            for model in models:
+    jobs: list[tuple[Device, PreparedModel]] = []
+    for device, profile in zip(devices, profile_devices(devices), strict=True):
+        for model in models:
+            if isinstance(profile, MnasError):
                 report(BenchOutcome(device.device_id, model, None, None,
-                                    error=f"{device.device_id}: {model.label}: not measured: {exc}"))
-            return
-        for index, model in enumerate(models):
-            outcome = _one(device, profile, model)
-            report(outcome)
-            if outcome.error and getattr(device, "offline", False):
-                for rest in models[index + 1:]:
-                    report(BenchOutcome(device.device_id, rest, None, None,
-                                        error=f"{device.device_id}: {rest.label}: not measured: "
-                                              "device offline after an earlier failure"))
-                return
+                                    error=f"{device.device_id}: {model.label}: not measured: {profile}"))
+            elif (stored := _reusable(store, force, profile, model, config)) is not None:
+                report(BenchOutcome(device.device_id, model, stored, None, reused=True))
+            else:
+                jobs.append((device, model))
 
-    def _one(device: Device, profile, model: PreparedModel) -> BenchOutcome:
-        if store is not None and not force:
-            stored = store.find_measurement(profile.device_id, model.sha256, profile.runtime,
-                                            profile.runtime_version, config.conditions_key())
-            if stored is not None and not stored.throttled:  # a throttled result is measured again
-                return BenchOutcome(device.device_id, model, stored, None, reused=True)
-        try:
-            measurement = device.benchmark(model.path, config)
-        except MnasError as exc:
-            return BenchOutcome(device.device_id, model, None, None, error=str(exc))
+    def keep(job: tuple[Device, PreparedModel], device_id: str, measurement: Measurement) -> None:
+        model = job[1]
         stored_id = store.add_measurement(measurement, label=model.label, arch=model.arch) if store is not None else None
-        return BenchOutcome(device.device_id, model, measurement, stored_id)
+        report(BenchOutcome(device_id, model, measurement, stored_id))
 
-    threads = [threading.Thread(target=work, args=(d,), name=f"bench-{d.device_id}", daemon=True) for d in devices]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    results = []
-    while not outcomes.empty():
-        results.append(outcomes.get())
+    def failed(job: tuple[Device, PreparedModel], device_id: str, error: BaseException) -> None:
+        report(BenchOutcome(device_id, job[1], None, None, error=str(error)))
+
+    def unmeasured(job: tuple[Device, PreparedModel]) -> None:
+        report(BenchOutcome(job[0].device_id, job[1], None, None,
+                            error=f"{job[0].device_id}: {job[1].label}: not measured: "
+                                  "device offline after an earlier failure"))
+
+    if jobs:
+        run_device_pool([d for d in devices if any(j[0] is d for j in jobs)], jobs,
+                        lambda device, job: device.benchmark(job[1].path, config), keep, name="bench",
+                        policy=FailurePolicy.FAIL_JOB, pinned_to=lambda job: job[0].device_id,
+                        on_failed_job=failed, on_unmeasured=unmeasured)
     order = {(d.device_id, m.path): i for i, (d, m) in enumerate((d, m) for d in devices for m in models)}
-    results.sort(key=lambda o: order.get((o.device_id, o.model.path), 0))
-    return results
+    outcomes.sort(key=lambda o: order.get((o.device_id, o.model.path), 0))
+    return outcomes
+
+
+def _reusable(store, force: bool, profile: DeviceProfile, model: PreparedModel,
+              config: BenchConfig) -> Measurement | None:
+    if store is None or force:
+        return None
+    found = find_reusable(store, profile, model.sha256, config)
+    return found[0][0] if found else None

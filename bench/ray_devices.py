@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from mnas.bench.contention import ContentionGuard
 from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement
 from mnas.errors import MeasurementError, MnasError
 
@@ -118,12 +119,12 @@ def open_host(select_options: dict[str, Any]) -> Device:
 class DeviceWorker:
     """The body of a device actor: builds its device on its own node and times models on it.
 
-    `guard` (e.g. the table builder's contention guard: an object with
-    `benchmark(device, path, config, statistic)`) runs here, next to the device, because it
-    watches this process's child processes; phones pass through it unchanged.
+    `guard` (`bench.contention.ContentionGuard`, e.g. the table builder's) runs here, next to
+    the device, because it watches this process's child processes; phones pass through it
+    unchanged.
     """
 
-    def __init__(self, factory: Callable[[], Device | tuple[Device, IO[str]]], guard: Any = None,
+    def __init__(self, factory: Callable[[], Device | tuple[Device, IO[str]]], guard: ContentionGuard | None = None,
                  statistic: str = "median") -> None:
         self.guard = guard
         self.statistic = statistic
@@ -184,7 +185,7 @@ class RemoteDevice:
 
 def start_device_actor(factory: Callable[[], Any], label: str, *, resources: dict[str, float] | None = None,
                        num_cpus: float = 0.0, node_id: str | None = None, max_restarts: int = 3,
-                       start_timeout_s: float = 600.0, guard: Any = None, statistic: str = "median") -> RemoteDevice:
+                       start_timeout_s: float = 600.0, guard: ContentionGuard | None = None, statistic: str = "median") -> RemoteDevice:
     """One device actor built by `factory` on the node Ray places it on; waits for its profile."""
     ray = require_ray()
     options: dict[str, Any] = {"num_cpus": num_cpus, "max_restarts": max_restarts, "max_task_retries": max_restarts,
@@ -216,7 +217,7 @@ def device_resources() -> dict[str, int]:
 
 
 def cluster_devices(spec: str, select_options: dict[str, Any] | None = None, *, max_restarts: int = 3,
-                    host_cpus: float = 1.0, guard: Any = None, statistic: str = "median") -> list[RemoteDevice]:
+                    host_cpus: float = 1.0, guard: ContentionGuard | None = None, statistic: str = "median") -> list[RemoteDevice]:
     """One actor per device unit of the cluster matching `spec`.
 
     `spec`: comma list of `host`, `all` (every `device:*` unit) and names (`pixel4` or a

@@ -111,6 +111,28 @@ BENCH_MIGRATIONS: list[str] = [
     """,
 ]
 
+def _measurements_without_not_null_median() -> str:
+    """Migration 2: `median_ms` may be NULL, for tools that print no median.
+
+    Until then a missing median was stored as the mean, which made a mean pass for a
+    median. SQLite cannot drop a NOT NULL in place, so the table is rebuilt with the same
+    columns; rows whose JSON has neither a median nor per-run latencies get NULL.
+    """
+    first = BENCH_MIGRATIONS[0]
+    create = first[first.index("CREATE TABLE measurements ("):first.index("CREATE INDEX measurements_lookup")]
+    indexes = first[first.index("CREATE INDEX measurements_lookup"):]
+    new = create.replace("CREATE TABLE measurements (", "CREATE TABLE measurements_v2 (")
+    new = new.replace("median_ms REAL NOT NULL,", "median_ms REAL,")
+    return (new + "INSERT INTO measurements_v2 SELECT * FROM measurements;\n"
+            "DROP TABLE measurements;\n"
+            "ALTER TABLE measurements_v2 RENAME TO measurements;\n"
+            "UPDATE measurements SET median_ms = NULL WHERE json_extract(measurement_json, '$.stats.median_us') "
+            "IS NULL AND json_extract(measurement_json, '$.runs_us') IS NULL;\n" + indexes)
+
+
+BENCH_MIGRATIONS.append(_measurements_without_not_null_median())
+
+
 # measurement columns a caller may filter on, besides the joined model label/arch
 _FILTER_EXTRA = {"label": "models.label", "arch": "models.arch"}
 
@@ -180,7 +202,7 @@ def measurement_row(m: Measurement) -> dict[str, Any]:
         "profile_ops": int(m.config.profile_ops),
         "conditions_key": m.config.conditions_key(),
         "count": stats.count,
-        "median_ms": _finite(m.median_ms),
+        "median_ms": None if m.median_ms is None else _finite(m.median_ms),
         "mean_ms": _ms(stats.mean_us),
         "std_ms": _ms(stats.std_us),
         "min_ms": _ms(stats.min_us),
@@ -381,7 +403,7 @@ class ResultsStore:
             )
 
     def get_device(self, device_id: str) -> DeviceProfile | None:
-        row = self._read("SELECT profile_json FROM devices WHERE device_id = ?", (device_id,))
+        row = self.read("SELECT profile_json FROM devices WHERE device_id = ?", (device_id,))
         return DeviceProfile(**json.loads(row[0][0])) if row else None
 
     def _upsert_model(self, conn: sqlite3.Connection, sha256: str, path: str,
@@ -413,7 +435,7 @@ class ResultsStore:
             return int(cursor.lastrowid)
 
     def get_measurement(self, measurement_id: int) -> Measurement:
-        rows = self._read("SELECT measurement_json FROM measurements WHERE id = ?",
+        rows = self.read("SELECT measurement_json FROM measurements WHERE id = ?",
                           (int(measurement_id),))
         if not rows:
             raise MnasError(f"{self.path}: no measurement with id {measurement_id}")
@@ -422,13 +444,21 @@ class ResultsStore:
     def find_measurement(self, device_id: str, model_sha256: str, runtime: str,
                          runtime_version: str, conditions_key: str) -> Measurement | None:
         """The latest measurement taken under exactly these conditions, or None."""
-        rows = self._read(
-            "SELECT measurement_json FROM measurements WHERE device_id = ? AND model_sha256 = ? "
-            "AND runtime = ? AND runtime_version = ? AND conditions_key = ? "
-            "ORDER BY timestamp DESC, id DESC LIMIT 1",
+        found = self.find_measurements(device_id, model_sha256, runtime, runtime_version, conditions_key)
+        return found[-1][1] if found else None
+
+    def find_measurements(self, device_id: str, model_sha256: str, runtime: str, runtime_version: str,
+                          conditions_key: str) -> list[tuple[int, Measurement]]:
+        """Every measurement taken under exactly these conditions, oldest first, with its id.
+
+        Which of them may be reused is not decided here but by `bench.measure.find_reusable`.
+        """
+        rows = self.read(
+            "SELECT id, measurement_json FROM measurements WHERE device_id = ? AND model_sha256 = ? "
+            "AND runtime = ? AND runtime_version = ? AND conditions_key = ? ORDER BY timestamp, id",
             (device_id, model_sha256, runtime, runtime_version, conditions_key),
         )
-        return Measurement.from_dict(json.loads(rows[0][0])) if rows else None
+        return [(int(row[0]), Measurement.from_dict(json.loads(row[1]))) for row in rows]
 
     def recent_measurements(self, limit: int | None = 50) -> list[dict[str, Any]]:
         """One summary row per measurement, newest first."""
@@ -495,6 +525,8 @@ class ResultsStore:
             frame[flag] = frame[flag].astype(bool)
         return frame
 
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one query, outside any write transaction: under WAL it neither waits for nor
+        blocks a writer in another process."""
         with self._lock:
             return self._conn.execute(sql, tuple(params)).fetchall()

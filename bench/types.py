@@ -16,6 +16,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from mnas.errors import MnasError
+
 
 @dataclass(frozen=True)
 class BenchConfig:
@@ -28,6 +30,15 @@ class BenchConfig:
     profile_ops: bool = False
     core: int | None = None  # None: the device's fastest (or configured) big core
     timeout_s: float = 600.0  # hard bound on one benchmark call
+
+    def __post_init__(self) -> None:
+        """Refuse impossible settings here, once, so every device and command can trust a config."""
+        if self.num_runs < 1 or self.warmup_runs < 0 or self.num_threads < 1 or self.min_secs < 0:
+            raise MnasError(
+                f"invalid benchmark settings: num_runs={self.num_runs} warmup_runs={self.warmup_runs} "
+                f"num_threads={self.num_threads} min_secs={self.min_secs:g}: "
+                "expected num_runs >= 1, warmup_runs >= 0, num_threads >= 1, min_secs >= 0"
+            )
 
     def conditions_key(self) -> str:
         """Stable text of the timing conditions, used to decide whether a stored result can be reused."""
@@ -120,10 +131,17 @@ class Measurement:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def median_ms(self) -> float:
-        """Median latency in ms; benchmark_model builds that print no median fall back to the mean."""
-        value = self.stats.median_us if self.stats.median_us is not None else self.stats.mean_us
-        return value / 1000.0
+    def median_ms(self) -> float | None:
+        """Median latency in ms: the tool's own median, else the median of the per-run latencies.
+
+        None when neither is known (benchmark_model builds before ~2.4 print only the mean):
+        a mean is never passed off as a median; `latency_ms(m, "median")` says so in one line.
+        """
+        if self.stats.median_us is not None:
+            return self.stats.median_us / 1000.0
+        if self.runs_us:
+            return float(np.median(self.runs_us)) / 1000.0
+        return None
 
     @property
     def mean_ms(self) -> float:
@@ -181,8 +199,6 @@ STATISTICS: tuple[str, ...] = ("median", "min")
 def check_statistic(statistic: str) -> str:
     """`statistic` itself when it is one of `STATISTICS`, else a one-line MnasError."""
     if statistic not in STATISTICS:
-        from mnas.errors import MnasError
-
         raise MnasError(f"latency statistic {statistic!r}: expected one of {list(STATISTICS)}")
     return statistic
 
@@ -207,4 +223,10 @@ def latency_ms(m: Measurement, statistic: str | None = None) -> float:
     of the measurement's device (`headline_statistic`).
     """
     statistic = check_statistic(statistic or headline_statistic(m.device_name))
-    return m.median_ms if statistic == "median" else m.stats.min_us / 1000.0
+    if statistic == "min":
+        return m.stats.min_us / 1000.0
+    if m.median_ms is None:
+        raise MnasError(f"measurement of {m.model_path} on {m.device_id}: no median (the tool printed only its "
+                        f"mean, {m.mean_ms:.3f} ms): expected a benchmark_model that prints the median, or the "
+                        "statistic 'min'")
+    return m.median_ms

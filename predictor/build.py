@@ -19,10 +19,17 @@ from typing import Any
 
 from mnas.bench.contention import LAYER_GUARD, ContentionGuard
 from mnas.bench.pool import run_device_pool
-from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement
+from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement, latency_ms
 from mnas.errors import MeasurementError, MnasError
 from mnas.predictor.layers import enumerate_layers
-from mnas.predictor.table import TableEntry, TableMeta, add_entry, open_table, stored_keys
+from mnas.predictor.table import (
+    TableEntry,
+    TableMeta,
+    add_entry,
+    open_table,
+    reusable_keys,
+    stored_keys,
+)
 from mnas.space.arch import LayerSig
 from mnas.space.search_space import SearchSpace
 
@@ -43,12 +50,13 @@ class BuildResult:
     table_id: int
     table_name: str
     total_layers: int  # distinct layers of the space at this resolution
-    already_stored: int  # skipped because the table held them before this call
+    already_stored: int  # skipped because the table held them before this call (and they may be reused)
     measured: int  # stored by this call
     remaining: int  # layers of the space still missing from the table
     elapsed_s: float
     per_device: dict[str, int] = field(default_factory=dict)  # device id -> layers stored
     failures: list[str] = field(default_factory=list)  # one line per device that stopped on an error
+    retaken: int = 0  # stored entries measured again because they may not be reused (throttled, contended)
 
     @property
     def seconds_per_layer(self) -> float | None:
@@ -58,7 +66,8 @@ class BuildResult:
         return {"table_id": self.table_id, "table_name": self.table_name, "total_layers": self.total_layers,
                 "already_stored": self.already_stored, "measured": self.measured, "remaining": self.remaining,
                 "elapsed_s": self.elapsed_s, "seconds_per_layer": self.seconds_per_layer,
-                "per_device": dict(self.per_device), "failures": list(self.failures)}
+                "per_device": dict(self.per_device), "failures": list(self.failures),
+                "retaken": self.retaken}
 
 
 def table_meta(table_name: str, profiles: Sequence[DeviceProfile], resolution: int, config: BenchConfig,
@@ -100,7 +109,8 @@ def build_table(space: SearchSpace, resolution: int, devices: Sequence[Device], 
     table_id = open_table(store, meta)
     all_layers = list(layers) if layers is not None else enumerate_layers(space, resolution, num_classes)
     stored = stored_keys(store, table_id)
-    pending = [layer for layer in all_layers if layer.key not in stored]
+    reusable = reusable_keys(store, table_id)
+    pending = [layer for layer in all_layers if layer.key not in reusable]
     already = len(all_layers) - len(pending)
     if limit is not None:
         pending = pending[:limit]
@@ -125,34 +135,39 @@ def build_table(space: SearchSpace, resolution: int, devices: Sequence[Device], 
                 path.unlink(missing_ok=True)
 
         def keep(layer: LayerSig, device_id: str, measurement: Measurement) -> None:
-            _store_entry(store, table_id, layer, device_id, measurement, result)
+            _store_entry(store, table_id, layer, device_id, measurement, result, replace=layer.key in stored)
             bar.update(1)
-            bar.set_postfix_str(f"{layer.kind}:{layer.op} {measurement.median_ms:.3f} ms")
+            bar.set_postfix_str(f"{layer.kind}:{layer.op} {latency_ms(measurement):.3f} ms")
 
         try:
-            failures = run_device_pool(devices, pending, measure, keep, name="table")
+            pool = run_device_pool(devices, pending, measure, keep, name="table")
         finally:
             bar.close()
             result.remaining = len(all_layers) - already - result.measured
             result.elapsed_s = time.monotonic() - started
-    result.failures.extend(f"device {device_id}: {type(error).__name__}: {error}" for device_id, error in failures)
-    if failures and len(failures) == len(devices):
+    result.failures.extend(f"device {device_id}: {type(error).__name__}: {error}" for device_id, error in pool.retired)
+    if pool.all_retired(devices):
         raise MeasurementError(
             f"latency table {table_name!r}: every device failed (first: {result.failures[0]}); "
             f"{result.measured} layers stored, {result.remaining} remaining: fix the device and re-run to resume"
-        ) from failures[0][1]
+        ) from pool.retired[0][1]
     return result
 
 
 DEFAULT_PER_LAYER_S = 2.0  # a phone: push, warm-up and 50 runs of a small model, cool-down
+# What one layer costs besides its timed seconds, by device kind: the host starts one child
+# process per layer (~0.3-0.4 s); a phone adds a push, a shell, thermal reads and a cool-down check.
+PER_LAYER_OVERHEAD_S = {"host": 0.4, "adb": 1.0}
 
 
 def plan_build(space: SearchSpace, resolution: int, store: Any | None = None, table_name: str | None = None,
-               per_layer_s: float | None = None, devices: int = 1, num_classes: int = 1000) -> dict[str, Any]:
+               per_layer_s: float | None = None, devices: int = 1, num_classes: int = 1000,
+               device_kind: str | None = None, min_secs: float = 0.0) -> dict[str, Any]:
     """What `build_table` would do: layer counts by kind, how many are stored, and a time estimate.
 
     Without `per_layer_s`, the median wall time of the table's stored measurements is used
-    when it has any, else DEFAULT_PER_LAYER_S.
+    when it has any (what this device really took); else, with `device_kind`, that kind's
+    per-layer overhead plus `min_secs` timed seconds; else DEFAULT_PER_LAYER_S.
     """
     from mnas.predictor.layers import count_by_kind, estimate_build_seconds
     from mnas.predictor.table import find_table, load_table
@@ -168,6 +183,12 @@ def plan_build(space: SearchSpace, resolution: int, store: Any | None = None, ta
         if per_layer_s is None and walls:
             per_layer_s = float(sorted(walls)[len(walls) // 2])
             basis = f"median wall time of {len(walls)} stored layers"
+    if per_layer_s is None and device_kind is not None:
+        if device_kind not in PER_LAYER_OVERHEAD_S:
+            raise MnasError(f"device kind {device_kind!r}: expected one of {sorted(PER_LAYER_OVERHEAD_S)}")
+        overhead = PER_LAYER_OVERHEAD_S[device_kind]
+        per_layer_s = overhead + min_secs
+        basis = f"{device_kind} overhead {overhead:g} s + --min-secs {min_secs:g}"
     per_layer = DEFAULT_PER_LAYER_S if per_layer_s is None else per_layer_s
     missing = [layer for layer in layers if layer.key not in stored]
     return {"resolution": resolution, "layers": count_by_kind(layers), "stored": len(layers) - len(missing),
@@ -176,11 +197,12 @@ def plan_build(space: SearchSpace, resolution: int, store: Any | None = None, ta
 
 
 def _store_entry(store: Any, table_id: int, layer: LayerSig, device_id: str, measurement: Measurement,
-                 result: BuildResult) -> None:
+                 result: BuildResult, replace: bool) -> None:
     measurement_id = store.add_measurement(measurement, label=f"layer {layer.key}")
     entry = TableEntry.from_measurement(layer.key, measurement, measurement_id=measurement_id)
-    if add_entry(store, table_id, entry):
+    if add_entry(store, table_id, entry, replace=replace):
         result.measured += 1
+        result.retaken += int(replace)
         result.per_device[device_id] = result.per_device.get(device_id, 0) + 1
 
 

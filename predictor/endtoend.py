@@ -19,7 +19,7 @@ only the calling thread touches the store (as in `build.py`).
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,16 +27,9 @@ from typing import Any
 import numpy as np
 
 from mnas.bench.contention import NETWORK_GUARD, ContentionGuard
-from mnas.bench.files import sha256_file
+from mnas.bench.measure import ModelWriter, default_model_writer, find_reusable, write_arch_model
 from mnas.bench.pool import run_device_pool
-from mnas.bench.types import (
-    BenchConfig,
-    Device,
-    DeviceProfile,
-    Measurement,
-    check_statistic,
-    latency_ms,
-)
+from mnas.bench.types import BenchConfig, Device, Measurement, check_statistic, latency_ms
 from mnas.errors import MeasurementError, MnasError
 from mnas.space.arch import Arch
 from mnas.space.search_space import SearchSpace
@@ -45,15 +38,6 @@ CALIBRATION = "calibration"
 EVALUATION = "eval"
 STREAMS: dict[str, int] = {CALIBRATION: 0xCA11B, EVALUATION: 0xE7A1}
 MAX_DRAWS_PER_ARCH = 100  # resampling bound when duplicates / excluded hashes are drawn
-
-ArchWriter = Callable[[Arch, Path, int], Any]
-
-
-def default_arch_writer(arch: Arch, path: Path, resolution: int) -> Any:
-    """The project's .tflite writer (imported late: it pulls in the flatbuffer schema)."""
-    from mnas.space.tflite_writer import write_arch
-
-    return write_arch(arch, path, resolution=resolution)
 
 
 def stream_rng(purpose: str, seed: int) -> np.random.Generator:
@@ -122,7 +106,7 @@ class NetMeasurement:
         flags = [m.extra.get("contended") for m in self.measurements]
         return {"arch": str(self.arch), "arch_hash": self.arch.hash, "measured_ms": self.measured_ms,
                 "statistic": self.statistic, "repeats_ms": self.values_ms,
-                "median_ms": float(np.median([m.median_ms for m in self.measurements])),
+                "median_ms": float(np.median([latency_ms(m, "median") for m in self.measurements])),
                 "min_ms": float(np.median([m.stats.min_us / 1000.0 for m in self.measurements])),
                 "runs": [m.stats.count for m in self.measurements], "device_id": self.measurements[0].device_id,
                 "child_cpu_share": None if None in shares else min(shares),
@@ -136,26 +120,11 @@ class _Job:
     arch: Arch
     path: Path  # written by the worker just before timing, deleted right after (files are ~10 MB)
     resolution: int
-    writer: ArchWriter
-
-
-def _find_stored(store: Any, profiles: Sequence[DeviceProfile], sha256: str, config: BenchConfig,
-                 wanted: int) -> list[tuple[Measurement, int]]:
-    """Up to `wanted` stored, uncontended measurements of this model under these conditions (oldest first)."""
-    found: list[tuple[Measurement, int]] = []
-    for profile in profiles:
-        frame = store.measurements_frame(device_id=profile.device_id, model_sha256=sha256, runtime=profile.runtime,
-                                         runtime_version=profile.runtime_version,
-                                         conditions_key=config.conditions_key())
-        for measurement_id in frame["id"].tolist():
-            measurement = store.get_measurement(int(measurement_id))
-            if not measurement.extra.get("contended"):
-                found.append((measurement, int(measurement_id)))
-    return found[:wanted]
+    writer: ModelWriter
 
 
 def measure_networks(archs: Sequence[Arch], devices: Sequence[Device], store: Any, config: BenchConfig,
-                     resolution: int, label: str, *, writer: ArchWriter = default_arch_writer,
+                     resolution: int, label: str, *, writer: ModelWriter = default_model_writer,
                      progress: bool = True, reuse: bool = True, statistic: str = "median",
                      guard: ContentionGuard | None = NETWORK_GUARD, repeats: int = 1) -> list[NetMeasurement]:
     """Measure each arch end to end `repeats` times (separate processes), storing each result as it comes.
@@ -175,7 +144,7 @@ def measure_networks(archs: Sequence[Arch], devices: Sequence[Device], store: An
     if repeats < 1:
         raise MnasError(f"--repeats {repeats}: expected at least 1 measurement per network")
     check_statistic(statistic)
-    profiles = [device.profile() for device in devices]
+    profiles = [device.profile() for device in devices]  # a device that cannot say what it is stops the call
     done: list[list[tuple[Measurement, int | None]]] = [[] for _ in archs]
     reused = [0] * len(archs)
     with tempfile.TemporaryDirectory(prefix="mnas-nets-", ignore_cleanup_errors=True) as tmp:
@@ -183,10 +152,10 @@ def measure_networks(archs: Sequence[Arch], devices: Sequence[Device], store: An
         for index, arch in enumerate(archs):
             stored: list[tuple[Measurement, int]] = []
             if reuse:  # the writer is deterministic: the file's hash finds earlier measurements
-                probe = Path(tmp) / f"{arch.hash}-{resolution}.tflite"
-                writer(arch, probe, resolution)
-                stored = _find_stored(store, profiles, sha256_file(probe), config, repeats)
-                probe.unlink(missing_ok=True)
+                probe = write_arch_model(arch, resolution, Path(tmp) / f"{arch.hash}-{resolution}.tflite", writer)
+                stored = [(m, i) for profile in profiles
+                          for m, i in find_reusable(store, profile, probe.sha256, config, repeats)][:repeats]
+                probe.path.unlink(missing_ok=True)
             done[index].extend(stored)
             reused[index] = len(stored)
             for r in range(repeats - len(stored)):
@@ -209,7 +178,7 @@ def _run(devices: Sequence[Device], jobs: list[_Job], store: Any, config: BenchC
 
     def measure(device: Device, job: _Job) -> Measurement:
         try:
-            job.writer(job.arch, job.path, job.resolution)
+            write_arch_model(job.arch, job.resolution, job.path, job.writer)
             if guard is None:
                 return device.benchmark(job.path, config)
             return guard.benchmark(device, job.path, config, statistic)
@@ -224,11 +193,11 @@ def _run(devices: Sequence[Device], jobs: list[_Job], store: Any, config: BenchC
 
     bar = tqdm(total=len(jobs), desc=label, unit="net", disable=not progress, dynamic_ncols=True)
     try:
-        failures = run_device_pool(devices, jobs, measure, keep, name="nets")
+        pool = run_device_pool(devices, jobs, measure, keep, name="nets")
     finally:
         bar.close()
-    if len(failures) == len(devices):
-        device_id, error = failures[0]
+    if pool.all_retired(devices):
+        device_id, error = pool.retired[0]
         stored = sum(1 for r in results for _, i in r if i is not None)
         raise MeasurementError(f"{label} networks: every device failed (first: device {device_id}: "
                                f"{type(error).__name__}: {error}); {stored} measured and stored: fix the device "

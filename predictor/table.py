@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from mnas.bench.types import BenchConfig, DeviceProfile, Measurement, check_statistic
+from mnas.bench.measure import reuse_blocker
+from mnas.bench.types import BenchConfig, DeviceProfile, Measurement, check_statistic, latency_ms
 from mnas.errors import MnasError
 
 FILE_FORMAT = "mnas-latency-table"
@@ -140,7 +141,7 @@ class TableEntry:
                 conditions[name] = m.extra[name]
         return cls(
             layer_key=layer_key,
-            median_ms=float(m.median_ms),
+            median_ms=latency_ms(m, "median"),
             mean_ms=_finite(m.mean_ms),
             std_ms=_finite(m.stats.std_us / 1000.0),
             runs=int(m.stats.count),
@@ -290,23 +291,46 @@ def open_table(store: Store, meta: TableMeta) -> int:
         return table_id
 
 
-def add_entry(store: Store, table_id: int, entry: TableEntry) -> bool:
-    """Store one entry in its own transaction; False when the key was already stored."""
+def add_entry(store: Store, table_id: int, entry: TableEntry, *, replace: bool = False) -> bool:
+    """Store one entry in its own transaction; False when the key was already stored.
+
+    `replace` overwrites a stored entry of the same key: a layer re-taken because its
+    earlier figure may not be reused (`reusable_keys`).
+    """
+    verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
     with store.transaction() as conn:
         cursor = conn.execute(
-            "INSERT OR IGNORE INTO table_entries (table_id, layer_key, median_ms, mean_ms, std_ms, runs, "
+            f"{verb} INTO table_entries (table_id, layer_key, median_ms, mean_ms, std_ms, runs, "
             "measurement_id, measurement, measured_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (table_id, entry.layer_key, entry.median_ms, entry.mean_ms, entry.std_ms, entry.runs,
              entry.measurement_id, None if entry.measurement is None else json.dumps(entry.measurement, sort_keys=True),
              entry.measured_at),
         )
-        return cursor.rowcount == 1
+        return cursor.rowcount >= 1
 
 
 def stored_keys(store: Store, table_id: int) -> set[str]:
+    """Every layer key the table holds."""
     with store.transaction() as conn:
         rows = conn.execute("SELECT layer_key FROM table_entries WHERE table_id = ?", (table_id,)).fetchall()
     return {row[0] for row in rows}
+
+
+def reusable_keys(store: Store, table_id: int) -> set[str]:
+    """The layer keys whose entries pass the one reuse rule (`bench.measure.reuse_blocker`).
+
+    A build measures every other layer of the space again: missing ones and those whose
+    figure was taken throttled or while another process shared the core.
+    """
+    with store.transaction() as conn:
+        rows = conn.execute("SELECT layer_key, measurement FROM table_entries WHERE table_id = ?",
+                            (table_id,)).fetchall()
+    keys = set()
+    for key, text in rows:
+        flags = json.loads(text) if text else {}
+        if reuse_blocker(flags.get("throttled"), flags) is None:
+            keys.add(key)
+    return keys
 
 
 def _entries(conn: Any, table_id: int) -> Iterator[TableEntry]:

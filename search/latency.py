@@ -5,48 +5,32 @@ source produced it is recorded in `result.source`, but the search code is the sa
 three (the paper measured every sample on a phone; predicting is ~1000x cheaper; hybrid
 predicts everything and measures a share to keep the predictor honest).
 
-`MeasuredLatency` writes each architecture's `.tflite` with an injected writer (normally
-`mnas.space.tflite_writer.write_arch`, deterministic for a fixed seed, so the file's sha256
-identifies arch + resolution), reuses a measurement of the same file on the same device,
-runtime and timing conditions from the results store or from its own memory, and otherwise
-times it on a pool of devices (one worker thread per device). Store reads and writes stay in
-the calling thread (SQLite connections are per thread); each fresh measurement is stored as
-soon as it completes, so a failure loses only what was in flight.
+`MeasuredLatency` is the measuring path every other command uses (docs/architecture.md,
+"Measuring"): each architecture's `.tflite` is written by an injected, deterministic writer
+(`bench.measure.write_arch_model`: the file's sha256 identifies arch + resolution), a stored
+measurement passing the one reuse rule (`bench.measure.find_reusable`) or one this object
+already took stands in for a new one, and the rest are timed on the one device pool
+(`bench.pool`, FAIL_JOB). Store reads and writes stay in the calling thread; each fresh
+measurement is stored as soon as it completes, so a failure loses only what was in flight.
 """
 
 from __future__ import annotations
 
 import math
-import queue
 import tempfile
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from mnas.bench.files import sha256_file
+from mnas.bench.measure import ModelWriter, PreparedModel, find_reusable, write_arch_model
+from mnas.bench.pool import FailurePolicy, run_device_pool
 from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement, latency_ms
-from mnas.errors import MnasError
+from mnas.errors import MeasurementError, MnasError
 from mnas.search.types import LatencyResult, LatencySource
 from mnas.space.arch import Arch
-
-
-class ModelWriter(Protocol):
-    """Writes `arch` as a `.tflite` at `path` (e.g. `tflite_writer.write_arch`)."""
-
-    def __call__(self, arch: Arch, path: Path, *, resolution: int) -> object: ...
-
-
-class MeasurementStore(Protocol):
-    """The part of `mnas.bench.store.ResultsStore` this module uses."""
-
-    def find_measurement(self, device_id: str, model_sha256: str, runtime: str, runtime_version: str,
-                         conditions_key: str) -> Measurement | None: ...
-
-    def add_measurement(self, m: Measurement, label: str | None = None, arch: str | None = None) -> int: ...
 
 
 class LatencyPredictor(Protocol):
@@ -67,7 +51,7 @@ class MeasuredLatency:
     name = "measured"
 
     def __init__(self, devices: Sequence[Device], resolution: int, bench_config: BenchConfig,
-                 model_writer: ModelWriter, store: MeasurementStore | None = None, *,
+                 model_writer: ModelWriter, store: Any = None, *,
                  label: str = "search", workdir: Path | None = None) -> None:
         if not devices:
             raise MnasError("measured latency: no devices: expected at least one device to time models on")
@@ -92,13 +76,6 @@ class MeasuredLatency:
             self._profiles[device.device_id] = device.profile()
         return self._profiles[device.device_id]
 
-    def _write(self, arch: Arch, folder: Path) -> tuple[Path, str]:
-        path = folder / f"{arch.hash}_r{self.resolution}.tflite"
-        self.model_writer(arch, path, resolution=self.resolution)
-        if not path.is_file():
-            raise MnasError(f"model writer: wrote no file at {str(path)!r} for {arch}: expected a .tflite there")
-        return path, sha256_file(path)
-
     def _known(self, sha: str) -> LatencyResult | None:
         """A result for this model from memory or the store, on any device of the pool."""
         for device in self.devices:
@@ -107,12 +84,10 @@ class MeasuredLatency:
                 return replace(memo, source=f"cache:{device.device_id}")
         if self.store is None:
             return None
-        key = self.bench_config.conditions_key()
         for device in self.devices:
-            prof = self.profile(device)
-            found = self.store.find_measurement(device.device_id, sha, prof.runtime, prof.runtime_version, key)
-            if found is not None:
-                value = latency_ms(found)
+            found = find_reusable(self.store, self.profile(device), sha, self.bench_config)
+            if found:
+                value = latency_ms(found[0][0])
                 result = LatencyResult(latency_ms=value, source=f"store:{device.device_id}",
                                        measured_ms=value, device_id=device.device_id, model_sha256=sha)
                 self._memo[(device.device_id, sha)] = result
@@ -131,49 +106,38 @@ class MeasuredLatency:
 
     def _latency(self, archs: list[Arch], folder: Path) -> list[LatencyResult]:
         by_key: dict[str, LatencyResult] = {}
-        to_measure: dict[str, tuple[Arch, Path, str]] = {}
+        to_measure: dict[str, PreparedModel] = {}
         for arch in archs:
             key = str(arch)
             if key in by_key or key in to_measure:
                 continue
-            path, sha = self._write(arch, folder)
-            known = self._known(sha)
+            model = write_arch_model(arch, self.resolution, folder / f"{arch.hash}_r{self.resolution}.tflite",
+                                     self.model_writer)
+            known = self._known(model.sha256)
             if known is not None:
                 by_key[key] = known
             else:
-                to_measure[key] = (arch, path, sha)
+                to_measure[key] = model
         if to_measure:
-            by_key.update(self._measure(to_measure))
+            by_key.update(self._measure(to_measure, {str(a): a for a in archs}))
         return [by_key[str(arch)] for arch in archs]
 
-    def _measure(self, jobs: dict[str, tuple[Arch, Path, str]]) -> dict[str, LatencyResult]:
-        free: queue.Queue[Device] = queue.Queue()
-        for device in self.devices:
-            free.put(device)
-
-        def run(path: Path) -> Measurement:
-            device = free.get()
-            try:
-                return device.benchmark(path, self.bench_config)
-            finally:
-                free.put(device)
-
+    def _measure(self, jobs: dict[str, PreparedModel], archs: dict[str, Arch]) -> dict[str, LatencyResult]:
+        """Time the models on the device pool (FAIL_JOB); the first failure is raised once the rest are kept."""
         out: dict[str, LatencyResult] = {}
-        first_error: BaseException | None = None
-        with ThreadPoolExecutor(max_workers=len(self.devices), thread_name_prefix="mnas-measure") as pool:
-            futures: dict[Future[Measurement], str] = {pool.submit(run, path): key for key, (_, path, _) in jobs.items()}
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in sorted(done, key=lambda f: list(jobs).index(futures[f])):
-                    key = futures[future]
-                    error = future.exception()
-                    if error is not None:
-                        first_error = first_error or error
-                        continue
-                    out[key] = self._record(jobs[key][0], jobs[key][2], future.result())
-        if first_error is not None:
-            raise first_error
+
+        def keep(key: str, device_id: str, m: Measurement) -> None:
+            out[key] = self._record(archs[key], jobs[key].sha256, m)
+
+        pool = run_device_pool(self.devices, list(jobs), lambda device, key: device.benchmark(jobs[key].path,
+                                                                                             self.bench_config),
+                               keep, name="mnas-measure", policy=FailurePolicy.FAIL_JOB)
+        if pool.failed_jobs:
+            raise pool.failed_jobs[0][2]
+        if pool.unmeasured:
+            device_id, error = pool.retired[0]
+            raise MeasurementError(f"measured latency: {len(pool.unmeasured)} models not measured: every device "
+                                   f"went offline (first: {device_id}: {error}): expected a device to measure on")
         return out
 
     def _record(self, arch: Arch, sha: str, m: Measurement) -> LatencyResult:

@@ -11,10 +11,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
-from mnas.bench.store import APPLICATION_ID, ResultsStore
-from mnas.bench.types import BenchConfig, DeviceProfile, LatencyStats, Measurement, OpProfileRow
+from mnas.bench.store import APPLICATION_ID, BENCH_MIGRATIONS, ResultsStore, measurement_row
+from mnas.bench.types import (
+    BenchConfig,
+    DeviceProfile,
+    LatencyStats,
+    Measurement,
+    OpProfileRow,
+    latency_ms,
+)
 from mnas.errors import MnasError
 
 
@@ -88,11 +96,17 @@ def test_columns_are_queryable(tmp_path):
     assert list(store.measurements_frame(pinned_core=[7, 8])["id"]) == [1, 2]
     with pytest.raises(MnasError, match=r"unknown measurements filter 'devices' \(known: id, "):
         store.measurements_frame(devices="x")
-    # the median falls back to the mean when the tool printed none (as Measurement.median_ms)
+    # a tool that printed no median (and no per-run latencies) stores no median: never the mean
     no_median = make_measurement(3)
     no_median.stats.median_us = None
+    no_median.runs_us = None
     mid = store.add_measurement(no_median)
-    assert store.measurements_frame(id=mid).iloc[0]["median_ms"] == pytest.approx(20.8132)
+    assert pd.isna(store.measurements_frame(id=mid).iloc[0]["median_ms"])
+    assert store.get_measurement(mid).median_ms is None
+    with pytest.raises(MnasError, match=r"no median \(the tool printed only its mean, 20\.813 ms\): expected a "
+                                        r"benchmark_model that prints the median, or the statistic 'min'$"):
+        latency_ms(store.get_measurement(mid), "median")
+    assert latency_ms(store.get_measurement(mid), "min") == pytest.approx(no_median.stats.min_us / 1000.0)
 
 
 def test_find_measurement_returns_latest_under_same_conditions(tmp_path):
@@ -138,7 +152,7 @@ def test_component_migrations_are_ordered_versioned_and_idempotent(tmp_path):
     with store.transaction() as conn:
         conn.execute("INSERT INTO pred_tables (name) VALUES ('t')")
         assert conn.execute("SELECT note FROM pred_tables").fetchone() == ("x;y",)
-    assert store.schema_version("predictor") == 2 and store.schema_version("bench") == 1
+    assert store.schema_version("predictor") == 2 and store.schema_version("bench") == len(BENCH_MIGRATIONS)
     store.close()
     # an older mnas (knowing only v1 of predictor) refuses the newer file
     with pytest.raises(MnasError) as info:
@@ -183,7 +197,7 @@ def test_refuses_foreign_and_newer_files(tmp_path):
     with pytest.raises(MnasError) as info:
         ResultsStore(newer)
     assert str(info.value) == (f"{newer}: schema of 'bench' is version 7, newer than this mnas "
-                               "knows (1); upgrade mnas to read it")
+                               f"knows ({len(BENCH_MIGRATIONS)}); upgrade mnas to read it")
     with pytest.raises(MnasError, match=r"nowhere.db: no results database here"):
         ResultsStore(tmp_path / "nowhere.db", create=False)
 
@@ -328,3 +342,30 @@ def test_results_export(tmp_path, monkeypatch, fmt):
     odd = CliRunner().invoke(results, ["export", "-o", str(tmp_path / "x.txt")])
     assert str(odd.exception) == (f"{tmp_path / 'x.txt'}: cannot tell the format from the suffix "
                                   "'.txt' (pass --format csv|parquet)")
+
+
+def test_upgrade_from_v1_stops_passing_a_mean_off_as_a_median(tmp_path):
+    """Bench migration 2 rebuilds `measurements` with a nullable median; old rows keep every
+    column, and a row whose JSON had no median (v1 stored the mean there) gets NULL."""
+    path = tmp_path / "old.db"
+    with_median, without = make_measurement(1), make_measurement(2)
+    without.stats.median_us, without.runs_us = None, None
+    with sqlite3.connect(path) as conn:  # a store as the first mnas wrote it
+        conn.executescript(BENCH_MIGRATIONS[0])
+        conn.execute("CREATE TABLE mnas_schema (component TEXT PRIMARY KEY, version INTEGER NOT NULL, "
+                     "updated_at REAL NOT NULL)")
+        conn.execute("INSERT INTO mnas_schema VALUES ('bench', 1, 0)")
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        for m in (with_median, without):
+            row = measurement_row(m)
+            row["median_ms"] = row["median_ms"] if row["median_ms"] is not None else row["mean_ms"]  # v1's fallback
+            conn.execute("INSERT OR IGNORE INTO models (sha256, path, added_at) VALUES (?, ?, 0)",
+                         (m.model_sha256, m.model_path))
+            conn.execute(f"INSERT INTO measurements ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                         list(row.values()))
+    with ResultsStore(path, create=False) as store:
+        assert store.schema_version("bench") == len(BENCH_MIGRATIONS)
+        frame = store.measurements_frame()
+        assert frame.iloc[0]["median_ms"] == pytest.approx(with_median.median_ms)
+        assert pd.isna(frame.iloc[1]["median_ms"]) and frame.iloc[1]["mean_ms"] == pytest.approx(without.mean_ms)
+        assert store.get_measurement(1).to_dict() == with_median.to_dict()
