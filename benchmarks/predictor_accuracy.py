@@ -46,18 +46,12 @@ from mnas.predictor.evals import calibrate_on_device, evaluate_on_device
 from mnas.predictor.fitting import fit_predictor
 from mnas.predictor.metrics import evaluate
 from mnas.predictor.predictors import LearnedPredictor, LookupPredictor, save_predictor
+from mnas.predictor.selection import table_name_for
 from mnas.predictor.table import export_table, load_table
 from mnas.space.search_space import mnasnet
 
 ACCEPT_WITHIN_10 = 0.95
 ACCEPT_TAU = 0.9
-
-
-def table_name(device: HostDevice, resolution: int) -> str:
-    from mnas.cli_table import default_table_name
-
-    p = device.profile()
-    return default_table_name(p.device_name, resolution, p.runtime, p.runtime_version)
 
 
 def table_figures(store: ResultsStore, name: str) -> dict[str, Any]:
@@ -122,7 +116,7 @@ def main() -> None:
     space = mnasnet()
     build_config = BenchConfig(warmup_runs=args.build_warmup, num_runs=args.build_runs, min_secs=args.build_min_secs)
     net_config = BenchConfig(warmup_runs=args.net_warmup, num_runs=args.net_runs, min_secs=args.net_min_secs)
-    name = table_name(device, args.resolution)
+    name = table_name_for([device], args.resolution)
     plot = Path(args.plot) if args.plot else Path(args.db).with_name(f"predictor_accuracy_{args.resolution}.png")
     started = time.monotonic()
     with ResultsStore(args.db) as store:

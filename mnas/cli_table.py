@@ -10,7 +10,6 @@ the work is in `mnas.predictor`. Every result command has `--json` (units in key
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,6 @@ from mnas.cli_util import db_path, echo_json, echo_table, json_option
 from mnas.errors import MnasError
 
 SPACES = ("mnasnet",)
-HOST_PER_LAYER_OVERHEAD_S = 0.4  # the host starts one child process per layer (~0.3-0.4 s)
-PHONE_PER_LAYER_OVERHEAD_S = 1.0  # push, shell, thermal reads, cool-down check
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -41,119 +38,29 @@ def _store(ctx: click.Context, create: bool = True) -> Any:
     return ResultsStore(db_path(ctx), create=create)
 
 
-def default_table_name(device_name: str, resolution: int, runtime: str, runtime_version: str) -> str:
-    """`<device>-r<resolution>-<runtime>-<version>`, with characters outside [A-Za-z0-9._+-] as '-'."""
-    name = f"{device_name}-r{resolution}-{runtime}-{runtime_version}".strip("-")
-    return re.sub(r"[^A-Za-z0-9._+-]+", "-", name)
-
-
 def _bench_config(runs: int, warmup: int, min_secs: float, core: int | None, timeout_s: float) -> Any:
     from mnas.bench.types import BenchConfig
 
-    if runs < 1 or warmup < 0 or min_secs < 0:
-        raise MnasError(f"--runs {runs} / --warmup {warmup} / --min-secs {min_secs:g}: "
-                        "expected runs >= 1, warmup >= 0, min-secs >= 0")
     return BenchConfig(warmup_runs=warmup, num_runs=runs, min_secs=min_secs, core=core, timeout_s=timeout_s)
+
+
+def _select_options(core: int | None, benchmark_binary: str | None, timeout_s: float, retries: int) -> dict[str, Any]:
+    return {"core": core, "benchmark_binary": Path(benchmark_binary) if benchmark_binary else None,
+            "timeout_s": timeout_s, "retries": retries}
+
+
+def _warn(line: str) -> None:
+    click.echo(f"mnas: warning: {line}", err=True)
 
 
 def _devices(spec: str, core: int | None, benchmark_binary: str | None, timeout_s: float, retries: int) -> list[Any]:
     from mnas.bench.devices import select_devices
 
     unusable: list[str] = []
-    devices = select_devices(spec, core=core, benchmark_binary=Path(benchmark_binary) if benchmark_binary else None,
-                             timeout_s=timeout_s, retries=retries, unusable=unusable)
+    devices = select_devices(spec, unusable=unusable, **_select_options(core, benchmark_binary, timeout_s, retries))
     for line in unusable:
-        click.echo(f"mnas: warning: {line}", err=True)
+        _warn(line)
     return devices
-
-
-def _host_runtime() -> tuple[str, str]:
-    from mnas.bench.runtime import load_runtime
-
-    runtime = load_runtime()
-    return runtime.name, runtime.version
-
-
-def _tables_meta(store: Any) -> list[tuple[dict[str, Any], Any]]:
-    from mnas.predictor.table import find_table, list_tables
-
-    out = []
-    for row in list_tables(store):
-        found = find_table(store, row["name"])
-        if found is not None:
-            out.append((row, found[1]))
-    return out
-
-
-def _device_name(store: Any, spec: str) -> str:
-    """The device model name (`host`, `pixel4`, ...) of SPEC without opening the device.
-
-    SPEC may be `host`, a device name that has tables, or a serial that measured a table
-    (tables record their device ids) or any measurement (the store's devices table).
-    """
-    if spec == "host":
-        return "host"
-    if "," in spec or spec == "all":
-        raise MnasError(f"--device {spec!r}: expected one device (host, a serial or a device name) for this command")
-    tables = _tables_meta(store)
-    for row, meta in tables:
-        if spec == meta.device_name or spec in meta.device_ids:
-            return str(row["device"])
-    profile = store.get_device(spec)
-    if profile is not None:
-        return str(profile.device_name)
-    known = sorted({str(row["device"]) for row, _ in tables} | {d for _, m in tables for d in m.device_ids})
-    raise MnasError(f"unknown device {spec!r}: expected host, or a device or serial with a latency table "
-                    f"(known: {', '.join(known) or 'none: run `mnas table build` first'})")
-
-
-def _runtime_filter(device_name: str) -> str | None:
-    return _host_runtime()[0] if device_name == "host" else None
-
-
-def _choose_table(store: Any, device_name: str, resolution: int, table: str | None) -> Any:
-    """The named table (checked for resolution/device/runtime) or the device's default/largest one."""
-    from mnas.predictor.table import load_table
-
-    runtime = _runtime_filter(device_name)
-    version = _host_runtime()[1] if device_name == "host" else None
-    if table is not None:
-        loaded = load_table(store, table, resolution=resolution)
-        loaded.check(device_name=device_name, runtime=runtime, runtime_version=version)
-        return loaded
-    candidates = [(row, meta) for row, meta in _tables_meta(store) if meta.device_name == device_name]
-    if not candidates:
-        raise MnasError(f"no latency table for device {device_name!r}: expected one built with "
-                        f"`mnas table build --device {device_name} --resolution {resolution}`")
-    at_resolution = [(row, meta) for row, meta in candidates if meta.resolution == resolution]
-    if not at_resolution:
-        have = sorted({meta.resolution for _, meta in candidates})
-        raise MnasError(f"no latency table for device {device_name!r} at resolution {resolution}: "
-                        f"its tables are for resolution {', '.join(map(str, have))} (pass --resolution, "
-                        "or build one for this resolution)")
-    if runtime is not None:
-        matching = [(row, meta) for row, meta in at_resolution
-                    if (meta.runtime, meta.runtime_version) == (runtime, version)]
-        if not matching:
-            other = at_resolution[-1][1]
-            raise MnasError(f"latency table {other.name!r} was measured with runtime {other.runtime} "
-                            f"{other.runtime_version}: expected {runtime} {version} (this host's runtime)")
-        at_resolution = matching
-    row, _ = max(at_resolution, key=lambda item: (item[0]["entries"], item[0]["id"]))
-    return load_table(store, row["name"], resolution=resolution, runtime=runtime)
-
-
-def _load_predictor(store: Any, device_name: str, resolution: int, runtime: str | None,
-                    predictor_id: int | None, space: Any) -> Any:
-    from mnas.predictor.predictors import load_predictor
-
-    predictor = load_predictor(store, predictor_id, device=None if predictor_id else device_name,
-                               resolution=None if predictor_id else resolution,
-                               runtime=None if predictor_id else runtime, space=space)
-    if predictor.resolution != resolution:
-        raise MnasError(f"predictor {predictor.predictor_id} is for resolution {predictor.resolution}: "
-                        f"expected {resolution}")
-    return predictor
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -239,23 +146,15 @@ def plan_cmd(ctx: click.Context, space_name: str, resolution: int, device_spec: 
              as_json: bool) -> None:
     """Layer counts by kind, how many are stored, and the estimated build time."""
     from mnas.predictor.build import plan_build
+    from mnas.predictor.selection import table_name_for
 
-    space = _space(space_name)
-    devices: list[Any] = []
-    kind = "adb"
-    if device_spec is not None:
-        devices = _devices(device_spec, core, benchmark_binary, timeout_s, retries)
-        profile = devices[0].profile()
-        kind = profile.kind
-        if table_name is None:
-            table_name = default_table_name(profile.device_name, resolution, profile.runtime, profile.runtime_version)
-    overhead = HOST_PER_LAYER_OVERHEAD_S if kind == "host" else PHONE_PER_LAYER_OVERHEAD_S
+    devices = _devices(device_spec, core, benchmark_binary, timeout_s, retries) if device_spec is not None else []
+    if devices:
+        table_name = table_name_for(devices, resolution, table_name)
+    kind = devices[0].profile().kind if devices else "adb"  # no device: estimate for a phone
     with _store(ctx) as store:
-        plan = plan_build(space, resolution, store, table_name, devices=max(1, len(devices)))
-        if plan["per_layer_basis"] == "default":
-            plan = plan_build(space, resolution, store, table_name, per_layer_s=overhead + min_secs,
-                              devices=max(1, len(devices)))
-            plan["per_layer_basis"] = f"{kind} overhead {overhead:g} s + --min-secs {min_secs:g}"
+        plan = plan_build(_space(space_name), resolution, store, table_name, devices=max(1, len(devices)),
+                          device_kind=kind, min_secs=min_secs)
     payload = {"space": space_name, "table": table_name, "device": device_spec, **plan}
     if as_json:
         echo_json(payload)
@@ -287,47 +186,28 @@ def build_cmd(ctx: click.Context, device_spec: str, space_name: str, resolution:
               min_cpu_share: float, core: int | None, benchmark_binary: str | None, timeout_s: float, retries: int,
               as_json: bool) -> None:
     """Measure every layer of the space on DEVICE (resumable: a re-run skips stored layers)."""
-    from mnas.predictor.build import build_table
-    from mnas.predictor.table import find_table, stored_keys
+    from mnas.predictor.ray_build import BuildInterrupted, build_table_with_executor
 
-    space = _space(space_name)
     config = _bench_config(runs, warmup, min_secs, core, timeout_s)
-    started_ray = False
-    if executor_kind == "ray":  # DEVICE names a resource (pixel4 -> device:pixel4), host, all, or a comma list
-        from mnas.bench import ray_devices
-
-        started_ray = ray_devices.connect(address)
-        options = {"core": core, "benchmark_binary": Path(benchmark_binary) if benchmark_binary else None,
-                   "timeout_s": timeout_s, "retries": retries}
-        devices = ray_devices.cluster_devices(device_spec, options, guard=_guard(tries, min_cpu_share), statistic="min")
-    else:
-        devices = _devices(device_spec, core, benchmark_binary, timeout_s, retries)
-    profile = devices[0].profile()
-    name = table_name or default_table_name(profile.device_name, resolution, profile.runtime, profile.runtime_version)
     with _store(ctx) as store:
         try:
-            # on Ray the contention guard already runs inside each device actor, next to the device
-            result = build_table(space, resolution, devices, store, name, config, limit=limit, progress=not as_json,
-                                 space_name=space_name,
-                                 guard=None if executor_kind == "ray" else _guard(tries, min_cpu_share))
-        except KeyboardInterrupt:
-            found = find_table(store, name)
-            stored = len(stored_keys(store, found[0])) if found else 0
-            click.echo(f"mnas: interrupted: table {name!r} holds {stored} layers; every stored layer is kept: "
-                       "run the same command again to resume", err=True)
+            # on Ray the contention guard runs inside each device actor, next to the device
+            result = build_table_with_executor(
+                executor_kind, _space(space_name), resolution, device_spec, store, table_name, config,
+                address=address, select_options=_select_options(core, benchmark_binary, timeout_s, retries),
+                on_unusable=_warn, limit=limit, progress=not as_json, space_name=space_name,
+                guard=_guard(tries, min_cpu_share))
+        except BuildInterrupted as stop:
+            click.echo(f"mnas: interrupted: table {stop.table_name!r} holds {stop.stored} layers; every stored layer "
+                       "is kept: run the same command again to resume", err=True)
             raise SystemExit(130) from None  # not ctx.exit: mnas.cli.main drops click's exit codes
-        finally:
-            if executor_kind == "ray":
-                ray_devices.stop_devices(devices)
-                if started_ray:
-                    ray_devices.require_ray().shutdown()
     payload = {**result.to_dict(), "device": device_spec, "executor": executor_kind, "resolution": resolution,
                "conditions": config.conditions_key()}
     if as_json:
         echo_json(payload)
     else:
         rate = f", {result.seconds_per_layer:.2f} s/layer" if result.seconds_per_layer else ""
-        click.echo(f"table {name}: measured {result.measured} layers in {_duration(result.elapsed_s)}{rate}; "
+        click.echo(f"table {result.table_name}: measured {result.measured} layers in {_duration(result.elapsed_s)}{rate}; "
                    f"{result.already_stored} were stored before; {result.remaining} of {result.total_layers} remain")
         if result.remaining:
             click.echo("run the same command again to continue")
@@ -358,10 +238,11 @@ def fit_cmd(ctx: click.Context, device_spec: str, table_name: str | None, resolu
     """Fit a predictor on a latency table and store it (uncalibrated; see `calibrate`)."""
     from mnas.predictor.fitting import fit_predictor
     from mnas.predictor.predictors import save_predictor
+    from mnas.predictor.selection import choose_table, resolve_device_name
 
     with _store(ctx) as store:
-        device_name = _device_name(store, device_spec)
-        loaded = _choose_table(store, device_name, resolution, table_name)
+        device_name = resolve_device_name(device_spec, store)
+        loaded = choose_table(store, device_name, resolution, table_name)
         predictor, metrics = fit_predictor(loaded, kind=kind, model=model_name, fallback=not no_fallback, seed=seed,
                                            statistic=None if statistic == "auto" else statistic)
         predictor_id = save_predictor(store, predictor, loaded.table_id, metrics)
@@ -417,13 +298,13 @@ def calibrate_cmd(ctx: click.Context, device_spec: str, samples: int, seed: int,
                   timeout_s: float, retries: int, as_json: bool) -> None:
     """Measure K random networks end to end and store a calibrated predictor."""
     from mnas.predictor.evals import calibrate_on_device
+    from mnas.predictor.selection import device_predictor
 
     config = _bench_config(runs, warmup, min_secs, core, timeout_s)
     devices = _devices(device_spec, core, benchmark_binary, timeout_s, retries)
-    profile = devices[0].profile()
     space = _space("mnasnet")
     with _store(ctx) as store:
-        predictor = _load_predictor(store, profile.device_name, resolution, profile.runtime, predictor_id, space)
+        predictor = device_predictor(store, devices, resolution, predictor_id, space)
         base_id = predictor.predictor_id
         report = calibrate_on_device(predictor, devices, store, space, samples, seed, config,
                                      with_params=with_params, progress=not as_json,
@@ -461,13 +342,13 @@ def eval_cmd(ctx: click.Context, device_spec: str, samples: int, seed: int, reso
              as_json: bool) -> None:
     """Measure N held-out networks and report RMSE, MAPE, ±5/±10% shares, Kendall tau and a plot."""
     from mnas.predictor.evals import evaluate_on_device
+    from mnas.predictor.selection import device_predictor
 
     config = _bench_config(runs, warmup, min_secs, core, timeout_s)
     devices = _devices(device_spec, core, benchmark_binary, timeout_s, retries)
-    profile = devices[0].profile()
     space = _space("mnasnet")
     with _store(ctx) as store:
-        predictor = _load_predictor(store, profile.device_name, resolution, profile.runtime, predictor_id, space)
+        predictor = device_predictor(store, devices, resolution, predictor_id, space)
         plot = Path(plot_path) if plot_path else (
             db_path(ctx).parent / "plots" / f"eval-p{predictor.predictor_id}-s{seed}-n{samples}.png")
         report = evaluate_on_device(predictor, devices, store, space, samples, seed, config, plot=plot,
@@ -586,13 +467,14 @@ def predict(ctx: click.Context, archs: tuple[str, ...], device_spec: str, resolu
             predictor_id: int | None, as_json: bool) -> None:
     """Predicted latency of ARCH... (zoo names or arch strings) from the device's latest predictor."""
     from mnas.predictor.fitting import prediction_rows
+    from mnas.predictor.selection import load_device_predictor, resolve_device_name, runtime_filter
     from mnas.space.resolve import resolve_arch
 
     resolved = [(text, resolve_arch(text, multiplier)) for text in archs]
     with _store(ctx, create=False) as store:
-        device_name = _device_name(store, device_spec)
-        predictor = _load_predictor(store, device_name, resolution, _runtime_filter(device_name), predictor_id,
-                                    _space("mnasnet"))
+        device_name = resolve_device_name(device_spec, store)
+        predictor = load_device_predictor(store, device_name, resolution, runtime_filter(device_name), predictor_id,
+                                          _space("mnasnet"))
     rows = prediction_rows(predictor, resolved)
     if as_json:
         echo_json(rows)

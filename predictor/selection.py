@@ -1,0 +1,197 @@
+"""Which device, table and predictor a command means: one answer for the CLI and the search.
+
+A user names a device loosely (`host`, a device config name like `pixel4`, a phone serial)
+while tables and predictors are keyed on the device *model* name, the input resolution and
+the runtime. Resolving that name, choosing a table and loading the matching predictor used
+to be written twice (the table commands and the search setup) and drifted apart; this
+module is the one place, so `mnas table fit --device SERIAL` and
+`mnas search --device SERIAL` agree on what SERIAL is (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from mnas.bench.types import Device
+from mnas.errors import MnasError
+
+__all__ = [
+    "check_phone_names",
+    "choose_table",
+    "default_table_name",
+    "device_predictor",
+    "host_runtime",
+    "load_device_predictor",
+    "resolve_device_name",
+    "runtime_filter",
+    "table_name_for",
+]
+
+
+def default_table_name(device_name: str, resolution: int, runtime: str, runtime_version: str) -> str:
+    """`<device>-r<resolution>-<runtime>-<version>`, with characters outside [A-Za-z0-9._+-] as '-'.
+
+    The name says what the table can be used for, so two builds under different conditions
+    never fill one table by accident.
+    """
+    name = f"{device_name}-r{resolution}-{runtime}-{runtime_version}".strip("-")
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", name)
+
+
+def table_name_for(devices: Sequence[Device], resolution: int, table_name: str | None = None) -> str:
+    """`table_name`, else the default name of the first device's model and runtime."""
+    if table_name is not None:
+        return table_name
+    if not devices:
+        raise MnasError("table name: no devices: expected at least one device to name the table after")
+    profile = devices[0].profile()
+    return default_table_name(profile.device_name, resolution, profile.runtime, profile.runtime_version)
+
+
+def host_runtime() -> tuple[str, str]:
+    """This host's runtime (name, version): host tables are only valid for the runtime that measured them."""
+    from mnas.bench.runtime import load_runtime
+
+    runtime = load_runtime()
+    return runtime.name, runtime.version
+
+
+def runtime_filter(device_name: str) -> str | None:
+    """The runtime a predictor for `device_name` must have been measured with (host only; phones: any)."""
+    return host_runtime()[0] if device_name == "host" else None
+
+
+def _tables_meta(store: Any) -> list[tuple[dict[str, Any], Any]]:
+    """Each stored table's list row with its metadata (device ids, runtime, resolution)."""
+    from mnas.predictor.table import find_table, list_tables
+
+    out = []
+    for row in list_tables(store):
+        found = find_table(store, row["name"])
+        if found is not None:
+            out.append((row, found[1]))
+    return out
+
+
+def check_phone_names(spec: str, expected: str) -> None:
+    """Fail fast, naming the device, when `spec` names phones but no adb server runs to find them.
+
+    (`select_devices` says only that the adb server is missing; the user's mistake is more
+    often a misspelt name, so say both.)
+    """
+    names = [n.strip() for n in spec.split(",") if n.strip() not in ("", "host", "all")]
+    if not names:
+        return
+    from mnas.bench.adb import adb_client, adb_unavailable_reason
+
+    reason = adb_unavailable_reason(adb_client(10.0))
+    if reason:
+        raise MnasError(f"unknown device {names[0]!r}: expected {expected}; {reason}")
+
+
+def _stored_device_name(store: Any, spec: str) -> str | None:
+    """The device name of a table's device or serial, or of a serial any stored measurement came from."""
+    for row, meta in _tables_meta(store):
+        if spec == meta.device_name or spec in meta.device_ids:
+            return str(row["device"])
+    profile = store.get_device(spec)
+    return None if profile is None else str(profile.device_name)
+
+
+def resolve_device_name(spec: str, store: Any | None = None, *, attached: bool = False) -> str:
+    """The device model name (`host`, `pixel4`, ...) that tables and predictors for SPEC are keyed on.
+
+    SPEC may be `host`, a device name or serial the store knows (a table's device or device
+    ids, or any measured device), or a device config name. With `attached`, a serial nobody
+    stored is looked up on the attached phones (predicting needs no phone, but a search may be
+    started with the serial of the phone it will later measure on); without, it is an error
+    listing the names the store knows.
+    """
+    if spec == "host":
+        return "host"
+    if "," in spec or spec == "all":
+        raise MnasError(f"--device {spec!r}: expected one device (host, a device name or a serial): "
+                        "a latency table or predictor holds one device model")
+    known = _stored_device_name(store, spec) if store is not None else None
+    if known is not None:
+        return known
+    from mnas.bench.device_config import load_all
+
+    configs = load_all()
+    if spec in configs:
+        return spec
+    if attached:
+        check_phone_names(spec, f"host, a device config name ({', '.join(sorted(configs))}) or the serial of an "
+                                "attached phone")
+        from mnas.bench.devices import select_devices
+
+        return select_devices(spec, timeout_s=30)[0].profile().device_name
+    tables = _tables_meta(store) if store is not None else []
+    names = sorted({str(row["device"]) for row, _ in tables} | {d for _, m in tables for d in m.device_ids})
+    raise MnasError(f"unknown device {spec!r}: expected host, or a device or serial with a latency table "
+                    f"(known: {', '.join(names) or 'none: run `mnas table build` first'})")
+
+
+def choose_table(store: Any, device_name: str, resolution: int, table: str | None = None) -> Any:
+    """The named table (checked for resolution/device/runtime) or the device's default/largest one.
+
+    A host table measured with another runtime version is refused, never silently used:
+    its latencies are not this host's.
+    """
+    from mnas.predictor.table import load_table
+
+    runtime = runtime_filter(device_name)
+    version = host_runtime()[1] if device_name == "host" else None
+    if table is not None:
+        loaded = load_table(store, table, resolution=resolution)
+        loaded.check(device_name=device_name, runtime=runtime, runtime_version=version)
+        return loaded
+    candidates = [(row, meta) for row, meta in _tables_meta(store) if meta.device_name == device_name]
+    if not candidates:
+        raise MnasError(f"no latency table for device {device_name!r}: expected one built with "
+                        f"`mnas table build --device {device_name} --resolution {resolution}`")
+    at_resolution = [(row, meta) for row, meta in candidates if meta.resolution == resolution]
+    if not at_resolution:
+        have = sorted({meta.resolution for _, meta in candidates})
+        raise MnasError(f"no latency table for device {device_name!r} at resolution {resolution}: "
+                        f"its tables are for resolution {', '.join(map(str, have))} (pass --resolution, "
+                        "or build one for this resolution)")
+    if runtime is not None:
+        matching = [(row, meta) for row, meta in at_resolution
+                    if (meta.runtime, meta.runtime_version) == (runtime, version)]
+        if not matching:
+            other = at_resolution[-1][1]
+            raise MnasError(f"latency table {other.name!r} was measured with runtime {other.runtime} "
+                            f"{other.runtime_version}: expected {runtime} {version} (this host's runtime)")
+        at_resolution = matching
+    row, _ = max(at_resolution, key=lambda item: (item[0]["entries"], item[0]["id"]))
+    return load_table(store, row["name"], resolution=resolution, runtime=runtime)
+
+
+def load_device_predictor(store: Any, device_name: str, resolution: int, runtime: str | None,
+                          predictor_id: int | None = None, space: Any = None) -> Any:
+    """Predictor `predictor_id`, else the latest for (device, resolution, runtime); its resolution is checked.
+
+    An explicit id wins over the device filters (the user picked it), but a predictor for
+    another resolution would predict a different network, so that is an error either way.
+    """
+    from mnas.predictor.predictors import load_predictor
+
+    predictor = load_predictor(store, predictor_id, device=None if predictor_id else device_name,
+                               resolution=None if predictor_id else resolution,
+                               runtime=None if predictor_id else runtime, space=space)
+    if predictor.resolution != resolution:
+        raise MnasError(f"predictor {predictor.predictor_id} is for resolution {predictor.resolution}: "
+                        f"expected {resolution}")
+    return predictor
+
+
+def device_predictor(store: Any, devices: Sequence[Device], resolution: int, predictor_id: int | None = None,
+                     space: Any = None) -> Any:
+    """The predictor for the model and runtime of the devices about to be measured (calibrate, eval)."""
+    if not devices:
+        raise MnasError("predictor: no devices: expected at least one device to choose the predictor for")
+    profile = devices[0].profile()
+    return load_device_predictor(store, profile.device_name, resolution, profile.runtime, predictor_id, space)
