@@ -91,13 +91,7 @@ class HostDevice:
         )
 
     def benchmark(self, model_path: Path, config: BenchConfig) -> Measurement:
-        model_path = Path(model_path)
-        if config.num_runs < 1 or config.warmup_runs < 0 or config.num_threads < 1 or config.min_secs < 0:
-            raise MnasError(
-                f"invalid benchmark settings: num_runs={config.num_runs} warmup_runs={config.warmup_runs} "
-                f"num_threads={config.num_threads} min_secs={config.min_secs:g} "
-                "(expected num_runs >= 1, warmup_runs >= 0, num_threads >= 1, min_secs >= 0)"
-            )
+        model_path = Path(model_path)  # the config validated itself when it was made (BenchConfig)
         check_tflite_file(model_path)
         load_runtime()  # a missing interpreter is the user's to fix: say so before spawning
         core = self.choose_core(config)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mnas.errors import MnasError
+from mnas.predictor.selection import check_phone_names, resolve_device_name
 from mnas.search.reward import Reward
 from mnas.search.runs import SearchSetup
 from mnas.space.search_space import mnasnet
@@ -99,21 +100,10 @@ def build_latency(cfg: dict[str, Any], store, workdir: Path):
     return HybridLatency(predicted(), measured(), share=float(lat.get("share", 0.1)), seed=int(cfg["seed"]))
 
 
-def predictor_device_name(device: str) -> str:
-    """The device name latency tables are keyed on: `host`, a config name (`pixel4`), or the
-    config matched by an attached phone's serial. Predicting needs no phone attached."""
-    from mnas.bench.device_config import load_all
-
-    configs = load_all()
-    if device == "host" or device in configs:
-        return device
-    if "," in device or device == "all":
-        raise MnasError(f"--device {device!r} with --latency predicted/hybrid: expected ONE device (host, a config "
-                        "name or a phone serial): a predictor is fitted for one device model")
-    check_phone_names(device, f"host, a device config name ({', '.join(sorted(configs))}) or the serial of an attached phone")
-    from mnas.bench.devices import select_devices
-
-    return select_devices(device, timeout_s=30)[0].profile().device_name
+def predictor_device_name(device: str, store: Any | None = None) -> str:
+    """The device name latency tables are keyed on (`resolve_device_name`, attached phones included):
+    predicting needs no phone attached, but a search may name the serial it will measure on."""
+    return resolve_device_name(device, store, attached=True)
 
 
 def build_setup(cfg: dict[str, Any], store, run_dir: Path) -> SearchSetup:
@@ -125,18 +115,3 @@ def build_setup(cfg: dict[str, Any], store, run_dir: Path) -> SearchSetup:
     return SearchSetup(space=space, searcher=searcher, accuracy=accuracy, latency=latency, reward=reward,
                        weights_dir=run_dir / "weights", keep_top=int(cfg.get("keep_top", 5)))
 
-
-def check_phone_names(spec: str, expected: str) -> None:
-    """Fail fast, naming the device, when `spec` names phones but no adb server runs to find them.
-
-    (`select_devices` says only that the adb server is missing; the user's mistake is more
-    often a misspelt name, so say both.)
-    """
-    names = [n.strip() for n in spec.split(",") if n.strip() not in ("", "host", "all")]
-    if not names:
-        return
-    from mnas.bench.adb_device import adb_client, adb_unavailable_reason
-
-    reason = adb_unavailable_reason(adb_client(10.0))
-    if reason:
-        raise MnasError(f"unknown device {names[0]!r}: expected {expected}; {reason}")

@@ -233,7 +233,8 @@ def test_user_errors_are_one_line_with_exit_2(built: Path, capsys: pytest.Captur
     assert mnas.error("predict", "nosuchmodel") == (
         f"mnas: error: unknown zoo model 'nosuchmodel': expected one of {', '.join(zoo.names())} or an arch string")
     assert mnas.error("table", "calibrate", "--device", "host", "--samples", "4", "--runs", "0") == (
-        "mnas: error: --runs 0 / --warmup 3 / --min-secs 0.4: expected runs >= 1, warmup >= 0, min-secs >= 0")
+        "mnas: error: invalid benchmark settings: num_runs=0 warmup_runs=3 num_threads=1 min_secs=0.4: "
+        "expected num_runs >= 1, warmup_runs >= 0, num_threads >= 1, min_secs >= 0")
     bad = tmp_path / "bad.json.gz"
     bad.write_bytes(gzip.compress(b'{"format": "something-else"}'))
     assert mnas.error("table", "import", str(bad)) == (
@@ -255,6 +256,24 @@ def test_no_table_and_no_predictor_errors(tmp_path: Path, capsys: pytest.Capture
         "expected one fitted with `mnas table fit`")
     assert mnas.error("table", "fit", "--device", "host", "--kind", "learned") == (
         f"mnas: error: latency table {TABLE!r} has 1 entry: expected at least 2 to fit a learned predictor")
+
+
+def test_build_on_ray_runs_the_same_build_on_a_host_actor(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--executor ray` through the command line: a one-node cluster started for the command, the host
+    measured inside a device actor, the same table a local build resumes."""
+    pytest.importorskip("ray")
+    mnas = Cli(tmp_path / "mnas.db", capsys)
+    # --min-cpu-share 0: nothing is flagged contended (the guard runs in the actor), so the resume is exact
+    on_ray = mnas.json("table", "build", "--executor", "ray", "--address", "local", "--device", "host",
+                       "--limit", "2", *TINY, "--min-cpu-share", "0")
+    assert (on_ray["executor"], on_ray["table_name"], on_ray["measured"], on_ray["remaining"]) == ("ray", TABLE, 2, 2498)
+    assert on_ray["per_device"] == {"host": 2} and on_ray["failures"] == []
+    with ResultsStore(mnas.db) as store:
+        entries = list(load_table(store, TABLE).entries.values())
+    assert len(entries) == 2 and {e.measurement["device_id"] for e in entries} == {"host"}
+    local = mnas.json("table", "build", "--device", "host", "--limit", "1", *TINY, "--min-cpu-share", "0")
+    assert (local["executor"], local["table_name"], local["already_stored"], local["measured"]) == (
+        "local", TABLE, 2, 1)
 
 
 def _entries(db: Path) -> int:
