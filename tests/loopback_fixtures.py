@@ -25,14 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from needs import needs
 
 from mnas.bench.loopback import manager
 
 ADB_PATH = Path("/usr/bin/adb")
 ADB_PORT_RANGE = (15000, 16000)
-requires_adb = pytest.mark.skipif(
-    not ADB_PATH.exists(), reason="Debian's adb is not installed at /usr/bin/adb (apt-get install adb)"
-)
+requires_adb = needs("ADB", ADB_PATH.exists(), "Debian's adb is not installed at /usr/bin/adb (apt-get install adb)")
 
 
 @dataclass(frozen=True)

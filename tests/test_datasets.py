@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from needs import need
 from PIL import Image
 
 from mnas.errors import MnasError
@@ -87,8 +88,8 @@ def test_uncompressed_idx_is_accepted(tmp_path: Path) -> None:
 
 
 def test_real_fashion_mnist_when_installed() -> None:
-    if not ds.fashion_mnist_installed():
-        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    need("DATASET", ds.fashion_mnist_installed(), "Debian's dataset-fashion-mnist is not installed "
+         "(apt-get install dataset-fashion-mnist)")
     data = ds.load_dataset("fashion-mnist")
     assert data.x.shape == (60000, 3, 28, 28) and data.num_classes == 10
     assert np.bincount(data.y).tolist() == [6000] * 10  # balanced classes

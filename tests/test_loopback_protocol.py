@@ -32,6 +32,7 @@ from loopback_fixtures import (
     stop_all,
     wait_until,
 )
+from needs import need
 
 from mnas.bench.device_config import load_config
 from mnas.bench.loopback import manager
@@ -296,8 +297,7 @@ def test_parse_mask() -> None:
 
 @pytest.fixture(scope="module")
 def adb(tmp_path_factory: pytest.TempPathFactory):
-    if not Path("/usr/bin/adb").exists():
-        pytest.skip("Debian's adb is not installed at /usr/bin/adb (apt-get install adb)")
+    need("ADB", Path("/usr/bin/adb").exists(), "Debian's adb is not installed at /usr/bin/adb (apt-get install adb)")
     with isolated_adb_server(tmp_path_factory.mktemp("adb")) as server:
         yield server
 
@@ -512,8 +512,9 @@ def test_taskset_pins_to_one_real_host_core(adb: IsolatedAdb, phones: dict[str, 
 @pytest.mark.adb
 @requires_adb
 def test_benchmark_model_runs_the_host_runner_and_truncation_fault(adb: IsolatedAdb, victim: manager.LoopbackPhone, tmp_path: Path) -> None:
-    bm_output = pytest.importorskip("mnas.bench.bm_output")
     from tflite_fixtures import small_conv
+
+    from mnas.bench import bm_output
 
     device = _device(adb, victim)
     binary = b"\x7fELF" + os.urandom(4096)  # an arm64 binary would do: it is never executed
