@@ -1,7 +1,7 @@
 """Block specifications in the official TF-TPU MnasNet block-string language, extended.
 
 Official strings (`r3_k5_s22_e3_i24_o40_se0.25`, `..._noskip`) parse and print unchanged.
-Two suffixes extend them to the search space's ops (design.md):
+Two suffixes extend them to the search space's ops (docs/architecture.md, "Architectures"):
 
 * `_conv`  - the conv op is a regular kxk convolution (cin -> cout, BN, activation) instead
   of the MBConv family; it requires `e1`.

@@ -1,6 +1,6 @@
 """The model zoo: official MnasNet variants and MobileNetV2, with depth multiplier.
 
-Block strings are the official TF-TPU ones (design.md). MobileNetV2 is expressed in the same
+Block strings are the official TF-TPU ones (docs/architecture.md, "Architectures"). MobileNetV2 is expressed in the same
 block language: its bottleneck is the MBConv without SE; it keeps ReLU6 and a head of
 1280 x max(1, multiplier) filters, as in its paper. MnasNet's head stays 1280 at every
 multiplier, as in the official code.

@@ -24,7 +24,7 @@ from mnas.errors import MnasError
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "device_configs"
 
 # name: (ro.product.model, ro.product.device, cores, pinned core, its max kHz, the cores sharing
-# that frequency) -- the facts of design.md "Pixel topologies"
+# that frequency) -- the facts of docs/architecture.md "Devices and their facts"
 PIXELS = {
     "pixel1": ("Pixel", "sailfish", 4, 3, 2150400, (2, 3)),
     "pixel2": ("Pixel 2", "walleye", 8, 7, 2457600, (4, 5, 6, 7)),
@@ -54,7 +54,7 @@ def test_shipped_pixels_load_with_the_documented_topology():
         assert config.source == REPO_CONFIGS / f"{name}.yaml"
     assert configs["pixel4"].pin_mask == "80" and configs["pixel8"].pin_mask == "100"
     assert configs["pixel1"].pin_mask == "8"
-    # design.md's cluster facts
+    # the cluster facts of docs/architecture.md
     assert configs["pixel4"].cluster_of(5).max_freq_khz == 2419200
     assert configs["pixel5"].max_freq_khz(6) == 2208000
     assert configs["pixel6"].cluster_of(4).cores == (4, 5)
