@@ -35,7 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mnas.bench.bm_output import BenchmarkOutput, format_benchmark_output, format_params
+from mnas.bench.bm_format import format_benchmark_output, format_params
+from mnas.bench.bm_output import BenchmarkOutput
 from mnas.bench.host import check_tflite_file
 from mnas.bench.host_worker import TimingResult, time_model
 from mnas.bench.runtime import load_runtime

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from mnas.bench.bm_format import format_benchmark_output
 from mnas.bench.bm_output import (
     BenchmarkParseError,
-    format_benchmark_output,
     parse_benchmark_output,
     require_complete,
 )

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from tflite_fixtures import small_conv
 
-from mnas.bench.bm_output import format_benchmark_output, parse_benchmark_output
+from mnas.bench.bm_format import format_benchmark_output
+from mnas.bench.bm_output import parse_benchmark_output
 from mnas.bench.bm_runner import logged_params, parse_flags, run, to_benchmark_output
 from mnas.bench.host_worker import TimingResult
 from mnas.bench.types import LatencyStats
