@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from mnas.bench.files import write_text_atomic
 from mnas.bench.topology import core_mask
 from mnas.errors import MnasError
 
@@ -425,16 +425,4 @@ def dump_config(config: DeviceConfig, path: str | Path) -> Path:
                         "(the file name without .yaml)")
     # validate what we are about to write with the same rules as a load
     parse_config(config.to_dict(), str(path), expected_name=path.stem)
-    text = config_to_yaml(config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, config_to_yaml(config))

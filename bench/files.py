@@ -1,11 +1,15 @@
-"""Model files: the one sha256 and the one TFLite check every device and cache uses."""
+"""Files: the one sha256 and TFLite check every device and cache uses, and the one atomic write."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from pathlib import Path
 
 from mnas.errors import MnasError
+
+__all__ = ["TFLITE_IDENTIFIER", "check_tflite_file", "sha256_file", "write_text_atomic"]
 
 TFLITE_IDENTIFIER = b"TFL3"
 
@@ -35,3 +39,23 @@ def check_tflite_file(model_path: Path) -> None:
         raise MnasError(
             f"{model_path}: not a TFLite model (file identifier {found!r} at bytes 4..8, expected b'TFL3')"
         )
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write `text` to `path` so that no reader ever sees half a file.
+
+    A temp file beside `path`, flushed to disk, then renamed over it: a device config being
+    rewritten or a benchmark child's result read by its parent is either old or whole.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

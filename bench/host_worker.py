@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mnas.bench.files import write_text_atomic
 from mnas.errors import MeasurementError, MnasError
 
 INPUT_SEED = 0  # fixed: every benchmark of a model feeds it the same input
@@ -229,9 +230,7 @@ def _pin(core: int) -> None:
 
 
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload))
 
 
 def child_main(argv: list[str] | None = None) -> int:
