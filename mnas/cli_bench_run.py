@@ -13,7 +13,6 @@ from pathlib import Path
 import click
 
 from mnas.cli_util import db_path, echo_json, echo_table, json_option
-from mnas.errors import MnasError
 
 
 def _ms(us: float | None) -> float | None:
@@ -69,8 +68,6 @@ def run(ctx: click.Context, models: tuple[str, ...], device_spec: str, runs: int
     from mnas.bench.store import ResultsStore
     from mnas.bench.types import BenchConfig
 
-    if runs < 1 or warmup < 0 or min_secs < 0:
-        raise MnasError(f"--runs {runs} / --warmup {warmup} / --min-secs {min_secs:g}: expected runs >= 1, warmup >= 0, min-secs >= 0")
     config = BenchConfig(warmup_runs=warmup, num_runs=runs, min_secs=min_secs, profile_ops=profile_ops,
                          core=core, timeout_s=timeout_s)
     database = db_path(ctx)
