@@ -26,7 +26,7 @@ from mnas.bench.adb import (
 )
 from mnas.bench.device_config import dump_config, load_all, load_config
 from mnas.bench.topology import parse_cpu_list
-from mnas.bench.types import BenchConfig, Measurement
+from mnas.bench.types import BenchConfig, Measurement, latency_ms
 from mnas.errors import MeasurementError, MnasError
 
 CONFIGS = load_all()
@@ -105,7 +105,9 @@ def test_benchmark_sends_exact_commands_and_records_conditions(tmp_path, files):
     assert m.stats.count == 50
     assert m.stats.mean_us == pytest.approx(20810.2)
     assert m.stats.std_us == 140 and m.stats.min_us == 20598 and m.stats.max_us == 21302
-    assert m.median_ms == pytest.approx(20.8102)  # no median printed: falls back to the mean
+    assert m.median_ms is None  # no median printed: the mean is never passed off as one
+    with pytest.raises(MnasError, match=r"no median \(the tool printed only its mean, 20\.810 ms\)"):
+        latency_ms(m)  # a phone's headline statistic is the median
     assert (m.init_us, m.first_us, m.warmup_avg_us) == (5123, 31250, 21400.5)
     assert m.peak_memory_mb == pytest.approx(15.1)
     # conditions
