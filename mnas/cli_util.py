@@ -7,12 +7,13 @@ their names (`median_ms`, `mult_adds`).
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 import click
+
+from mnas.json_safe import json_safe
 
 DEFAULT_DB = Path("results") / "mnas.db"
 
@@ -26,22 +27,8 @@ def db_path(ctx: click.Context) -> Path:
     return Path(chosen or os.environ.get("MNAS_DB") or DEFAULT_DB)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return value.item()
-    return value
-
-
 def echo_json(payload: Any) -> None:
-    click.echo(json.dumps(_jsonable(payload), indent=2, sort_keys=False))
+    click.echo(json.dumps(json_safe(payload), indent=2, sort_keys=False))
 
 
 def echo_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
