@@ -24,14 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from mnas.predictor.additive import AdditivePredictor
+from mnas.predictor.calibration import Calibration
 from mnas.predictor.features import layer_features, work
 from mnas.predictor.layers import enumerate_layers
-from mnas.predictor.predictors import (
-    AdditivePredictor,
-    Calibration,
-    LearnedPredictor,
-    LookupPredictor,
-)
+from mnas.predictor.learned import LearnedPredictor
+from mnas.predictor.lookup import LookupPredictor
 from mnas.predictor.table import LatencyTable, TableEntry, TableMeta, load_table
 from mnas.space.search_space import mnasnet
 
@@ -94,7 +92,8 @@ def main() -> None:
         table = load_table(ResultsStore(args.db or "results/mnas.db", create=False), args.table)
     else:
         table = synthetic_table(args.resolution)
-    lookup = LookupPredictor(table, calibration=Calibration(coef_sum=0.95, coef_layers=-0.01, intercept_ms=0.5, n=0))
+    lookup = LookupPredictor(table)
+    lookup.calibration_ = Calibration(coef_sum=0.95, coef_layers=-0.01, intercept_ms=0.5, n=0)
     learned = LearnedPredictor.from_table(table, model="gbr")
     results = [measure(p, args.rows, args.archs, args.repeats, args.seed) for p in (lookup, learned)]
     if args.json:

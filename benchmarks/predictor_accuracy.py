@@ -44,8 +44,10 @@ from mnas.bench.types import BenchConfig, latency_ms
 from mnas.predictor.build import build_table
 from mnas.predictor.evals import calibrate_on_device, evaluate_on_device
 from mnas.predictor.fitting import fit_predictor
+from mnas.predictor.learned import LearnedPredictor
+from mnas.predictor.lookup import LookupPredictor
 from mnas.predictor.metrics import evaluate
-from mnas.predictor.predictors import LearnedPredictor, LookupPredictor, save_predictor
+from mnas.predictor.registry import save_predictor
 from mnas.predictor.selection import table_name_for
 from mnas.predictor.table import export_table, load_table
 from mnas.space.search_space import mnasnet

@@ -1,9 +1,9 @@
 """Search quality at equal budget: the MnasNet PPO controller vs random search vs regularized evolution.
 
-Each searcher gets the same number of children, scored exactly as `mnas search` scores them
-(ask one, ACC x (LAT / T) ** w, tell one, in `run_search`'s order), over several seeds, with
-the soft and the hard reward of the paper. Reported per (reward, algorithm), mean +- std
-over seeds:
+Each searcher gets the same number of children, searched by the same loop as `mnas search`
+(`mnas.search.loop.run_search`, window 1: ask one, ACC x (LAT / T) ** w, tell one), over
+several seeds, with the soft and the hard reward of the paper. Reported per (reward,
+algorithm), mean +- std over seeds:
 
 * best reward found, and the mean reward of the last 20% of the children (where the search
   spends its budget once it has learned);
@@ -15,12 +15,13 @@ over seeds:
 
 Everything here is cheap, so the budget can be the paper's order of magnitude in minutes:
 latency comes from a predictor (by default the synthetic additive device of
-`tests/predictor_fakes.py` as a lookup table over every layer of the space at 224 px; with
-`--db` a stored predictor) and accuracy from `CheapAccuracy`, which is NOT an accuracy but a
-fixed saturating function of mult-adds (plus 1% hash noise): the searchers face a real
-accuracy/latency trade-off at no training cost. The loop runs in memory: `run_search`'s
-per-child checkpoint (a torch.save of the controller and Adam state, ~50 ms) would dominate
-a 1000-child PPO run here and says nothing about search quality.
+`mnas.search.synthetic_latency` as a lookup table over every layer of the space at 224 px;
+with `--db` a stored predictor) and accuracy from `CheapAccuracy`, which is NOT an accuracy
+but a fixed saturating function of mult-adds (plus 1% hash noise): the searchers face a real
+accuracy/latency trade-off at no training cost. The runs are kept in memory
+(`MemoryRunStore`): a per-child checkpoint in the database (a torch.save of the controller
+and Adam state, ~50 ms) would dominate a 1000-child PPO run here and says nothing about
+search quality.
 
     python benchmarks/search_quality.py [--samples 1000] [--seeds 3] [--target-ms T]
         [--db results/mnas.db [--predictor ID]] [--ppo-lr 0.00035] [--ppo-epochs 4]
@@ -40,31 +41,22 @@ import numpy as np
 import torch
 
 from mnas.errors import MnasError
-from mnas.predictor.layers import enumerate_layers
-from mnas.predictor.predictors import AdditivePredictor, LookupPredictor, load_predictor
-from mnas.predictor.table import LatencyTable, TableEntry, TableMeta
+from mnas.predictor.additive import AdditivePredictor
+from mnas.predictor.registry import load_predictor
 from mnas.search.accuracy import CheapAccuracy
 from mnas.search.latency import PredictedLatency
+from mnas.search.loop import run_search
 from mnas.search.report import hypervolume
 from mnas.search.reward import Reward
+from mnas.search.run_store import MemoryRunStore
+from mnas.search.runs import SearchSetup
 from mnas.search.setup import build_searcher
+from mnas.search.synthetic_latency import synthetic_predictor
 from mnas.space.search_space import SearchSpace, mnasnet
 
 ALGORITHMS = ("ppo", "random", "evolution")
 REWARDS = ("soft", "hard")
 TARGET_QUANTILE = 0.35  # default T: this quantile of random children's latency (a third of them under T)
-
-
-def synthetic_predictor(resolution: int = 224) -> LookupPredictor:
-    """The synthetic additive device of tests/predictor_fakes.py, as a table of every layer of the space."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from predictor_fakes import synthetic_layer_ms
-
-    layers = enumerate_layers(mnasnet(), resolution, 1000)
-    meta = TableMeta(name="synthetic", device_name="synthetic", runtime="synthetic", runtime_version="1",
-                     resolution=resolution, conditions="synthetic")
-    entries = {layer.key: TableEntry(layer.key, synthetic_layer_ms(layer), None, None, 1, 0.0) for layer in layers}
-    return LookupPredictor(LatencyTable(meta, entries))
 
 
 def stored_predictor(db: Path, predictor_id: int | None) -> AdditivePredictor:
@@ -79,23 +71,16 @@ def stored_predictor(db: Path, predictor_id: int | None) -> AdditivePredictor:
 
 def run_one(space: SearchSpace, algorithm: str, seed: int, samples: int, reward: Reward,
             latency: PredictedLatency, accuracy: CheapAccuracy, ppo: dict[str, Any]) -> dict[str, Any]:
-    """One search, child by child as `run_search` does it; returns the per-child arrays and the time."""
-    cfg: dict[str, Any] = {"algorithm": algorithm, "seed": seed}
-    if algorithm == "ppo":
-        cfg["ppo"] = ppo
-    searcher = build_searcher(cfg, space)
-    lat = np.empty(samples)
-    acc = np.empty(samples)
-    rew = np.empty(samples)
+    """One search through `run_search` (in memory); returns the per-child arrays and the time."""
+    setup = SearchSetup(space=space, searcher=build_searcher(space, algorithm, seed, ppo=ppo), accuracy=accuracy,
+                        latency=latency, reward=reward)
+    store = MemoryRunStore()
     started = time.perf_counter()
-    for i in range(samples):
-        tokens = searcher.ask(1)[0]
-        arch = space.decode(tokens)
-        acc[i] = accuracy.accuracy(arch).accuracy
-        lat[i] = latency.latency_ms([arch])[0].latency_ms
-        rew[i] = reward(float(acc[i]), float(lat[i]))
-        searcher.tell([tokens], [float(rew[i])])
-    return {"latency_ms": lat, "accuracy": acc, "reward": rew, "seconds": time.perf_counter() - started}
+    run_search(store, f"{algorithm}-{seed}", setup, samples, progress=False)
+    seconds = time.perf_counter() - started
+    rows = store.samples(f"{algorithm}-{seed}")
+    return {"latency_ms": np.array([r.latency_ms for r in rows]), "accuracy": np.array([r.accuracy for r in rows]),
+            "reward": np.array([r.reward for r in rows]), "seconds": seconds}
 
 
 def metrics(run: dict[str, Any], target_ms: float) -> dict[str, float]:

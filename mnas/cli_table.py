@@ -237,7 +237,7 @@ def fit_cmd(ctx: click.Context, device_spec: str, table_name: str | None, resolu
             model_name: str, no_fallback: bool, statistic: str, seed: int, as_json: bool) -> None:
     """Fit a predictor on a latency table and store it (uncalibrated; see `calibrate`)."""
     from mnas.predictor.fitting import fit_predictor
-    from mnas.predictor.predictors import save_predictor
+    from mnas.predictor.registry import save_predictor
     from mnas.predictor.selection import choose_table, resolve_device_name
 
     with _store(ctx) as store:
@@ -353,14 +353,14 @@ def eval_cmd(ctx: click.Context, device_spec: str, samples: int, seed: int, reso
             db_path(ctx).parent / "plots" / f"eval-p{predictor.predictor_id}-s{seed}-n{samples}.png")
         report = evaluate_on_device(predictor, devices, store, space, samples, seed, config, plot=plot,
                                     progress=not as_json, guard=_guard(tries, min_cpu_share), repeats=repeats)
-    payload = {"device": device_spec, "kind": predictor.kind, "calibrated": predictor.calibration is not None,
+    payload = {"device": device_spec, "kind": predictor.kind, "calibrated": predictor.calibration_ is not None,
                **report.to_dict()}
     if as_json:
         echo_json(payload)
         return
     m = report.metrics
     click.echo(f"predictor {report.predictor_id} ({predictor.kind}"
-               f"{', calibrated' if predictor.calibration is not None else ', uncalibrated'}) on {m['n']} held-out "
+               f"{', calibrated' if predictor.calibration_ is not None else ', uncalibrated'}) on {m['n']} held-out "
                f"networks (eval {report.eval_id}, seed {seed}; {report.excluded_calibration} calibration networks "
                f"excluded, overlap {report.overlap})")
     echo_table([{"metric": k, "value": _fmt(m[k], 4)} for k in
@@ -381,7 +381,7 @@ def eval_cmd(ctx: click.Context, device_spec: str, samples: int, seed: int, reso
 def list_cmd(ctx: click.Context, as_json: bool) -> None:
     """Stored tables (entries, device, runtime, resolution) and predictors (with their last eval)."""
     from mnas.predictor.evals import list_evals
-    from mnas.predictor.predictors import list_predictors
+    from mnas.predictor.registry import list_predictors
     from mnas.predictor.table import list_tables
 
     with _store(ctx) as store:

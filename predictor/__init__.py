@@ -15,7 +15,7 @@ x86 VM, LiteRT 2.3.0, 224x224, `benchmarks/predictor_accuracy.py`):
 3. **Contention guard** (`contention`): a host measurement whose benchmark process got less
    than 85% of its core is re-taken after a pause and flagged; flagged measurements are
    never reused nor fitted on, and every eval reports their share.
-4. **Sum + calibration** (`predictors`): a network is the sum of its layers, then
+4. **Sum + calibration** (`lookup`, `calibration`): a network is the sum of its layers, then
    `a + b * sum + c * layers + d * Mweights`, fitted on K measured networks. Timed alone,
    a layer runs with its weights hot in cache; inside a network they were evicted by the
    other layers, a cost that grows with the weights streamed — adding the weight count cut
@@ -27,6 +27,10 @@ x86 VM, LiteRT 2.3.0, 224x224, `benchmarks/predictor_accuracy.py`):
    streams and eval drops calibration hashes. Result on 150 held-out networks with K = 40:
    MAPE 3.7%, RMSE 0.39 ms, 70% within ±5%, 96.7% within ±10%, Kendall tau 0.937.
 
-Layers missing from a table come from a learned (gradient boosting) fallback and are
-counted separately (`fitting.prediction_rows`, `mnas predict`).
+Layers missing from a table come from a learned (gradient boosting) fallback (`learned`) and
+are counted separately (`LookupPredictor.layer_coverage`, `fitting.prediction_rows`, `mnas
+predict`). Whole networks of the space are summed through a precompiled index (`token_index`);
+stored predictors are saved and loaded by `registry`. The predictors follow scikit-learn's
+conventions (`additive`): parameters in `__init__`, fitted state ending in `_`, fitting
+returns self, and predicting changes nothing.
 """

@@ -23,6 +23,8 @@ import numpy as np
 from mnas.bench.contention import NETWORK_GUARD, ContentionGuard, contended_share
 from mnas.bench.types import BenchConfig, Device
 from mnas.errors import MnasError
+from mnas.json_safe import json_safe
+from mnas.predictor.additive import AdditivePredictor
 from mnas.predictor.endtoend import (
     CALIBRATION,
     EVALUATION,
@@ -30,8 +32,9 @@ from mnas.predictor.endtoend import (
     measure_networks,
     sample_archs,
 )
+from mnas.predictor.lookup import LookupPredictor
 from mnas.predictor.metrics import evaluate, scatter_png
-from mnas.predictor.predictors import AdditivePredictor, LookupPredictor, _json_safe, save_predictor
+from mnas.predictor.registry import ReadStore, read_records, save_predictor
 from mnas.predictor.table import Store, ensure_schema
 from mnas.space.search_space import SearchSpace
 
@@ -74,14 +77,12 @@ def calibrate_on_device(predictor: AdditivePredictor, devices: Sequence[Device],
                                 progress=progress, statistic=predictor.statistic, guard=guard, repeats=repeats,
                                 **kwargs)
     measured = np.asarray([n.measured_ms for n in networks])
-    predictor.calibration = None
-    raw = predictor.predict_ms(archs)
+    raw = predictor.raw_sums(archs).latency_ms  # what the predictor says before any calibration
     # a network still contended after every try measured the neighbours as much as itself:
     # fit on the clean ones when at least half (and enough for the coefficients) are clean
     clean = np.asarray([not any(m.extra.get("contended") for m in n.measurements) for n in networks])
     use = clean if clean.sum() >= max(MIN_CLEAN_FIT, len(networks) // 2) else np.ones(len(networks), dtype=bool)
-    calibration = predictor.calibrate([a for a, u in zip(archs, use, strict=True) if u], measured[use],
-                                      with_params=with_params)
+    predictor.calibrate([a for a, u in zip(archs, use, strict=True) if u], measured[use], with_params=with_params)
     fitted = predictor.predict_ms(archs)
     metrics = dict(predictor.metrics or {})
     metrics.pop("last_eval", None)
@@ -94,8 +95,9 @@ def calibrate_on_device(predictor: AdditivePredictor, devices: Sequence[Device],
         "calibration_fitted_on": int(use.sum()),
     })
     predictor_id = save_predictor(store, predictor, predictor.table_id, metrics)
+    assert predictor.calibration_ is not None
     return CalibrationReport(predictor_id, networks, metrics["calibration_fit"], metrics["uncalibrated_fit"],
-                             calibration.to_dict())
+                             predictor.calibration_.to_dict())
 
 
 @dataclass
@@ -133,17 +135,8 @@ def evaluate_on_device(predictor: AdditivePredictor, devices: Sequence[Device], 
                                 progress=progress, statistic=predictor.statistic, guard=guard, repeats=repeats,
                                 **kwargs)
     measured = np.asarray([n.measured_ms for n in networks])
-    coverage: dict[str, Any] = {}
-    if isinstance(predictor, LookupPredictor):
-        before = predictor.stats.to_dict()
-        predicted = predictor.predict_ms(archs)
-        after = predictor.stats.to_dict()
-        layers = after["layers"] - before["layers"]
-        from_fallback = after["from_fallback"] - before["from_fallback"]
-        coverage = {"layers": layers, "from_table": layers - from_fallback, "from_fallback": from_fallback,
-                    "coverage_share": 1.0 - from_fallback / layers if layers else 1.0}
-    else:
-        predicted = predictor.predict_ms(archs)
+    predicted = predictor.predict_ms(archs)
+    coverage = predictor.layer_coverage(archs).to_dict() if isinstance(predictor, LookupPredictor) else {}
     metrics = {**evaluate(predicted, measured), "statistic": predictor.statistic,
                "contended_share": contended_share([m for n in networks for m in n.measurements]),
                "repeats": repeats}
@@ -168,12 +161,12 @@ def save_eval(store: Store, predictor_id: int | None, device_id: str, seed: int,
             "INSERT INTO predictor_evals (predictor_id, device_id, seed, samples, conditions, metrics, rows, plot, "
             "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (predictor_id, device_id, seed, len(rows), config.conditions_key(),
-             json.dumps(_json_safe({**metrics, "coverage": coverage or {}}), sort_keys=True),
-             json.dumps(_json_safe(rows)), None if plot is None else str(plot), time.time()))
+             json.dumps(json_safe({**metrics, "coverage": coverage or {}}), sort_keys=True),
+             json.dumps(json_safe(rows)), None if plot is None else str(plot), time.time()))
         return int(cursor.lastrowid)
 
 
-def list_evals(store: Store, predictor_id: int | None = None) -> list[dict[str, Any]]:
+def list_evals(store: ReadStore, predictor_id: int | None = None) -> list[dict[str, Any]]:
     """Stored eval runs (newest last): id, predictor_id, device_id, seed, samples, metrics, plot, created."""
     ensure_schema(store)
     sql = "SELECT id, predictor_id, device_id, seed, samples, conditions, metrics, plot, created FROM predictor_evals"
@@ -181,12 +174,5 @@ def list_evals(store: Store, predictor_id: int | None = None) -> list[dict[str, 
     if predictor_id is not None:
         sql += " WHERE predictor_id = ?"
         args = (predictor_id,)
-    with store.transaction() as conn:
-        found = conn.execute(sql + " ORDER BY id", args).fetchall()
-    keys = ("id", "predictor_id", "device_id", "seed", "samples", "conditions", "metrics", "plot", "created")
-    out = []
-    for row in found:
-        item = dict(zip(keys, row, strict=True))
-        item["metrics"] = json.loads(item["metrics"])
-        out.append(item)
-    return out
+    return read_records(store, sql + " ORDER BY id", args,
+                        ("id", "predictor_id", "device_id", "seed", "samples", "conditions", "metrics", "plot", "created"))

@@ -1,10 +1,11 @@
-"""Numeric features of a layer, for the learned (nn-Meter-like) latency predictor.
+"""Numeric features of a layer, for the learned (nn-Meter-like) predictor and the calibration.
 
 Latency of a mobile CPU kernel follows compute (mult-adds) and memory traffic, modulated by
 the kernel implementation (op kind, kernel size, stride, channel counts that hit or miss
 vector widths). The features give a regressor all of those; `work` is the scale the learned
 predictor divides latency by, so trees predict a per-work cost that carries over to
-resolutions and widths the table never measured.
+resolutions and widths the table never measured; `layer_mparams` is the weight count the
+calibration adds (weights evicted from cache inside a network cost time).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import numpy as np
 
 from mnas.space.arch import LayerSig
 from mnas.space.cost import layer_cost
+
+__all__ = ["FEATURE_NAMES", "layer_feature_row", "layer_features", "layer_mparams", "memory_bytes", "op_name", "work"]
 
 BYTES_PER_VALUE = 4  # float32 tensors and weights
 OPS: tuple[str, ...] = ("stem", "conv", "dsconv", "mbconv", "head")
@@ -69,3 +72,9 @@ def work(features: np.ndarray) -> np.ndarray:
     flops = features[:, names.index("mult_adds")]
     mem = features[:, names.index("memory_bytes")]
     return flops / 1e6 + mem / 1e6 + 1e-3
+
+
+def layer_mparams(layers: Sequence[LayerSig]) -> np.ndarray:
+    """Million weights of each layer: what a network streams from memory per inference (the
+    calibration's weight term)."""
+    return np.asarray([layer_cost(layer).params / 1e6 for layer in layers], dtype=np.float64)

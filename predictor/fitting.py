@@ -17,8 +17,10 @@ import numpy as np
 
 from mnas.bench.types import check_statistic, headline_statistic
 from mnas.errors import MnasError
+from mnas.predictor.additive import AdditivePredictor
+from mnas.predictor.learned import LearnedPredictor
+from mnas.predictor.lookup import LookupPredictor
 from mnas.predictor.metrics import evaluate
-from mnas.predictor.predictors import AdditivePredictor, LearnedPredictor, LookupPredictor
 from mnas.predictor.table import LatencyTable
 from mnas.space.arch import Arch, LayerSig
 
@@ -38,8 +40,8 @@ def learned_holdout(table: LatencyTable, model: str, seed: int, statistic: str =
     layers = [LayerSig.from_key(k) for k in keys]
     by_key = table.latencies(statistic)
     ms = np.asarray([by_key[k] for k in keys])
-    predictor = LearnedPredictor.fit([layers[i] for i in train], ms[train], model=model, seed=seed,
-                                     resolution=table.meta.resolution, num_classes=table.meta.num_classes)
+    predictor = LearnedPredictor(model, seed=seed, resolution=table.meta.resolution, num_classes=table.meta.num_classes,
+                                 statistic=statistic).fit([layers[i] for i in train], ms[train])
     return evaluate(predictor.predict_layers_ms([layers[i] for i in test]), ms[test])
 
 
@@ -83,20 +85,21 @@ def _table_name(predictor: AdditivePredictor) -> str | None:
     if isinstance(predictor, LookupPredictor):
         return predictor.table.meta.name
     if isinstance(predictor, LearnedPredictor):
-        return predictor.trained_on.get("table")
+        return predictor.trained_on_.get("table")
     return None
 
 
 def prediction_rows(predictor: AdditivePredictor, archs: Sequence[tuple[str, Arch]]) -> list[dict[str, Any]]:
     """One row per (input text, arch): predicted ms, layer sources, and which predictor answered."""
     predicted = predictor.predict_ms([arch for _, arch in archs])
-    raw, counts = predictor.raw_ms([arch for _, arch in archs])
-    calibration = predictor.calibration
+    raw = predictor.raw_sums([arch for _, arch in archs])
+    assert raw.counts is not None
+    calibration = predictor.calibration_
     rows = []
-    for (text, arch), ms, raw_ms, count in zip(archs, predicted, raw, counts, strict=True):
-        layers = arch.layers(predictor.resolution, predictor.num_classes)
+    for (text, arch), ms, raw_ms, count in zip(archs, predicted, raw.latency_ms, raw.counts, strict=True):
         if isinstance(predictor, LookupPredictor):
-            from_table = sum(layer.key in predictor.table for layer in layers)
+            coverage = predictor.layer_coverage([arch])
+            from_table = coverage.layers - coverage.from_fallback
         else:
             from_table = 0
         rows.append({

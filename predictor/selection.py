@@ -177,7 +177,7 @@ def load_device_predictor(store: Any, device_name: str, resolution: int, runtime
     An explicit id wins over the device filters (the user picked it), but a predictor for
     another resolution would predict a different network, so that is an error either way.
     """
-    from mnas.predictor.predictors import load_predictor
+    from mnas.predictor.registry import load_predictor
 
     predictor = load_predictor(store, predictor_id, device=None if predictor_id else device_name,
                                resolution=None if predictor_id else resolution,

@@ -12,18 +12,14 @@ from predictor_fakes import SyntheticDevice, measure_archs, synthetic_layer_ms, 
 from mnas.bench.store import ResultsStore
 from mnas.bench.types import BenchConfig
 from mnas.errors import MnasError
+from mnas.predictor.additive import LatencyPredictor
 from mnas.predictor.build import build_table
+from mnas.predictor.calibration import Calibration
 from mnas.predictor.layers import enumerate_layers
+from mnas.predictor.learned import LearnedPredictor
+from mnas.predictor.lookup import LookupPredictor
 from mnas.predictor.metrics import evaluate, scatter_png
-from mnas.predictor.predictors import (
-    Calibration,
-    LatencyPredictor,
-    LearnedPredictor,
-    LookupPredictor,
-    list_predictors,
-    load_predictor,
-    save_predictor,
-)
+from mnas.predictor.registry import list_predictors, load_predictor, save_predictor
 from mnas.predictor.table import LatencyTable, load_table
 from mnas.space.search_space import SearchSpace, mnasnet
 
@@ -57,10 +53,11 @@ def test_lookup_predicts_an_additive_device_exactly(store: ResultsStore, tmp_pat
     np.testing.assert_allclose(predicted, measured, rtol=1e-12, atol=0)
     tokens = np.asarray([SMALL.encode(a) for a in archs])
     np.testing.assert_allclose(predictor.predict_tokens(tokens), measured, rtol=1e-12, atol=0)
-    layerwise, counts = predictor._raw_layers(archs)
-    np.testing.assert_allclose(layerwise, measured, rtol=1e-12, atol=0)
-    assert counts.tolist() == [len(a.layers(RES)) for a in archs]
-    assert predictor.stats.from_fallback == 0 and predictor.stats.coverage == 1.0
+    layerwise = predictor._raw_layers(archs)
+    np.testing.assert_allclose(layerwise.latency_ms, measured, rtol=1e-12, atol=0)
+    assert layerwise.counts is not None and layerwise.counts.tolist() == [len(a.layers(RES)) for a in archs]
+    coverage = predictor.layer_coverage(archs)
+    assert coverage.from_fallback == 0 and coverage.coverage == 1.0
 
 
 def test_predict_tokens_matches_layers_on_the_full_space() -> None:
@@ -90,7 +87,9 @@ def test_calibration_recovers_per_model_and_per_layer_overheads(store: ResultsSt
     device = SyntheticDevice(per_model_ms=1.5, per_layer_ms=0.05)
     predictor = LookupPredictor(small_table(store, device), space=SMALL)
     train = sample(SMALL, 20, seed=11)
-    calibration = predictor.calibrate(train, measure_archs(device, train, tmp_path, RES))
+    assert predictor.calibrate(train, measure_archs(device, train, tmp_path, RES)) is predictor
+    calibration = predictor.calibration_
+    assert calibration is not None
     assert calibration.coef_sum == pytest.approx(1.0, abs=1e-9)
     assert calibration.coef_layers == pytest.approx(-1.5, abs=1e-9)
     assert calibration.intercept_ms == pytest.approx(1.5, abs=1e-9)
@@ -135,11 +134,14 @@ def test_missing_layers_go_to_the_fallback_and_are_counted(store: ResultsStore) 
     expected = np.asarray([sum(table.latency_ms(layer.key) if layer.key in table else
                                fallback.predict_layers_ms([layer])[0] for layer in a.layers(RES)) for a in archs])
     np.testing.assert_allclose(predictor.predict_ms(archs), expected, rtol=1e-12)
-    assert predictor.stats.layers == len(layers)
-    assert predictor.stats.from_fallback == len(missing)
-    assert predictor.stats.coverage == pytest.approx(1 - len(missing) / len(layers))
-    np.testing.assert_allclose(predictor._raw_layers(archs)[0], expected, rtol=1e-12)  # layer path
-    assert sum(predictor.stats.fallback_keys.values()) == len(missing)  # counted by key there
+    counted = predictor.layer_coverage(archs)
+    assert counted.layers == len(layers)
+    assert counted.from_fallback == len(missing)
+    assert counted.coverage == pytest.approx(1 - len(missing) / len(layers))
+    np.testing.assert_allclose(predictor._raw_layers(archs).latency_ms, expected, rtol=1e-12)  # layer path
+    assert sum(counted.fallback_keys.values()) == len(missing)  # counted by key
+    assert counted.to_dict() == {"layers": len(layers), "from_table": len(layers) - len(missing),
+                                 "from_fallback": len(missing), "coverage_share": counted.coverage}
     coverage = predictor.space_coverage()
     assert (coverage["in_table"], coverage["from_fallback"], coverage["unpredictable"]) == (300, 280, 0)
     assert coverage["coverage_share"] == pytest.approx(300 / 580)
@@ -150,7 +152,8 @@ def test_learned_predictor_generalises_to_another_resolution() -> None:
     layers = enumerate_layers(space, 224)
     ms = np.asarray([synthetic_layer_ms(layer) for layer in layers])
     train = np.random.default_rng(0).permutation(len(layers))[:1200]
-    predictor = LearnedPredictor.fit([layers[i] for i in train], ms[train], resolution=192)
+    predictor = LearnedPredictor(resolution=192)
+    assert predictor.fit([layers[i] for i in train], ms[train]) is predictor
     unseen = enumerate_layers(space, 192)
     layer_metrics = evaluate(predictor.predict_layers_ms(unseen), [synthetic_layer_ms(layer) for layer in unseen])
     assert layer_metrics["within_10pct_share"] >= 0.95
@@ -158,9 +161,9 @@ def test_learned_predictor_generalises_to_another_resolution() -> None:
     arch_metrics = evaluate(predictor.predict_ms(archs), [sum(synthetic_layer_ms(layer) for layer in a.layers(192)) for a in archs])
     assert arch_metrics["within_10pct_share"] == 1.0 and arch_metrics["kendall_tau"] > 0.95
     with pytest.raises(MnasError, match=r"^learned predictor model 'svm': expected one of \('rf', 'gbr'\)$"):
-        LearnedPredictor.fit(layers[:5], ms[:5], model="svm")
+        LearnedPredictor(model="svm").fit(layers[:5], ms[:5])
     with pytest.raises(MnasError, match=r"^learned predictor: 5 layers vs 4 latencies: expected one latency per layer$"):
-        LearnedPredictor.fit(layers[:5], ms[:4])
+        LearnedPredictor().fit(layers[:5], ms[:4])
 
 
 def test_save_and_load_round_trip(store: ResultsStore, tmp_path: Path) -> None:
@@ -176,7 +179,7 @@ def test_save_and_load_round_trip(store: ResultsStore, tmp_path: Path) -> None:
     lookup_id = save_predictor(store, lookup, part.table_id, {"mape_pct": 1.25, "kendall_tau": float("nan")})
     learned_id = save_predictor(store, learned, full.table_id, {"mape_pct": 2.5})
     again = load_predictor(store, lookup_id, space=SMALL)
-    assert isinstance(again, LookupPredictor) and again.calibration == lookup.calibration
+    assert isinstance(again, LookupPredictor) and again.calibration_ == lookup.calibration_
     assert np.array_equal(again.predict_ms(archs), lookup.predict_ms(archs))
     assert np.array_equal(again.predict_tokens(tokens), lookup.predict_tokens(tokens))
     assert again.metrics == {"mape_pct": 1.25, "kendall_tau": None} and again.table_id == part.table_id
@@ -189,6 +192,63 @@ def test_save_and_load_round_trip(store: ResultsStore, tmp_path: Path) -> None:
     rows = list_predictors(store)
     assert [(r["id"], r["kind"], r["table"], r["resolution"]) for r in rows] == [
         (lookup_id, "lookup", "part", RES), (learned_id, "learned", "full", RES)]
+
+
+def test_predicting_changes_nothing_and_parameters_are_kept_as_given(store: ResultsStore) -> None:
+    full = small_table(store, SyntheticDevice(), name="full")
+    part = small_table(store, SyntheticDevice(), name="part", limit=300)
+    learned = LearnedPredictor("rf", seed=3, statistic="median")
+    assert (learned.model, learned.seed, learned.model_, dict(learned.trained_on_)) == ("rf", 3, None, {})
+    with pytest.raises(MnasError, match=r"^learned predictor: not fitted: expected fit"):
+        learned.predict_layers_ms(enumerate_layers(SMALL, RES)[:1])
+    learned = LearnedPredictor.from_table(full, model="rf", space=SMALL)
+    predictor = LookupPredictor(part, fallback=learned, space=SMALL)
+    assert predictor.calibration_ is None and predictor.table_id == part.table_id and learned.table_id == full.table_id
+    archs = sample(SMALL, 30, seed=6)
+    tokens = np.asarray([SMALL.encode(a) for a in archs])
+
+    def public(p: object) -> dict:
+        return {k: v for k, v in vars(p).items() if not k.startswith("_")}
+
+    first = predictor.predict_ms(archs)
+    seen, seen_learned, coverage = public(predictor), public(learned), predictor.layer_coverage(archs)
+    for _ in range(2):
+        np.testing.assert_array_equal(predictor.predict_ms(archs), first)
+        np.testing.assert_array_equal(predictor.predict_tokens(tokens), first)
+    assert public(predictor) == seen and public(learned) == seen_learned  # memoized indexes only
+    assert predictor.layer_coverage(archs) == coverage  # the same answer however often it predicted
+
+
+def test_a_state_stored_before_the_split_still_loads(store: ResultsStore, tmp_path: Path) -> None:
+    import pickle
+    import time
+
+    from mnas.predictor.features import FEATURE_NAMES
+
+    device = SyntheticDevice(per_model_ms=0.7)
+    full = small_table(store, device, name="full")
+    part = small_table(store, device, name="part", limit=200)
+    fresh = LookupPredictor(part, fallback=LearnedPredictor.from_table(full, model="rf", space=SMALL), space=SMALL)
+    train = sample(SMALL, 10, seed=4)
+    fresh.calibrate(train, measure_archs(device, train, tmp_path, RES))
+    assert fresh.calibration_ is not None and fresh.fallback is not None
+    old = {"version": 1, "kind": "lookup", "table": "part", "statistic": "median",
+           "calibration": {"coef_sum": fresh.calibration_.coef_sum, "coef_layers": fresh.calibration_.coef_layers,
+                           "intercept_ms": fresh.calibration_.intercept_ms, "n": 10, "coef_mparams": 0.0,
+                           "uses_params": False},
+           "fallback": {"version": 1, "kind": "learned", "model": fresh.fallback.model_, "model_name": "rf",
+                        "target": "log_per_work", "resolution": RES, "num_classes": 1000, "calibration": None,
+                        "feature_names": list(FEATURE_NAMES), "sklearn_version": "1.0",
+                        "trained_on": {"layers": len(full), "seed": 0, "table": "full", "table_id": full.table_id,
+                                       "statistic": "median"}}}
+    with store.transaction() as conn:
+        conn.execute("INSERT INTO predictors (table_id, kind, params, metrics, created) VALUES (?, ?, ?, ?, ?)",
+                     (part.table_id, "lookup", pickle.dumps(old), "{}", time.time()))
+    again = load_predictor(store, kind="lookup", space=SMALL)
+    assert isinstance(again, LookupPredictor) and again.calibration_ == fresh.calibration_
+    assert again.fallback is not None and again.fallback.table_id == full.table_id
+    archs = sample(SMALL, 40, seed=9)
+    np.testing.assert_array_equal(again.predict_ms(archs), fresh.predict_ms(archs))
 
 
 def test_calibration_fit_matches_hand_solution() -> None:

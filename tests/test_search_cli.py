@@ -27,12 +27,9 @@ from mnas.bench.store import ResultsStore
 from mnas.bench.types import BenchConfig
 from mnas.predictor.build import build_table
 from mnas.predictor.layers import enumerate_layers
-from mnas.predictor.predictors import (
-    LearnedPredictor,
-    LookupPredictor,
-    load_predictor,
-    save_predictor,
-)
+from mnas.predictor.learned import LearnedPredictor
+from mnas.predictor.lookup import LookupPredictor
+from mnas.predictor.registry import load_predictor, save_predictor
 from mnas.predictor.table import load_table
 from mnas.search.accuracy import ProxyTask, ProxyTrainer, evaluate
 from mnas.search.datasets import fashion_mnist_installed

@@ -1,0 +1,167 @@
+"""Stored predictors: save them to the results database, list them, load them back.
+
+A predictor is stored as a pickled state dict (format version `STATE_VERSION`; a lookup
+predictor's table stays in the store and is referenced by id) plus the table it came from and
+its metrics as JSON. Listing and loading only read: they go through the store's plain reads,
+never its write transaction, so they neither wait for nor hold up a table build or a
+calibration writing to the same database.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any, Protocol
+
+from mnas.errors import MnasError
+from mnas.json_safe import json_safe
+from mnas.predictor.additive import AdditivePredictor
+from mnas.predictor.calibration import Calibration
+from mnas.predictor.features import FEATURE_NAMES
+from mnas.predictor.learned import LearnedPredictor
+from mnas.predictor.lookup import LookupPredictor
+from mnas.predictor.table import LatencyTable, Store, ensure_schema, load_table
+from mnas.space.search_space import SearchSpace
+
+__all__ = ["STATE_VERSION", "ReadStore", "list_predictors", "load_predictor", "predictor_from_state",
+           "predictor_state", "read_records", "save_predictor"]
+
+STATE_VERSION = 1
+
+
+class ReadStore(Store, Protocol):
+    """A `Store` that also reads outside any write transaction (`ResultsStore.read`)."""
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+
+# ------------------------------------------------------------------------------ state
+
+def _calibration_state(calibration: Calibration | None) -> dict[str, Any] | None:
+    return None if calibration is None else asdict(calibration)
+
+
+def _calibration_from_state(state: dict[str, Any]) -> Calibration | None:
+    return Calibration(**state["calibration"]) if state.get("calibration") else None
+
+
+def _learned_state(p: LearnedPredictor) -> dict[str, Any]:
+    import sklearn
+
+    return {"version": STATE_VERSION, "kind": "learned", "model": p.model_, "model_name": p.model,
+            "target": p.target, "resolution": p.resolution, "num_classes": p.num_classes,
+            "calibration": _calibration_state(p.calibration_), "feature_names": list(FEATURE_NAMES),
+            "trained_on": dict(p.trained_on_), "sklearn_version": sklearn.__version__}
+
+
+def predictor_state(predictor: AdditivePredictor) -> dict[str, Any]:
+    """Everything needed to rebuild `predictor` (a lookup predictor's table stays in the store)."""
+    if isinstance(predictor, LearnedPredictor):
+        return _learned_state(predictor)
+    if isinstance(predictor, LookupPredictor):
+        return {"version": STATE_VERSION, "kind": "lookup", "table": predictor.table.meta.name,
+                "statistic": predictor.statistic, "calibration": _calibration_state(predictor.calibration_),
+                "fallback": None if predictor.fallback is None else _learned_state(predictor.fallback)}
+    raise MnasError(f"predictor kind {getattr(predictor, 'kind', type(predictor).__name__)!r}: expected lookup or learned")
+
+
+def _learned_from_state(state: dict[str, Any], space: SearchSpace | None,
+                        table_id: int | None = None) -> LearnedPredictor:
+    if state.get("feature_names") != list(FEATURE_NAMES):
+        raise MnasError("stored learned predictor: its feature names differ from this version's: expected a predictor "
+                        "fitted by this mnas version (refit it with `mnas table fit`)")
+    trained_on = dict(state.get("trained_on") or {})
+    if table_id is not None:  # stored before `trained_on` named its table
+        trained_on.setdefault("table_id", table_id)
+    predictor = LearnedPredictor(state["model_name"], target=state["target"], seed=int(trained_on.get("seed", 0)),
+                                 resolution=state["resolution"], num_classes=state["num_classes"], space=space,
+                                 statistic=str(trained_on.get("statistic", "median")))
+    predictor.model_ = state["model"]  # restoring fitted state, as unpickling an estimator does
+    predictor.trained_on_ = trained_on
+    predictor.calibration_ = _calibration_from_state(state)
+    return predictor
+
+
+def predictor_from_state(state: dict[str, Any], table: LatencyTable | None = None,
+                         space: SearchSpace | None = None, table_id: int | None = None) -> AdditivePredictor:
+    """The predictor `predictor_state` described; `table`: a lookup predictor's; `table_id`: where it is stored."""
+    if state.get("version") != STATE_VERSION:
+        raise MnasError(f"stored predictor: state version {state.get('version')!r}: expected {STATE_VERSION}")
+    if state.get("kind") == "learned":
+        return _learned_from_state(state, space, table_id)
+    if state.get("kind") == "lookup":
+        if table is None:
+            raise MnasError("stored lookup predictor: its latency table is missing: expected the table it was fitted on")
+        fallback = _learned_from_state(state["fallback"], space) if state.get("fallback") else None
+        predictor = LookupPredictor(table, fallback=fallback, space=space, statistic=state.get("statistic", "median"))
+        predictor.calibration_ = _calibration_from_state(state)
+        return predictor
+    raise MnasError(f"stored predictor: kind {state.get('kind')!r}: expected 'lookup' or 'learned'")
+
+
+# ------------------------------------------------------------------------------ the store
+
+def save_predictor(store: Store, predictor: AdditivePredictor, table_id: int | None,
+                   metrics: dict[str, Any] | None = None) -> int:
+    """Store the predictor (pickled state), the table it came from and its metrics; returns its id."""
+    ensure_schema(store)
+    blob = pickle.dumps(predictor_state(predictor), protocol=pickle.HIGHEST_PROTOCOL)
+    metrics = dict(metrics or {})
+    with store.transaction() as conn:
+        cursor = conn.execute(
+            "INSERT INTO predictors (table_id, kind, params, metrics, created) VALUES (?, ?, ?, ?, ?)",
+            (table_id, predictor.kind, blob, json.dumps(json_safe(metrics), sort_keys=True), time.time()))
+        predictor_id = int(cursor.lastrowid)
+    predictor.predictor_id = predictor_id
+    predictor.metrics = metrics
+    return predictor_id
+
+
+def list_predictors(store: ReadStore) -> list[dict[str, Any]]:
+    """One row per stored predictor: id, kind, table, device, runtime, resolution, metrics, created."""
+    ensure_schema(store)
+    return read_records(
+        store, "SELECT p.id, p.kind, p.table_id, t.name, t.device, t.runtime, t.version, t.resolution, p.metrics, "
+        "p.created FROM predictors p LEFT JOIN latency_tables t ON t.id = p.table_id ORDER BY p.id", (),
+        ("id", "kind", "table_id", "table", "device", "runtime", "runtime_version", "resolution", "metrics", "created"))
+
+
+def read_records(store: ReadStore, sql: str, params: Sequence[Any], keys: Sequence[str]) -> list[dict[str, Any]]:
+    """The query's rows as dicts named by `keys`, the JSON `metrics` column parsed (predictors and evals)."""
+    records = [dict(zip(keys, row, strict=True)) for row in store.read(sql, params)]
+    for record in records:
+        record["metrics"] = json.loads(record["metrics"])
+    return records
+
+
+def load_predictor(store: ReadStore, predictor_id: int | None = None, *, device: str | None = None,
+                   resolution: int | None = None, runtime: str | None = None, kind: str | None = None,
+                   space: SearchSpace | None = None) -> AdditivePredictor:
+    """A stored predictor by id, or the latest one whose table matches device/resolution/runtime/kind."""
+    ensure_schema(store)
+    asked = {"p.id": predictor_id, "t.device": device, "t.resolution": resolution, "t.runtime": runtime,
+             "p.kind": kind}
+    where = [f"{column} = ?" for column, value in asked.items() if value is not None]
+    sql = ("SELECT p.id, p.table_id, p.params, p.metrics FROM predictors p LEFT JOIN latency_tables t "
+           "ON t.id = p.table_id" + (" WHERE " + " AND ".join(where) if where else "") +
+           " ORDER BY p.created DESC, p.id DESC LIMIT 1")
+    found = store.read(sql, [value for value in asked.values() if value is not None])
+    if not found:
+        wanted = ", ".join(f"{column.split('.')[1]}={value}" for column, value in asked.items()
+                           if value is not None) or "any"
+        raise MnasError(f"no stored predictor matches {wanted}: expected one fitted with `mnas table fit`")
+    pid, table_id, blob, metrics = found[0]
+    try:
+        state = pickle.loads(blob)
+    except Exception as exc:  # unpickling a model from another scikit-learn version may fail many ways
+        raise MnasError(f"stored predictor {pid}: cannot be unpickled ({type(exc).__name__}: {exc}): "
+                        "expected the scikit-learn version it was saved with; refit it") from None
+    table_id = None if table_id is None else int(table_id)
+    table = load_table(store, table_id) if state.get("kind") == "lookup" and table_id is not None else None
+    predictor = predictor_from_state(state, table=table, space=space, table_id=table_id)
+    predictor.predictor_id = int(pid)
+    predictor.metrics = json.loads(metrics)
+    return predictor
