@@ -29,9 +29,9 @@ import torch
 
 from mnas.bench.store import ResultsStore
 from mnas.search.accuracy import AccuracyResult, CheapAccuracy
-from mnas.search.async_search import run_search_async
 from mnas.search.executors import LocalExecutor, RayExecutor
 from mnas.search.latency import PredictedLatency
+from mnas.search.loop import run_search
 from mnas.search.reward import Reward
 from mnas.search.run_store import RunStore
 from mnas.search.runs import SearchSetup
@@ -103,12 +103,12 @@ def warm_up(workers: int) -> None:
 
 def one_run(executor, accuracy: CostlyAccuracy, children: int, window: int, folder: Path, name: str) -> tuple[float, float]:
     space = mnasnet()
-    setup = SearchSetup(space=space, searcher=build_searcher({"algorithm": "ppo", "seed": 0}, space), accuracy=accuracy,
+    setup = SearchSetup(space=space, searcher=build_searcher(space, "ppo", 0), accuracy=accuracy,
                         latency=PredictedLatency(MaccPredictor()), reward=Reward.soft(75.0), weights_dir=None)
     run_store = RunStore(ResultsStore(folder / f"{name}.db"))
     run_store.create_run(name, "ppo", {})
     try:
-        summary = run_search_async(run_store, name, setup, children, executor, window=window, progress=False)
+        summary = run_search(run_store, name, setup, children, executor, window=window, progress=False)
     finally:
         executor.close()
     return summary.samples_per_hour, summary.elapsed_s

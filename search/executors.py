@@ -2,7 +2,7 @@
 
 The paper trained ~8K children on 64 TPUs while phones timed them; one machine is not enough
 for that, and the search loop should not care. An executor does two things for the search
-(`mnas.search.async_search`) and the table builder:
+(`mnas.search.loop`) and the table builder:
 
 * `submit(idx, arch)` trains one child somewhere and, later, puts a `ChildDone` (the
   `AccuracyResult`, or the error that ended it) on the loop's event queue;
@@ -15,6 +15,9 @@ sequential cost). `RayExecutor` trains each child as a Ray task with `num_cpus_p
 `num_gpus_per_child`; a task whose worker process or node dies is re-run by Ray up to
 `max_retries` times (an exception raised by the training itself is not retried: it would
 fail again). Only the driver writes the results store: tasks return results.
+
+The `Executor` interface and `ChildDone` live in `mnas.search.types`, which both this module
+and the loop import; the loop never needs to be imported here.
 """
 
 from __future__ import annotations
@@ -27,40 +30,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 from mnas.errors import MeasurementError, MnasError
+from mnas.search.types import ChildDone, Executor
 from mnas.space.arch import Arch
 
+__all__ = ["EXECUTORS", "ExecutorOptions", "LocalExecutor", "RayExecutor"]
+
 EXECUTORS = ("local", "ray")
-
-
-@dataclass
-class ChildDone:
-    """One finished (or finally failed) child training."""
-
-    idx: int
-    result: Any = None  # AccuracyResult (with .model when the model was asked for)
-    error: BaseException | None = None
-    seconds: float = 0.0
-    where: dict[str, Any] = field(default_factory=dict)  # provenance: executor, host, pid
-
-
-class Executor(Protocol):
-    name: str
-
-    def start(self, accuracy: Any, events: queue.Queue, *, factory: Callable[[], Any] | None = None,
-              wants_model: bool = False) -> None: ...
-
-    def submit(self, idx: int, arch: Arch) -> None: ...
-
-    def slots(self) -> int: ...
-
-    def devices(self, spec: str, **select_options: Any) -> list[Any]: ...
-
-    def close(self) -> None: ...
 
 
 def _evaluate(accuracy: Any, arch: Arch, wants_model: bool) -> Any:
@@ -109,9 +88,9 @@ class LocalExecutor:
         return self.workers
 
     def devices(self, spec: str, **select_options: Any) -> list[Any]:
-        from mnas.bench.devices import select_devices
+        from mnas.search.setup import local_devices
 
-        return select_devices(spec, **select_options)
+        return local_devices(spec, **select_options)
 
     def close(self) -> None:
         self._closed.set()
@@ -252,84 +231,21 @@ class RayExecutor:
             self._started_ray = False
 
 
-def make_executor(kind: str = "local", *, address: str | None = "auto", workers: int = 1,
-                  num_cpus_per_child: float = 1.0, num_gpus_per_child: float = 0.0, max_retries: int = 3) -> Executor:
-    """The executor `--executor KIND` names (`local` or `ray`)."""
-    if kind == "local":
-        return LocalExecutor(workers)
-    if kind == "ray":
-        return RayExecutor(address, num_cpus_per_child, num_gpus_per_child, max_retries)
-    raise MnasError(f"--executor {kind!r}: expected one of {', '.join(EXECUTORS)}")
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """Where a run's children train (`--executor` and its options); not part of the run config,
+    so a resumed run may move to another executor (the stored window keeps its samples)."""
 
+    kind: str = "local"
+    address: str | None = "auto"  # ray
+    workers: int = 1  # local
+    cpus_per_child: float = 1.0  # ray
+    gpus_per_child: float = 0.0  # ray
+    max_retries: int = 3  # ray
 
-# --------------------------------------------------------------- search setup on an executor
-
-
-def build_setup_for(executor: Executor, cfg: dict[str, Any], store: Any, run_dir: Path) -> Any:
-    """`build_setup` with the measurement devices coming from `executor` (the cluster's on Ray)."""
-    from mnas.search.setup import build_setup
-
-    lat = cfg["latency"]
-    if executor.name == "local" or lat["kind"] == "predicted":
-        return build_setup(cfg, store, run_dir)
-    from mnas.bench.types import BenchConfig
-    from mnas.search.latency import HybridLatency, MeasuredLatency
-    from mnas.search.runs import SearchSetup
-    from mnas.search.setup import build_accuracy, build_latency, build_reward, build_searcher
-    from mnas.space.search_space import mnasnet
-    from mnas.space.tflite_writer import write_arch
-
-    space = mnasnet()
-    reward = build_reward(cfg["reward"])
-    binary = lat.get("benchmark_binary")  # a path that must exist on every node with phones
-    devices = executor.devices(lat["device"], benchmark_binary=Path(binary) if binary else None,
-                               timeout_s=float(lat.get("timeout_s", 600)), retries=int(lat.get("retries", 1)))
-    config = BenchConfig(warmup_runs=int(lat["warmup"]), num_runs=int(lat["runs"]), min_secs=float(lat["min_secs"]))
-    measured = MeasuredLatency(devices, int(lat["resolution"]), config, write_arch, store=store, workdir=run_dir / "models")
-    if lat["kind"] == "measured":
-        latency: Any = measured
-    else:
-        predicted_cfg = {**cfg, "latency": {**lat, "kind": "predicted"}}
-        predicted = build_latency(predicted_cfg, store, run_dir / "models")
-        lat["predictor_id"] = predicted_cfg["latency"]["predictor_id"]  # pinned for resume, as build_latency does
-        latency = HybridLatency(predicted, measured, share=float(lat.get("share", 0.1)), seed=int(cfg["seed"]))
-    return SearchSetup(space=space, searcher=build_searcher(cfg, space), accuracy=build_accuracy(cfg), latency=latency,
-                       reward=reward, weights_dir=run_dir / "weights", keep_top=int(cfg.get("keep_top", 5)))
-
-
-def accuracy_factory(cfg: dict[str, Any]) -> Callable[[], Any]:
-    """What a Ray worker calls to build the run's accuracy source on its own node (its GPU, its data)."""
-    from mnas.search.setup import build_accuracy
-
-    return functools.partial(build_accuracy, {"accuracy": cfg["accuracy"]})
-
-
-def resolve_window(cfg: dict[str, Any], requested: int | None, executor: Executor) -> int:
-    """The run's pipeline window: `requested`, else the one stored with the run, else the default.
-
-    Default: 1 (the sequential search) for the local executor with one worker, otherwise twice
-    the children the executor runs at once. The value is stored in `cfg["window"]`, because
-    the same seed gives the same samples only with the same window.
-    """
-    if requested is not None:
-        if not isinstance(requested, int) or requested < 1:
-            raise MnasError(f"--window {requested!r}: expected an integer >= 1")
-        window = requested
-    elif "window" in cfg:
-        window = int(cfg["window"])
-    else:
-        slots = executor.slots()
-        window = 1 if slots == 1 and executor.name == "local" else 2 * slots
-    cfg["window"] = window
-    return window
-
-
-def run_search_with_executor(run_store: Any, run_id: str, setup: Any, budget: int, executor: Executor, *,
-                             window: int, cfg: dict[str, Any] | None = None, progress: bool = True,
-                             on_sample: Callable[[Any], None] | None = None) -> Any:
-    """`mnas search` on `executor`: the asynchronous loop, the accuracy source built per worker on Ray."""
-    from mnas.search.async_search import run_search_async
-
-    factory = accuracy_factory(cfg) if cfg is not None and executor.name == "ray" else None
-    return run_search_async(run_store, run_id, setup, budget, executor, window=window, accuracy_factory=factory,
-                            progress=progress, on_sample=on_sample)
+    def build(self) -> Executor:
+        if self.kind == "local":
+            return LocalExecutor(self.workers)
+        if self.kind == "ray":
+            return RayExecutor(self.address, self.cpus_per_child, self.gpus_per_child, self.max_retries)
+        raise MnasError(f"--executor {self.kind!r}: expected one of {', '.join(EXECUTORS)}")

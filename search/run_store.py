@@ -4,6 +4,11 @@
 `ResultsStore.ensure_component_schema`. A sample and the searcher checkpoint taken right
 after it are written in ONE transaction, so after a crash the store holds every finished
 sample exactly once and the checkpoint always matches the last stored sample.
+
+The search loop sees a `SampleStore`: `RunStore` (SQLite, resumable) or `MemoryRunStore`
+(a benchmark's many short runs, which nobody resumes: serialising a PPO checkpoint after
+every child would cost more than the rest of the loop). Checkpoints travel as state dicts;
+turning them into bytes is the store's business.
 """
 
 from __future__ import annotations
@@ -11,9 +16,12 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from mnas.errors import MnasError
+from mnas.search.types import state_from_bytes, state_to_bytes
+
+__all__ = ["COMPONENT", "MIGRATIONS", "MemoryRunStore", "RunStore", "SampleRow", "SampleStore"]
 
 COMPONENT = "search"
 MIGRATIONS = [
@@ -82,6 +90,19 @@ class SampleRow:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class SampleStore(Protocol):
+    """What the search loop needs from a store: the run's samples, its checkpoint, its status."""
+
+    def checkpoint(self, run_id: str) -> tuple[int, dict[str, Any]] | None: ...
+
+    def samples(self, run_id: str) -> list[SampleRow]: ...
+
+    def add_sample(self, run_id: str, sample: SampleRow, state: dict[str, Any],
+                   update_stats: list[dict[str, Any]]) -> None: ...
+
+    def set_status(self, run_id: str, status: str) -> None: ...
+
+
 class RunStore:
     """Search-run persistence on top of a `ResultsStore`."""
 
@@ -124,8 +145,10 @@ class RunStore:
         return [{"run_id": r[0], "created": r[1], "algorithm": r[2], "status": r[3], "samples": r[4], "best_reward": r[5]}
                 for r in rows]
 
-    def add_sample(self, run_id: str, sample: SampleRow, checkpoint: bytes, update_stats: list[dict[str, Any]]) -> None:
-        """Store one sample, the checkpoint taken after it and any controller update, atomically."""
+    def add_sample(self, run_id: str, sample: SampleRow, state: dict[str, Any],
+                   update_stats: list[dict[str, Any]]) -> None:
+        """Store one sample, the checkpoint `state` taken after it and any controller update, atomically."""
+        checkpoint = state_to_bytes(state)
         with self.store.transaction() as conn:
             conn.execute(
                 "INSERT INTO search_samples (run_id, idx, tokens, arch, arch_hash, accuracy, accuracy_task, latency_ms, "
@@ -145,10 +168,11 @@ class RunStore:
                 (run_id, sample.idx + 1, checkpoint, time.time()))
             conn.execute("UPDATE search_runs SET updated = ? WHERE run_id = ?", (time.time(), run_id))
 
-    def checkpoint(self, run_id: str) -> tuple[int, bytes] | None:
+    def checkpoint(self, run_id: str) -> tuple[int, dict[str, Any]] | None:
+        """(index of the next sample, state right after the last stored one), or None before the first."""
         with self.store.transaction() as conn:
             row = conn.execute("SELECT next_idx, state FROM search_checkpoints WHERE run_id = ?", (run_id,)).fetchone()
-        return (int(row[0]), bytes(row[1])) if row else None
+        return (int(row[0]), state_from_bytes(bytes(row[1]))) if row else None
 
     def samples(self, run_id: str) -> list[SampleRow]:
         with self.store.transaction() as conn:
@@ -170,3 +194,38 @@ class RunStore:
         import pandas as pd
 
         return pd.DataFrame([asdict(s) for s in self.samples(run_id)])
+
+
+class MemoryRunStore:
+    """A `SampleStore` in this process's memory, for runs that are never resumed (benchmarks).
+
+    It keeps samples and controller updates, not checkpoints: a run that cannot outlive the
+    process has nothing to resume from, and serialising the searcher after every child is
+    the loop's most expensive step.
+    """
+
+    def __init__(self) -> None:
+        self._samples: dict[str, list[SampleRow]] = {}
+        self._updates: dict[str, list[dict[str, Any]]] = {}
+        self.status: dict[str, str] = {}
+
+    def checkpoint(self, run_id: str) -> tuple[int, dict[str, Any]] | None:
+        if self._samples.get(run_id):
+            raise MnasError(f"search run {run_id!r}: resumed from memory: expected a RunStore to resume runs")
+        return None
+
+    def samples(self, run_id: str) -> list[SampleRow]:
+        return list(self._samples.get(run_id, []))
+
+    def add_sample(self, run_id: str, sample: SampleRow, state: dict[str, Any],
+                   update_stats: list[dict[str, Any]]) -> None:
+        self._samples.setdefault(run_id, []).append(sample)
+        updates = self._updates.setdefault(run_id, [])
+        updates.extend({"update_idx": len(updates) + i, "after_sample": sample.idx, **stats}
+                       for i, stats in enumerate(update_stats))
+
+    def set_status(self, run_id: str, status: str) -> None:
+        self.status[run_id] = status
+
+    def updates(self, run_id: str) -> list[dict[str, Any]]:
+        return list(self._updates.get(run_id, []))

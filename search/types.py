@@ -1,9 +1,12 @@
-"""The two small interfaces the search loop talks to, and how their state is saved.
+"""The small interfaces the search loop talks to, and how their state is saved.
 
-A search loop only ever sees a `Searcher` (ask for token sequences, tell their rewards) and a
-`LatencySource` (latencies of architectures). PPO, random search and regularized evolution
-are all `Searcher`s; measured, predicted and hybrid latencies are all `LatencySource`s, so
-one loop runs every combination and cannot tell them apart.
+The search loop (`mnas.search.loop`) only ever sees a `Searcher` (ask for token sequences,
+tell their rewards), a `LatencySource` (latencies of architectures) and an `Executor` (where
+children train; it reports each one as a `ChildDone`). PPO, random search and regularized
+evolution are all `Searcher`s; measured, predicted and hybrid latencies are all
+`LatencySource`s; in-process threads and a Ray cluster are both `Executor`s; so one loop runs
+every combination and cannot tell them apart. The executor interface lives here, not with the
+executors, so that the loop and the executors both depend on it and not on each other.
 
 Every searcher and latency source can save its complete state (RNG states included) as a
 plain dict of Python values and tensors; `state_to_bytes`/`state_from_bytes` turn such a
@@ -15,14 +18,18 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+import queue
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from mnas.errors import MnasError
 from mnas.space.arch import Arch
+
+__all__ = ["ChildDone", "Executor", "LatencyResult", "LatencySource", "Searcher", "Tokens", "check_ask",
+           "check_tell", "state_from_bytes", "state_to_bytes"]
 
 Tokens = list[int]
 
@@ -70,6 +77,38 @@ class LatencySource(Protocol):
     name: str  # "measured", "predicted" or "hybrid"
 
     def latency_ms(self, archs: Sequence[Arch]) -> list[LatencyResult]: ...
+
+
+@dataclass
+class ChildDone:
+    """One finished (or finally failed) child training, as an executor reports it to the loop."""
+
+    idx: int
+    result: Any = None  # AccuracyResult (with .model when the model was asked for)
+    error: BaseException | None = None
+    seconds: float = 0.0
+    where: dict[str, Any] = field(default_factory=dict)  # provenance: executor, host, pid
+
+
+class Executor(Protocol):
+    """Trains children somewhere and supplies the measurement devices (see `mnas.search.executors`).
+
+    `start` gets the accuracy source (or, with `factory`, how to build one where the child
+    trains) and the queue on which each submitted child comes back as a `ChildDone`.
+    """
+
+    name: str
+
+    def start(self, accuracy: Any, events: queue.Queue, *, factory: Callable[[], Any] | None = None,
+              wants_model: bool = False) -> None: ...
+
+    def submit(self, idx: int, arch: Arch) -> None: ...
+
+    def slots(self) -> int: ...
+
+    def devices(self, spec: str, **select_options: Any) -> list[Any]: ...
+
+    def close(self) -> None: ...
 
 
 def check_tell(tokens_list: Sequence[Sequence[int]], rewards: Sequence[float]) -> None:

@@ -8,9 +8,10 @@ import threading
 from pathlib import Path
 
 import pytest
+from needs import need, ray_installed  # noqa: E402
 
-ray = pytest.importorskip("ray")
-
+need("RAY", ray_installed(), "the ray extra is not installed (pip install -e '.[ray]')")
+import ray  # noqa: E402
 import torch  # noqa: E402
 from predictor_fakes import SyntheticDevice, write_arch_text, write_key  # noqa: E402
 from search_fakes import (  # noqa: E402
@@ -31,13 +32,14 @@ from mnas.predictor.layers import enumerate_layers  # noqa: E402
 from mnas.predictor.ray_build import build_table_ray  # noqa: E402
 from mnas.predictor.table import load_table  # noqa: E402
 from mnas.search.accuracy import CheapAccuracy  # noqa: E402
-from mnas.search.async_search import run_search_async  # noqa: E402
-from mnas.search.executors import LocalExecutor, RayExecutor, run_search_with_executor  # noqa: E402
+from mnas.search.executors import LocalExecutor, RayExecutor  # noqa: E402
 from mnas.search.latency import MeasuredLatency, PredictedLatency  # noqa: E402
+from mnas.search.loop import run_search  # noqa: E402
 from mnas.search.reward import Reward  # noqa: E402
+from mnas.search.run_config import AccuracyConfig  # noqa: E402
 from mnas.search.run_store import RunStore  # noqa: E402
 from mnas.search.runs import SearchSetup  # noqa: E402
-from mnas.search.setup import build_searcher  # noqa: E402
+from mnas.search.setup import accuracy_factory, build_searcher  # noqa: E402
 from mnas.space.search_space import mnasnet  # noqa: E402
 
 RESULT_FIELDS = ("idx", "tokens", "arch", "arch_hash", "accuracy", "accuracy_task", "latency_ms", "latency_source",
@@ -61,7 +63,7 @@ def cluster():
 
 def make_setup(algorithm: str, accuracy, latency=None) -> SearchSetup:
     space = mnasnet()
-    return SearchSetup(space=space, searcher=build_searcher({"algorithm": algorithm, "seed": SEED, "ppo": PPO}, space),
+    return SearchSetup(space=space, searcher=build_searcher(space, algorithm, SEED, ppo=PPO),
                        accuracy=accuracy, latency=latency or PredictedLatency(SyntheticPredictor(), "synthetic"),
                        reward=Reward.soft(40.0), weights_dir=None)
 
@@ -70,7 +72,7 @@ def search(tmp_path: Path, name: str, executor, setup: SearchSetup, budget: int,
     run_store = RunStore(ResultsStore(tmp_path / f"{name}.db"))
     run_store.create_run(name, setup.searcher.name, {})
     try:
-        run_search_async(run_store, name, setup, budget, executor, window=window, progress=False)
+        run_search(run_store, name, setup, budget, executor, window=window, progress=False)
     finally:
         executor.close()
     rows = [tuple(getattr(s, f) for f in RESULT_FIELDS) for s in run_store.samples(name)]
@@ -102,8 +104,9 @@ def test_workers_build_the_accuracy_source_from_the_run_config(tmp_path: Path) -
     run_store.create_run("cfg", "random", {})
     executor = RayExecutor(None)
     try:  # the driver's own source would fail: only the config-built one can produce these results
-        run_search_with_executor(run_store, "cfg", make_setup("random", BrokenAccuracy()), 6, executor, window=3,
-                                 cfg={"accuracy": {"kind": "cheap", "params": {"seed": SEED}}}, progress=False)
+        factory = accuracy_factory(AccuracyConfig.from_dict({"kind": "cheap", "params": {"seed": SEED}}))
+        run_search(run_store, "cfg", make_setup("random", BrokenAccuracy()), 6, executor, window=3,
+                   accuracy_factory=factory, progress=False)
     finally:
         executor.close()
     assert [tuple(getattr(s, f) for f in RESULT_FIELDS) for s in run_store.samples("cfg")] == local[0]
@@ -114,7 +117,7 @@ def test_training_errors_are_reported_not_retried(tmp_path: Path) -> None:
     run_store.create_run("broken", "random", {})
     executor = RayExecutor(None, max_retries=3)
     with pytest.raises(MnasError, match=r"^proxy task: dataset folder /nowhere: expected class folders$"):
-        run_search_async(run_store, "broken", make_setup("random", BrokenAccuracy()), 3, executor, window=2,
+        run_search(run_store, "broken", make_setup("random", BrokenAccuracy()), 3, executor, window=2,
                          progress=False)
     executor.close()
     assert run_store.samples("broken") == [] and run_store.checkpoint("broken") is None
@@ -125,7 +128,7 @@ def test_a_child_whose_worker_keeps_dying_stops_the_run_after_bounded_retries(tm
     run_store.create_run("dying", "random", {})
     executor = RayExecutor(None, max_retries=1)
     with pytest.raises(MnasError) as err:
-        run_search_async(run_store, "dying", make_setup("random", AlwaysDyingAccuracy()), 2, executor, window=1,
+        run_search(run_store, "dying", make_setup("random", AlwaysDyingAccuracy()), 2, executor, window=1,
                          progress=False)
     executor.close()
     assert str(err.value).startswith("child 0: its Ray worker was lost 2 times (")
