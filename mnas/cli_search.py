@@ -9,16 +9,11 @@ from pathlib import Path
 import click
 
 from mnas.cli_util import DefaultGroup, db_path, echo_json, echo_table, json_option
-from mnas.errors import MnasError
 
 
 @click.group(cls=DefaultGroup, default_command="run")
 def search() -> None:
     """The MnasNet search (PPO controller) and its baselines; `mnas search --help-run` for options."""
-
-
-def _run_dir(database: Path, run_id: str) -> Path:
-    return database.parent / "runs" / run_id
 
 
 @search.command("run")
@@ -81,143 +76,58 @@ def run_cmd(ctx: click.Context, latency_kind: str, device: str, predictor_id: in
             executor_kind: str, address: str, cpus_per_child: float, gpus_per_child: float, workers: int,
             window: int | None, max_retries: int, as_json: bool) -> None:
     """Run a search (or --resume one); every child is stored as it finishes."""
-    from mnas.bench.store import ResultsStore
-    from mnas.search.executors import (
-        build_setup_for,
-        make_executor,
-        resolve_window,
-        run_search_with_executor,
-    )
-    from mnas.search.run_store import RunStore
-    from mnas.search.setup import predictor_device_name
+    from mnas.search.executors import ExecutorOptions
+    from mnas.search.lifecycle import RunInterrupted, check_resume_flags, resume_run, start_run
+    from mnas.search.run_config import new_run_config
 
-    if threads < 1:
-        raise MnasError(f"--threads {threads}: expected an integer >= 1")
     database = db_path(ctx)
-    store = ResultsStore(database)
-    runs_store = RunStore(store)
-    if resume_id:
-        _check_resume_options(ctx, resume_id)
-        run_id = resume_id
-        cfg = runs_store.run_config(run_id)
-        changed = False
-        if _given(ctx, "samples"):
-            if samples < 1:
-                raise MnasError(f"--samples {samples}: expected a budget >= 1")
-            cfg["samples"], changed = samples, True
-        if _given(ctx, "threads") and cfg["accuracy"]["kind"] == "proxy":
-            cfg["accuracy"].setdefault("execution", {})["threads"], changed = threads, True
-        if changed:
-            runs_store.update_config(run_id, cfg)
-    else:
-        cfg = _new_config(latency_kind, device, predictor_id, share, algorithm, samples, target_ms, reward_preset,
-                          alpha, beta, latency_resolution, accuracy_kind, dataset, proxy_resolution, epochs, steps,
-                          batch_size, train_samples, runs, warmup, min_secs, seed, threads, benchmark_binary,
-                          val_samples)
-        if latency_kind != "measured":
-            cfg["latency"]["device_name"] = predictor_device_name(device)
-        run_id = run_name or time.strftime("run-%Y%m%d-%H%M%S")
-    import torch
-
-    # One thread by default: on a shared 2-core machine two torch threads made the controller
-    # ~10x and proxy training ~6x slower (measured); the proxy task restores it after training.
-    torch.set_num_threads(int(cfg["accuracy"].get("execution", {}).get("threads") or threads))
-    executor = make_executor(executor_kind, address=address, workers=workers, num_cpus_per_child=cpus_per_child,
-                             num_gpus_per_child=gpus_per_child, max_retries=max_retries)
+    executor = ExecutorOptions(executor_kind, address, workers, cpus_per_child, gpus_per_child, max_retries)
     try:
-        # all bad input fails here, before training (on Ray also a device:* resource no node offers)
-        setup = build_setup_for(executor, cfg, store, _run_dir(database, run_id))
-        run_window = resolve_window(cfg, window, executor)  # stored in cfg: a resume keeps it
-        if not resume_id:
-            runs_store.create_run(run_id, cfg["algorithm"], cfg)
+        if resume_id:
+            check_resume_flags(resume_id, _given_flags(ctx))
+            summary = resume_run(database, resume_id, samples=samples if _given(ctx, "samples") else None,
+                                 threads=threads if _given(ctx, "threads") else None, executor=executor,
+                                 progress=not as_json)
         else:
-            runs_store.update_config(run_id, cfg)
-            runs_store.set_status(run_id, "running")
-        summary = run_search_with_executor(runs_store, run_id, setup, int(cfg["samples"]), executor,
-                                           window=run_window, cfg=cfg, progress=not as_json)
-    except KeyboardInterrupt:
-        runs_store.set_status(run_id, "interrupted")
-        stored = len(runs_store.samples(run_id))
+            config = new_run_config(
+                algorithm=algorithm, seed=seed, samples=samples, target_ms=target_ms, reward=reward_preset, alpha=alpha,
+                beta=beta, latency=latency_kind, device=device, predictor_id=predictor_id, share=share,
+                latency_resolution=latency_resolution, runs=runs, warmup=warmup, min_secs=min_secs,
+                benchmark_binary=benchmark_binary, accuracy=accuracy_kind, dataset=dataset,
+                proxy_resolution=proxy_resolution, epochs=epochs, steps=steps, batch_size=batch_size,
+                train_samples=train_samples, val_samples=val_samples, threads=threads)
+            summary = start_run(database, config, run_id=run_name, executor=executor, window=window, threads=threads,
+                                progress=not as_json)
+    except RunInterrupted as stop:
         explicit_db = (ctx.find_root().obj or {}).get("db")
-        again = f"mnas{f' --db {shlex.quote(str(explicit_db))}' if explicit_db else ''} search --resume {shlex.quote(run_id)}"
-        click.echo(f"mnas: search {run_id} interrupted with {stored} of {cfg['samples']} children stored "
-                   f"(every finished child is kept): resume with `{again}`", err=True)
+        again = f"mnas{f' --db {shlex.quote(str(explicit_db))}' if explicit_db else ''} search --resume {shlex.quote(stop.run_id)}"
+        click.echo(f"mnas: {stop} (every finished child is kept): resume with `{again}`", err=True)
         # SystemExit, not click's Exit: `mnas.cli.main` runs click with standalone_mode=False,
         # where click turns Exit into a return value and the code would be lost
         raise SystemExit(130) from None
-    finally:
-        executor.close()
-    payload = {"run_id": run_id, "samples": summary.samples, "new_samples": summary.new_samples,
+    payload = {"run_id": summary.run_id, "samples": summary.samples, "new_samples": summary.new_samples,
                "best_reward": summary.best_reward, "best_arch": summary.best_arch,
                "elapsed_s": summary.elapsed_s, "samples_per_hour": summary.samples_per_hour,
-               "executor": executor_kind, "window": run_window}
+               "executor": executor_kind, "window": summary.extra["window"]}
     if as_json:
         echo_json(payload)
     else:
-        click.echo(f"run {run_id}: {summary.samples} children ({summary.new_samples} new, "
+        click.echo(f"run {summary.run_id}: {summary.samples} children ({summary.new_samples} new, "
                    f"{summary.samples_per_hour:.0f}/hour); best reward {summary.best_reward:.4f}\n  {summary.best_arch}")
-        click.echo(f"report: mnas search report {run_id}")
+        click.echo(f"report: mnas search report {summary.run_id}")
 
 
-RESUMABLE_OPTIONS = ("samples", "threads", "resume_id", "as_json", "executor_kind", "address", "cpus_per_child",
-                     "gpus_per_child", "workers", "max_retries")
+CLI_ONLY = ("resume_id", "as_json")  # how to call, not what to run: always allowed with --resume
 
 
 def _given(ctx: click.Context, name: str) -> bool:
     return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
 
 
-def _check_resume_options(ctx: click.Context, run_id: str) -> None:
-    """A resumed run is rebuilt from its stored config: refuse options that would be ignored."""
-    for param in ctx.command.params:
-        if param.name and param.name not in RESUMABLE_OPTIONS and _given(ctx, param.name):
-            flag = max(param.opts, key=len) if param.opts else param.name
-            raise MnasError(f"{flag}: given with --resume {run_id}: expected only --samples, --threads or executor options "
-                            "(a resumed run keeps its stored settings)")
-
-
-def _new_config(latency_kind, device, predictor_id, share, algorithm, samples, target_ms, reward_preset, alpha, beta,
-                latency_resolution, accuracy_kind, dataset, proxy_resolution, epochs, steps, batch_size, train_samples,
-                runs, warmup, min_secs, seed, threads=1, benchmark_binary=None, val_samples=2000) -> dict:
-    import math
-
-    from mnas.search.reward import PRESETS, Reward
-
-    if not math.isfinite(target_ms) or target_ms <= 0:
-        raise MnasError(f"--target-ms {target_ms:g}: expected a latency target > 0 ms")
-    if reward_preset == "custom":
-        if alpha is None or beta is None:
-            raise MnasError("--reward custom: expected both --alpha and --beta")
-    else:
-        if alpha is not None or beta is not None:
-            raise MnasError(f"--alpha/--beta: given with --reward {reward_preset}: expected --reward custom")
-        alpha, beta = PRESETS[reward_preset]
-    reward = Reward(target_ms, alpha, beta)  # validates T > 0
-    if samples < 1:
-        raise MnasError(f"--samples {samples}: expected a budget >= 1")
-    if not 0 < share <= 1:
-        raise MnasError(f"--share {share:g}: expected a value in (0, 1]")
-    cfg = {
-        "space": "mnasnet", "algorithm": algorithm, "seed": seed, "samples": samples,
-        "reward": reward.to_dict(),
-        "latency": {"kind": latency_kind, "device": device, "predictor_id": predictor_id, "share": share,
-                    "resolution": latency_resolution, "runs": runs, "warmup": warmup, "min_secs": min_secs},
-    }
-    if benchmark_binary:
-        path = Path(benchmark_binary).expanduser().resolve()
-        if not path.is_file():
-            raise MnasError(f"--benchmark-binary {benchmark_binary}: no such file: expected the arm64 benchmark_model binary")
-        cfg["latency"]["benchmark_binary"] = str(path)
-    if accuracy_kind == "cheap":
-        # its mult-adds curve is defined at 224 px whatever resolution latency is timed at
-        cfg["accuracy"] = {"kind": "cheap", "params": {"seed": seed}}
-    else:
-        from mnas.search.accuracy import ProxyTask
-
-        task = ProxyTask(dataset=dataset, resolution=proxy_resolution, epochs=epochs, steps=steps, batch_size=batch_size,
-                         max_train_samples=train_samples, max_val_samples=val_samples, seed=seed)
-        cfg["accuracy"] = {"kind": "proxy", "task_key": task.key(), "execution": {"threads": threads}}
-    return cfg
+def _given_flags(ctx: click.Context) -> list[str]:
+    """The long flags given on the command line, in the command's order (`--resume` and `--json` aside)."""
+    return [max(p.opts, key=len) if p.opts else str(p.name) for p in ctx.command.params
+            if p.name and p.name not in CLI_ONLY and _given(ctx, p.name)]
 
 
 @search.command("list")
@@ -237,14 +147,12 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
 
 def _open_run(ctx: click.Context, run_id: str, out_dir: str | None, kind: str):
     """The run's store and config, and the output folder (default results/runs/RUN/<kind>)."""
-    from mnas.bench.store import ResultsStore
-    from mnas.search.run_store import RunStore
+    from mnas.search.lifecycle import open_run, run_dir
 
     database = db_path(ctx)
-    runs_store = RunStore(ResultsStore(database))
-    cfg = runs_store.run_config(run_id)
-    run_dir = _run_dir(database, run_id)
-    return runs_store, cfg, Path(out_dir) if out_dir else run_dir / kind, run_dir
+    runs_store, config = open_run(database, run_id)
+    folder = run_dir(database, run_id)
+    return runs_store, config, Path(out_dir) if out_dir else folder / kind, folder
 
 
 @search.command("report")
@@ -258,8 +166,8 @@ def report_cmd(ctx: click.Context, run_id: str, top: int, out_dir: str | None, a
     """Pareto front, reward curve, latency distribution (PNGs) and the top-k table of RUN."""
     from mnas.search.report import make_report
 
-    runs_store, cfg, folder, _ = _open_run(ctx, run_id, out_dir, "report")
-    report = make_report(runs_store, run_id, cfg, folder, top)
+    runs_store, config, folder, _ = _open_run(ctx, run_id, out_dir, "report")
+    report = make_report(runs_store, run_id, config, folder, top)
     if as_json:
         echo_json(report)
         return
@@ -289,8 +197,8 @@ def export_cmd(ctx: click.Context, run_id: str, top: int, out_dir: str | None, a
     """Block strings, .tflite files and trained proxy weights of the top-K children of RUN."""
     from mnas.search.report import export_top
 
-    runs_store, cfg, folder, run_dir = _open_run(ctx, run_id, out_dir, "export")
-    rows = export_top(runs_store, run_id, cfg, folder, top, run_dir / "weights")
+    runs_store, config, folder, run_dir = _open_run(ctx, run_id, out_dir, "export")
+    rows = export_top(runs_store, run_id, config, folder, top, run_dir / "weights")
     if as_json:
         echo_json(rows)
     else:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mnas.search.run_config import RunConfig
 from mnas.search.run_store import RunStore, SampleRow
 
 
@@ -144,16 +145,16 @@ def summarise(samples: list[SampleRow], target_ms: float, top: int) -> dict[str,
     }
 
 
-def make_report(runs: RunStore, run_id: str, cfg: dict[str, Any], folder: Path, top: int) -> dict[str, Any]:
+def make_report(runs: RunStore, run_id: str, config: RunConfig, folder: Path, top: int) -> dict[str, Any]:
     samples = runs.samples(run_id)
-    target = float(cfg["reward"]["target_ms"])
+    target = config.reward.target_ms
     report = {"run_id": run_id, **summarise(samples, target, top), "updates": len(runs.updates(run_id)), "plots": {}}
     if samples:
         report["plots"] = _plots(samples, target, folder)
     return report
 
 
-def export_top(runs: RunStore, run_id: str, cfg: dict[str, Any], folder: Path, top: int, weights_dir: Path) -> list[dict]:
+def export_top(runs: RunStore, run_id: str, config: RunConfig, folder: Path, top: int, weights_dir: Path) -> list[dict]:
     """Write the top-K children by reward.
 
     Per child: `topN-HASH.txt` (one block string a line, then the canonical arch), `.tflite`
@@ -176,10 +177,10 @@ def export_top(runs: RunStore, run_id: str, cfg: dict[str, Any], folder: Path, t
     if not samples:
         raise MnasError(f"search run {run_id!r}: no stored children yet: expected a run with samples to export")
     folder.mkdir(parents=True, exist_ok=True)
-    resolution = int(cfg["latency"]["resolution"])
+    resolution = config.latency.resolution
     proxy_resolution = None
-    if cfg.get("accuracy", {}).get("kind") == "proxy":
-        proxy_resolution = int(json.loads(cfg["accuracy"]["task_key"])["resolution"])
+    if config.accuracy.kind == "proxy" and config.accuracy.task_key:
+        proxy_resolution = int(json.loads(config.accuracy.task_key)["resolution"])
     rows = []
     for rank, s in enumerate(samples, 1):
         arch = Arch.parse(s.arch)

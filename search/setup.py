@@ -1,33 +1,36 @@
-"""Build a run's components from its stored config, so `--resume` rebuilds exactly the same run.
+"""Build a run's components from its `RunConfig`, so `--resume` rebuilds exactly the same run.
 
-The config is plain JSON kept in `search_runs.config`: algorithm, seed, budget, reward,
-latency source (kind, device, resolution, predictor id, hybrid share, bench conditions) and
-accuracy source (the proxy task key, or the cheap stand-in). Everything that can fail on
-bad input (unknown device, no fitted predictor, T <= 0, empty dataset folder) fails here,
-before any child is trained.
+This is the one place a config becomes a searcher, an accuracy source and a latency source;
+what differs between executors is only where the measurement devices come from (`devices`:
+this machine's, or Ray actors for the cluster's phones), so the executor passes that in.
+Everything that can fail on bad input (unknown device, no fitted predictor, an empty dataset
+folder) fails here, before any child is trained.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from mnas.errors import MnasError
 from mnas.predictor.selection import check_phone_names, resolve_device_name
-from mnas.search.reward import Reward
+from mnas.search.run_config import ALGORITHMS, AccuracyConfig, LatencyConfig, RunConfig
 from mnas.search.runs import SearchSetup
-from mnas.space.search_space import mnasnet
+from mnas.search.types import LatencySource, Searcher
+from mnas.space.search_space import SearchSpace, mnasnet
 
-ALGORITHMS = ("ppo", "random", "evolution")
-LATENCY_KINDS = ("predicted", "measured", "hybrid")
+__all__ = ["DeviceSource", "accuracy_factory", "build_accuracy", "build_latency", "build_searcher", "build_setup",
+           "local_devices", "predictor_device_name"]
+
+DeviceSource = Callable[..., list[Any]]  # (spec, **select_options) -> devices, like `select_devices`
 
 
-def build_reward(cfg: dict[str, Any]) -> Reward:
-    return Reward(float(cfg["target_ms"]), float(cfg["alpha"]), float(cfg["beta"]))
-
-
-def build_searcher(cfg: dict[str, Any], space):
-    algorithm, seed = cfg["algorithm"], int(cfg["seed"])
+def build_searcher(space: SearchSpace, algorithm: str, seed: int, *, ppo: Mapping[str, Any] | None = None,
+                   evolution: Mapping[str, int] | None = None) -> Searcher:
+    """PPO (controller seeded by `seed`), random search or regularized evolution over `space`."""
     if algorithm == "random":
         from mnas.search.baselines import RandomSearch
 
@@ -35,7 +38,7 @@ def build_searcher(cfg: dict[str, Any], space):
     if algorithm == "evolution":
         from mnas.search.baselines import RegularizedEvolution
 
-        evo = cfg.get("evolution", {})
+        evo = evolution or {}
         return RegularizedEvolution(space, population=int(evo.get("population", 50)),
                                     sample_size=int(evo.get("sample_size", 10)), seed=seed)
     if algorithm == "ppo":
@@ -47,57 +50,63 @@ def build_searcher(cfg: dict[str, Any], space):
 
         torch.manual_seed(seed)  # controller init U(-0.1, 0.1) is seeded by the run seed
         controller = Controller.from_space(space)
-        trainer = PPOTrainer(controller, PPOConfig(**cfg.get("ppo", {})))
+        trainer = PPOTrainer(controller, PPOConfig(**(ppo or {})))
         return PPOSearcher(space, controller, trainer, seed=seed)
     raise MnasError(f"--algorithm {algorithm!r}: expected one of {', '.join(ALGORITHMS)}")
 
 
-def build_accuracy(cfg: dict[str, Any]):
-    acc = cfg["accuracy"]
-    if acc["kind"] == "cheap":
+def build_accuracy(config: AccuracyConfig) -> Any:
+    """The run's accuracy source; on Ray each worker calls this itself (`accuracy_factory`)."""
+    if config.kind == "cheap":
         from mnas.search.accuracy import CheapAccuracy
 
-        return CheapAccuracy(**acc.get("params", {}))
-    if acc["kind"] == "proxy":
-        from mnas.search.accuracy import ProxyTask, ProxyTrainer
+        return CheapAccuracy(**config.params)
+    from mnas.search.accuracy import ProxyTask, ProxyTrainer
 
-        task = ProxyTask.from_key(acc["task_key"], **acc.get("execution", {}))
-        return ProxyTrainer(task)
-    raise MnasError(f"accuracy source {acc['kind']!r}: expected proxy or cheap")
+    assert config.task_key is not None  # AccuracyConfig checks it
+    return ProxyTrainer(ProxyTask.from_key(config.task_key, **config.execution()))
 
 
-def build_latency(cfg: dict[str, Any], store, workdir: Path):
-    lat = cfg["latency"]
-    kind = lat["kind"]
-    if kind not in LATENCY_KINDS:
-        raise MnasError(f"--latency {kind!r}: expected one of {', '.join(LATENCY_KINDS)}")
+def accuracy_factory(config: AccuracyConfig) -> Callable[[], Any]:
+    """How a worker builds the run's accuracy source on its own node (its GPU, its data)."""
+    return functools.partial(build_accuracy, config)
+
+
+def local_devices(spec: str, **select_options: Any) -> list[Any]:
+    """This machine's devices; a phone name with no adb server to find it fails naming the phone."""
+    from mnas.bench.devices import select_devices
+
+    check_phone_names(spec, "host, all, or the serial of an attached phone")
+    return select_devices(spec, **select_options)
+
+
+def build_latency(config: LatencyConfig, seed: int, store: Any, workdir: Path,
+                  devices: DeviceSource = local_devices) -> tuple[LatencySource, LatencyConfig]:
+    """The latency source, and `config` with the predictor it uses pinned (for resume)."""
     from mnas.search.latency import HybridLatency, MeasuredLatency, PredictedLatency
 
-    def predicted():
-        from mnas.predictor.predictors import load_predictor
+    predicted = measured = None
+    if config.predicts:
+        from mnas.predictor.registry import load_predictor
 
-        predictor = load_predictor(store, lat.get("predictor_id"), device=None if lat.get("predictor_id") else lat["device_name"],
-                                   resolution=lat["resolution"])
-        lat["predictor_id"] = predictor.predictor_id  # pin the exact predictor for resume
-        return PredictedLatency(predictor, predictor_id=f"predictor-{predictor.predictor_id}")
-
-    def measured():
-        from mnas.bench.devices import select_devices
-        from mnas.bench.types import BenchConfig
+        predictor = load_predictor(store, config.predictor_id,
+                                   device=None if config.predictor_id else config.device_name,
+                                   resolution=config.resolution)
+        config = dataclasses.replace(config, predictor_id=predictor.predictor_id)
+        predicted = PredictedLatency(predictor, predictor_id=f"predictor-{predictor.predictor_id}")
+    if config.measures:
         from mnas.space.tflite_writer import write_arch
 
-        check_phone_names(lat["device"], "host, all, or the serial of an attached phone")
-        binary = lat.get("benchmark_binary")
-        devices = select_devices(lat["device"], benchmark_binary=Path(binary) if binary else None,
-                                 timeout_s=float(lat.get("timeout_s", 600)), retries=int(lat.get("retries", 1)))
-        config = BenchConfig(warmup_runs=int(lat["warmup"]), num_runs=int(lat["runs"]), min_secs=float(lat["min_secs"]))
-        return MeasuredLatency(devices, int(lat["resolution"]), config, write_arch, store=store, workdir=workdir)
-
-    if kind == "predicted":
-        return predicted()
-    if kind == "measured":
-        return measured()
-    return HybridLatency(predicted(), measured(), share=float(lat.get("share", 0.1)), seed=int(cfg["seed"]))
+        binary = config.benchmark_binary  # on Ray: a path that must exist on every node with phones
+        found = devices(config.device, benchmark_binary=Path(binary) if binary else None,
+                        timeout_s=config.timeout_s, retries=config.retries)
+        measured = MeasuredLatency(found, config.resolution, config.bench_config(), write_arch, store=store,
+                                   workdir=workdir)
+    if predicted is not None and measured is not None:
+        return HybridLatency(predicted, measured, share=config.share, seed=seed), config
+    source = predicted if predicted is not None else measured
+    assert source is not None
+    return source, config
 
 
 def predictor_device_name(device: str, store: Any | None = None) -> str:
@@ -106,12 +115,13 @@ def predictor_device_name(device: str, store: Any | None = None) -> str:
     return resolve_device_name(device, store, attached=True)
 
 
-def build_setup(cfg: dict[str, Any], store, run_dir: Path) -> SearchSetup:
+def build_setup(config: RunConfig, store: Any, run_dir: Path,
+                devices: DeviceSource = local_devices) -> tuple[SearchSetup, RunConfig]:
+    """Everything the run needs, and `config` as it must be stored (its predictor pinned)."""
     space = mnasnet()
-    reward = build_reward(cfg["reward"])
-    latency = build_latency(cfg, store, run_dir / "models")
-    accuracy = build_accuracy(cfg)
-    searcher = build_searcher(cfg, space)
-    return SearchSetup(space=space, searcher=searcher, accuracy=accuracy, latency=latency, reward=reward,
-                       weights_dir=run_dir / "weights", keep_top=int(cfg.get("keep_top", 5)))
-
+    latency, latency_config = build_latency(config.latency, config.seed, store, run_dir / "models", devices)
+    accuracy = build_accuracy(config.accuracy)
+    searcher = build_searcher(space, config.algorithm, config.seed, ppo=config.ppo, evolution=config.evolution)
+    setup = SearchSetup(space=space, searcher=searcher, accuracy=accuracy, latency=latency, reward=config.reward,
+                        weights_dir=run_dir / "weights", keep_top=config.keep_top)
+    return setup, dataclasses.replace(config, latency=latency_config)
