@@ -13,26 +13,8 @@ import threading
 from pathlib import Path
 
 from mnas.bench.types import BenchConfig, DeviceProfile, LatencyStats, Measurement
+from mnas.search.synthetic_latency import synthetic_layer_ms
 from mnas.space.arch import Arch, LayerSig
-from mnas.space.cost import layer_cost
-
-OP_MS_PER_MMAC = {"stem": 0.011, "conv": 0.009, "dsconv": 0.016, "mbconv": 0.013, "head": 0.007}
-
-
-def synthetic_layer_ms(layer: LayerSig) -> float:
-    """A layer's latency on the synthetic device: compute + memory + fixed op costs + misalignment."""
-    op = layer.kind if layer.kind in ("stem", "head") else layer.op
-    cost = layer_cost(layer)
-    ms = OP_MS_PER_MMAC[op] * cost.mult_adds / 1e6
-    ms += 2e-7 * (layer.h * layer.w * layer.cin + layer.out_h * layer.out_w * layer.cout)
-    ms += 0.004 * layer.kernel * (layer.kernel > 3)
-    if layer.se:
-        ms += 0.003 + 1e-5 * layer.mid
-    if layer.skip == "pool":
-        ms += 0.002
-    if layer.cout % 8:
-        ms *= 1.12  # channel counts off the vector width run slower
-    return ms
 
 
 def write_key(sig: LayerSig, path: Path) -> None:

@@ -37,14 +37,10 @@ from predictor_fakes import synthetic_layer_ms
 from mnas.bench.store import ResultsStore
 from mnas.bench.types import BenchConfig
 from mnas.predictor.layers import enumerate_layers
-from mnas.predictor.predictors import (
-    LearnedPredictor,
-    LookupPredictor,
-    load_predictor,
-    save_predictor,
-)
+from mnas.predictor.learned import LearnedPredictor
+from mnas.predictor.lookup import LookupPredictor
+from mnas.predictor.registry import load_predictor, save_predictor
 from mnas.predictor.table import (
-    LatencyTable,
     TableEntry,
     TableMeta,
     add_entry,
@@ -53,10 +49,12 @@ from mnas.predictor.table import (
 )
 from mnas.search.accuracy import CheapAccuracy
 from mnas.search.latency import PredictedLatency
+from mnas.search.loop import run_search
 from mnas.search.reward import Reward
 from mnas.search.run_store import RunStore
-from mnas.search.runs import SearchSetup, run_search
+from mnas.search.runs import SearchSetup
 from mnas.search.setup import build_searcher
+from mnas.search.synthetic_latency import synthetic_predictor
 from mnas.space.search_space import mnasnet
 
 RES = 32  # latency resolution of the test predictors: synthetic networks take 0.19-0.50 ms here
@@ -473,11 +471,7 @@ def test_every_bad_input_fails_before_the_run_is_created(predictor_db: Path, tmp
 @pytest.fixture(scope="module")
 def exact_predictor() -> LookupPredictor:
     """Every layer of the space at RES in an in-memory table: the synthetic device, predicted exactly."""
-    layers = enumerate_layers(mnasnet(), RES, 1000)
-    meta = TableMeta(name="synthetic", device_name="synthetic", runtime="synthetic", runtime_version="1.0",
-                     resolution=RES, conditions="")
-    entries = {layer.key: TableEntry(layer.key, synthetic_layer_ms(layer), None, None, 1, 0.0) for layer in layers}
-    return LookupPredictor(LatencyTable(meta, entries))
+    return synthetic_predictor(RES)
 
 
 class Boom(KeyboardInterrupt):
@@ -533,7 +527,7 @@ class _Conn:
 
 def make_setup(algorithm: str, predictor: LookupPredictor) -> SearchSetup:
     space = mnasnet()
-    return SearchSetup(space=space, searcher=build_searcher({"algorithm": algorithm, "seed": SEED}, space),
+    return SearchSetup(space=space, searcher=build_searcher(space, algorithm, SEED),
                        accuracy=CheapAccuracy(seed=SEED), latency=PredictedLatency(predictor, "exact"),
                        reward=Reward.hard(TARGET_MS), weights_dir=None)
 
