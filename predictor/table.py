@@ -81,6 +81,8 @@ class Store(Protocol):
 
     def transaction(self) -> Any: ...
 
+    def read(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]: ...
+
     def ensure_component_schema(self, component: str, migrations: list[str]) -> Any: ...
 
 
@@ -263,9 +265,8 @@ def _insert_table(conn: Any, meta: TableMeta) -> int:
 
 def find_table(store: Store, name: str) -> tuple[int, TableMeta] | None:
     ensure_schema(store)
-    with store.transaction() as conn:
-        row = conn.execute("SELECT id, meta FROM latency_tables WHERE name = ?", (name,)).fetchone()
-    return None if row is None else _row_to_meta(row)
+    rows = store.read("SELECT id, meta FROM latency_tables WHERE name = ?", (name,))
+    return _row_to_meta(rows[0]) if rows else None
 
 
 def open_table(store: Store, meta: TableMeta) -> int:
@@ -311,9 +312,7 @@ def add_entry(store: Store, table_id: int, entry: TableEntry, *, replace: bool =
 
 def stored_keys(store: Store, table_id: int) -> set[str]:
     """Every layer key the table holds."""
-    with store.transaction() as conn:
-        rows = conn.execute("SELECT layer_key FROM table_entries WHERE table_id = ?", (table_id,)).fetchall()
-    return {row[0] for row in rows}
+    return {row[0] for row in store.read("SELECT layer_key FROM table_entries WHERE table_id = ?", (table_id,))}
 
 
 def reusable_keys(store: Store, table_id: int) -> set[str]:
@@ -322,9 +321,7 @@ def reusable_keys(store: Store, table_id: int) -> set[str]:
     A build measures every other layer of the space again: missing ones and those whose
     figure was taken throttled or while another process shared the core.
     """
-    with store.transaction() as conn:
-        rows = conn.execute("SELECT layer_key, measurement FROM table_entries WHERE table_id = ?",
-                            (table_id,)).fetchall()
+    rows = store.read("SELECT layer_key, measurement FROM table_entries WHERE table_id = ?", (table_id,))
     keys = set()
     for key, text in rows:
         flags = json.loads(text) if text else {}
@@ -333,10 +330,10 @@ def reusable_keys(store: Store, table_id: int) -> set[str]:
     return keys
 
 
-def _entries(conn: Any, table_id: int) -> Iterator[TableEntry]:
-    rows = conn.execute(
+def _entries(store: Store, table_id: int) -> Iterator[TableEntry]:
+    rows = store.read(
         "SELECT layer_key, median_ms, mean_ms, std_ms, runs, measured_at, measurement_id, measurement "
-        "FROM table_entries WHERE table_id = ? ORDER BY rowid", (table_id,)).fetchall()
+        "FROM table_entries WHERE table_id = ? ORDER BY rowid", (table_id,))
     for key, median, mean, std, runs, at, mid, measurement in rows:
         yield TableEntry(layer_key=key, median_ms=median, mean_ms=mean, std_ms=std, runs=runs, measured_at=at,
                          measurement_id=mid, measurement=None if measurement is None else json.loads(measurement))
@@ -347,13 +344,12 @@ def load_table(store: Store, table: str | int, *, resolution: int | None = None,
     """Load a table by name or id; checks it is non-empty and matches `resolution` / `runtime`."""
     ensure_schema(store)
     column = "id" if isinstance(table, int) else "name"
-    with store.transaction() as conn:
-        row = conn.execute(f"SELECT id, meta FROM latency_tables WHERE {column} = ?", (table,)).fetchone()
-        if row is None:
-            names = [r[0] for r in conn.execute("SELECT name FROM latency_tables ORDER BY id").fetchall()]
-            raise MnasError(f"latency table {table!r} not found: expected one of {names or '(none built yet)'}")
-        table_id, meta = _row_to_meta(row)
-        entries = {e.layer_key: e for e in _entries(conn, table_id)}
+    rows = store.read(f"SELECT id, meta FROM latency_tables WHERE {column} = ?", (table,))
+    if not rows:
+        names = [r[0] for r in store.read("SELECT name FROM latency_tables ORDER BY id")]
+        raise MnasError(f"latency table {table!r} not found: expected one of {names or '(none built yet)'}")
+    table_id, meta = _row_to_meta(rows[0])
+    entries = {e.layer_key: e for e in _entries(store, table_id)}
     loaded = LatencyTable(meta=meta, entries=entries, table_id=table_id)
     if not (allow_empty and not entries):
         loaded.check(resolution=resolution, runtime=runtime)
@@ -363,11 +359,9 @@ def load_table(store: Store, table: str | int, *, resolution: int | None = None,
 def list_tables(store: Store) -> list[dict[str, Any]]:
     """One row per table: id, name, device, runtime, version, resolution, conditions, entries, created."""
     ensure_schema(store)
-    with store.transaction() as conn:
-        rows = conn.execute(
-            "SELECT t.id, t.name, t.device, t.runtime, t.version, t.resolution, t.conditions, t.created, "
-            "(SELECT COUNT(*) FROM table_entries e WHERE e.table_id = t.id) FROM latency_tables t ORDER BY t.id"
-        ).fetchall()
+    rows = store.read(
+        "SELECT t.id, t.name, t.device, t.runtime, t.version, t.resolution, t.conditions, t.created, "
+        "(SELECT COUNT(*) FROM table_entries e WHERE e.table_id = t.id) FROM latency_tables t ORDER BY t.id")
     keys = ("id", "name", "device", "runtime", "runtime_version", "resolution", "conditions", "created", "entries")
     return [dict(zip(keys, row, strict=True)) for row in rows]
 
