@@ -16,9 +16,8 @@ from mnas.search.accuracy import (
     CheapAccuracy,
     ProxyTask,
     ProxyTrainer,
-    TFRMSprop,
-    learning_rate_at,
 )
+from mnas.search.optim import TFRMSprop, learning_rate_at
 from mnas.space import zoo
 from mnas.space.arch import Arch
 from mnas.space.torch_model import build_model
