@@ -94,7 +94,8 @@ def _random_input(rng: Any, shape: tuple[int, ...], dtype: Any, name: str) -> An
     raise MnasError(f"input tensor {name!r} has dtype {dt}: only numeric and bool inputs can be filled")
 
 
-def _prepare_inputs(interpreter: Any, seed: int) -> None:
+def prepare_inputs(interpreter: Any, seed: int) -> None:
+    """Fill every input tensor with seeded random values (a model is timed on the same inputs every run)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -164,7 +165,7 @@ def time_model(
     interpreter = _load(runtime.interpreter, path, num_threads)
     init_ns = time.perf_counter_ns() - t0
     rss_init = _maxrss_kb()
-    _prepare_inputs(interpreter, seed)
+    prepare_inputs(interpreter, seed)
 
     gc_was_enabled = gc.isenabled()
     gc.collect()
@@ -217,7 +218,8 @@ def _last_cpu() -> int | None:
         return None
 
 
-def _pin(core: int) -> None:
+def pin_to_core(core: int) -> None:
+    """Pin this process to `core` before any thread starts (threads inherit the mask)."""
     try:
         os.sched_setaffinity(0, {core})
     except OSError as exc:
@@ -245,7 +247,7 @@ def child_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result_path = Path(args.result)
     try:
-        _pin(args.core)  # before numpy / the interpreter start any thread
+        pin_to_core(args.core)  # before numpy / the interpreter start any thread
         timing = time_model(args.model, args.warmup_runs, args.num_runs, args.min_secs, args.num_threads)
         masks = _thread_affinities()
         stray = {tid: mask for tid, mask in masks.items() if mask != [args.core]}

@@ -70,7 +70,7 @@ def measure(predictor: AdditivePredictor, rows: int, n_archs: int, repeats: int,
         "tokens_per_s": best_rate(rows, lambda: predictor.predict_tokens(tokens), repeats),
         "archs": n_archs,
         "archs_per_s": best_rate(n_archs, lambda: predictor.predict_ms(archs), repeats),
-        "archs_layerwise_per_s": best_rate(len(slow), lambda: predictor._raw_layers(slow), 1),
+        "archs_layerwise_per_s": best_rate(len(slow), lambda: predictor.raw_layer_sums(slow), 1),
     }
 
 

@@ -87,7 +87,7 @@ class AdditivePredictor:
 
     # ---------------------------------------------------------------- raw sums (before calibration)
 
-    def _raw_layers(self, archs: Sequence[Arch], with_params: bool = False) -> RawSums:
+    def raw_layer_sums(self, archs: Sequence[Arch], with_params: bool = False) -> RawSums:
         """Raw sums expanding every arch layer by layer (the path for archs outside the space)."""
         per_arch = [arch.layers(self.resolution, self.num_classes) for arch in archs]
         counts = np.asarray([len(layers) for layers in per_arch], dtype=np.float64)
@@ -123,7 +123,7 @@ class AdditivePredictor:
             out.put(np.asarray(fast_at)[known], fast.rows(known))
             slow_at.extend(np.asarray(fast_at)[~known].tolist())
         if slow_at:
-            out.put(np.asarray(slow_at), self._raw_layers([archs[i] for i in slow_at], with_params))
+            out.put(np.asarray(slow_at), self.raw_layer_sums([archs[i] for i in slow_at], with_params))
         return out
 
     def _encode(self, arch: Arch, index: TokenIndex) -> list[int] | None:
@@ -151,7 +151,7 @@ class AdditivePredictor:
         if index.missing_keys:
             bad = np.flatnonzero(np.isnan(raw.latency_ms))
             if bad.size:  # re-run one row layer by layer: it raises naming the missing layer
-                self._raw_layers([space.decode([int(t) for t in tokens[bad[0]]])])
+                self.raw_layer_sums([space.decode([int(t) for t in tokens[bad[0]]])])
         return calibrated(self.calibration_, raw.latency_ms, raw.counts, raw.mparams)
 
     def calibrate(self, archs: Sequence[Arch], measured_ms: Sequence[float] | np.ndarray, *,

@@ -60,7 +60,7 @@ def test_sample_shapes_ranges_and_determinism() -> None:
     assert not log_probs.requires_grad
 
 
-def test_teacher_forcing_matches_sampling() -> None:
+def test_consistency_teacher_forcing_matches_sampling() -> None:
     controller = make([4, 2, 2, 3, 3, 3] * 2, seed=1)
     tokens, log_probs, entropies = controller.sample(32, torch.Generator().manual_seed(0))
     scored, entropy = controller.log_prob(tokens)

@@ -54,7 +54,7 @@ def test_a1_depth_multiplier_mult_adds(multiplier: float, mult_adds_m: float, to
 
 
 @pytest.mark.parametrize("name", zoo.names())
-def test_params_equal_torch_trainable_parameters(name: str) -> None:
+def test_consistency_params_equal_torch_trainable_parameters(name: str) -> None:
     model = build_model(zoo.get(name))
     assert arch_cost(zoo.get(name)).params == sum(p.numel() for p in model.parameters())
 

@@ -16,7 +16,7 @@ from tflite_fixtures import add_model_bytes, small_conv, write_model
 
 from mnas.bench import runtime as runtime_module
 from mnas.bench.host import HostDevice, check_tflite_file
-from mnas.bench.host_worker import _pin, _prepare_inputs, time_model
+from mnas.bench.host_worker import pin_to_core, prepare_inputs, time_model
 from mnas.bench.sysfs import HostSysfs
 from mnas.bench.topology import parse_cpu_list
 from mnas.bench.types import BenchConfig, Device, Measurement
@@ -185,7 +185,7 @@ def test_inputs_are_random_with_a_fixed_seed(tmp_path: Path) -> None:
     model = write_model(tmp_path / "add.tflite", add_model_bytes())
     interpreter = Interpreter(model_path=str(model), num_threads=1)
     interpreter.allocate_tensors()
-    _prepare_inputs(interpreter, seed=0)
+    prepare_inputs(interpreter, seed=0)
     interpreter.invoke()
     rng = np.random.default_rng(0)
     a = rng.uniform(-0.5, 0.5, size=(1, 16, 16, 8)).astype(np.float32)
@@ -196,7 +196,7 @@ def test_inputs_are_random_with_a_fixed_seed(tmp_path: Path) -> None:
 
 def test_pinning_to_a_missing_core_fails_clearly() -> None:
     with pytest.raises(MeasurementError) as info:
-        _pin(100_000)
+        pin_to_core(100_000)
     assert str(info.value).startswith("could not pin the benchmark process to core 100000: ")
 
 

@@ -33,7 +33,7 @@ def test_small_space_matches_hand_count() -> None:
     assert len(set(keys)) == len(keys)
 
 
-def test_small_space_enumeration_equals_layers_of_random_archs() -> None:
+def test_consistency_small_space_enumeration_equals_layers_of_random_archs() -> None:
     """Both directions: every arch layer is enumerated, and every enumerated layer occurs."""
     enumerated = {layer.key for layer in enumerate_layers(SMALL, 32)}
     rng = np.random.default_rng(7)

@@ -53,14 +53,14 @@ def test_lookup_predicts_an_additive_device_exactly(store: ResultsStore, tmp_pat
     np.testing.assert_allclose(predicted, measured, rtol=1e-12, atol=0)
     tokens = np.asarray([SMALL.encode(a) for a in archs])
     np.testing.assert_allclose(predictor.predict_tokens(tokens), measured, rtol=1e-12, atol=0)
-    layerwise = predictor._raw_layers(archs)
+    layerwise = predictor.raw_layer_sums(archs)
     np.testing.assert_allclose(layerwise.latency_ms, measured, rtol=1e-12, atol=0)
     assert layerwise.counts is not None and layerwise.counts.tolist() == [len(a.layers(RES)) for a in archs]
     coverage = predictor.layer_coverage(archs)
     assert coverage.from_fallback == 0 and coverage.coverage == 1.0
 
 
-def test_predict_tokens_matches_layers_on_the_full_space() -> None:
+def test_consistency_predict_tokens_matches_layers_on_the_full_space() -> None:
     layers = enumerate_layers(mnasnet(), 224)
     table = LatencyTable(_meta(224), {layer.key: _entry(layer.key, synthetic_layer_ms(layer)) for layer in layers})
     predictor = LookupPredictor(table)
@@ -138,7 +138,7 @@ def test_missing_layers_go_to_the_fallback_and_are_counted(store: ResultsStore) 
     assert counted.layers == len(layers)
     assert counted.from_fallback == len(missing)
     assert counted.coverage == pytest.approx(1 - len(missing) / len(layers))
-    np.testing.assert_allclose(predictor._raw_layers(archs).latency_ms, expected, rtol=1e-12)  # layer path
+    np.testing.assert_allclose(predictor.raw_layer_sums(archs).latency_ms, expected, rtol=1e-12)  # layer path
     assert sum(counted.fallback_keys.values()) == len(missing)  # counted by key
     assert counted.to_dict() == {"layers": len(layers), "from_table": len(layers) - len(missing),
                                  "from_fallback": len(missing), "coverage_share": counted.coverage}

@@ -46,7 +46,7 @@ def test_continuous_at_target(reward: Reward) -> None:
     assert below == pytest.approx(0.6, abs=1e-8) and above == pytest.approx(0.6, abs=1e-8)
 
 
-def test_batch_matches_scalar() -> None:
+def test_consistency_batch_matches_scalar() -> None:
     rng = np.random.default_rng(0)
     accs = rng.uniform(0, 1, 200)
     lats = rng.uniform(5, 300, 200)

@@ -20,7 +20,15 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from test_search_runs import Row, _query, assert_each_sample_once, cli_env, run_cli, run_row, stored
+from test_search_runs import (
+    Row,
+    assert_each_sample_once,
+    cli_env,
+    query_db,
+    run_cli,
+    run_row,
+    stored,
+)
 
 from mnas.bench.host import HostDevice
 from mnas.bench.store import ResultsStore
@@ -93,7 +101,7 @@ def predicted_ms(db: Path, predictor_id: int, arch: str) -> float:
 
 def measurement_of(db: Path, arch: str) -> list[tuple]:
     # the host's headline latency is the minimum of runs (bench.types.headline_statistic)
-    return _query(db, "SELECT m.device_id, m.min_ms, m.num_runs, m.warmup_runs, d.label FROM measurements m "
+    return query_db(db, "SELECT m.device_id, m.min_ms, m.num_runs, m.warmup_runs, d.label FROM measurements m "
                       "JOIN models d ON d.sha256 = m.model_sha256 WHERE d.arch = ? ORDER BY m.id", (arch,))
 
 
@@ -266,7 +274,7 @@ def test_hybrid_predicts_every_child_measures_a_seeded_share_and_reports_the_err
             assert row.latency_ms == row.measured_ms == measurement_of(db, row.arch)[0][1]
         else:
             assert (row.latency_source, row.latency_ms, row.measured_ms) == (predictor_source, row.predicted_ms, None)
-    timed = _query(db, "SELECT d.arch FROM measurements m JOIN models d ON d.sha256 = m.model_sha256 "
+    timed = query_db(db, "SELECT d.arch FROM measurements m JOIN models d ON d.sha256 = m.model_sha256 "
                        "WHERE d.arch IS NOT NULL")  # the table's 12 layers have no arch
     assert sorted(a for (a,) in timed) == sorted({r.arch for r, m in zip(rows, chosen, strict=True) if m})
     # the error log: every measured arch once, (predicted - measured) / measured

@@ -20,9 +20,9 @@ import pytest
 from loopback_fixtures import IsolatedAdb, isolated_adb_server, loopback_phones, requires_adb
 from test_search_runs import (
     RES,
-    _query,
     assert_each_sample_once,
     make_predictor_db,
+    query_db,
     run_cli,
     run_in_process,
     run_row,
@@ -57,7 +57,7 @@ def phone(adb: IsolatedAdb, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def phone_measurements(db: Path) -> list[dict[str, Any]]:
-    rows = _query(db, "SELECT d.arch, m.device_id, m.device_name, m.runtime, m.pinned_core, m.num_runs, m.warmup_runs, "
+    rows = query_db(db, "SELECT d.arch, m.device_id, m.device_name, m.runtime, m.pinned_core, m.num_runs, m.warmup_runs, "
                       "m.median_ms FROM measurements m JOIN models d ON d.sha256 = m.model_sha256 ORDER BY m.id")
     keys = ("arch", "device_id", "device_name", "runtime", "pinned_core", "num_runs", "warmup_runs", "median_ms")
     return [dict(zip(keys, row, strict=True)) for row in rows]

@@ -129,7 +129,7 @@ class Row:
     reward: float
 
 
-def _query(db: Path, sql: str, args: tuple = ()) -> list[tuple]:
+def query_db(db: Path, sql: str, args: tuple = ()) -> list[tuple]:
     if not db.exists():
         return []
     try:
@@ -143,37 +143,37 @@ def _query(db: Path, sql: str, args: tuple = ()) -> list[tuple]:
 
 def stored(db: Path, run_id: str) -> list[Row]:
     """The run's samples straight from SQLite (not through RunStore), in idx order."""
-    rows = _query(db, "SELECT idx, tokens, arch, accuracy, accuracy_task, latency_ms, latency_source, predicted_ms, "
+    rows = query_db(db, "SELECT idx, tokens, arch, accuracy, accuracy_task, latency_ms, latency_source, predicted_ms, "
                       "measured_ms, reward FROM search_samples WHERE run_id = ? ORDER BY idx", (run_id,))
     return [Row(r[0], json.loads(r[1]), *r[2:]) for r in rows]
 
 
 def sample_count(db: Path, run_id: str) -> int:
-    rows = _query(db, "SELECT COUNT(*) FROM search_samples WHERE run_id = ?", (run_id,))
+    rows = query_db(db, "SELECT COUNT(*) FROM search_samples WHERE run_id = ?", (run_id,))
     return int(rows[0][0]) if rows else 0
 
 
 def run_row(db: Path, run_id: str) -> dict[str, Any] | None:
-    rows = _query(db, "SELECT status, algorithm, config FROM search_runs WHERE run_id = ?", (run_id,))
+    rows = query_db(db, "SELECT status, algorithm, config FROM search_runs WHERE run_id = ?", (run_id,))
     if not rows:
         return None
     return {"status": rows[0][0], "algorithm": rows[0][1], "config": json.loads(rows[0][2])}
 
 
 def checkpoint_next(db: Path, run_id: str) -> int | None:
-    rows = _query(db, "SELECT next_idx FROM search_checkpoints WHERE run_id = ?", (run_id,))
+    rows = query_db(db, "SELECT next_idx FROM search_checkpoints WHERE run_id = ?", (run_id,))
     return int(rows[0][0]) if rows else None
 
 
 def updates(db: Path, run_id: str) -> list[tuple[int, int, dict]]:
-    rows = _query(db, "SELECT update_idx, after_sample, stats FROM search_updates WHERE run_id = ? ORDER BY update_idx",
+    rows = query_db(db, "SELECT update_idx, after_sample, stats FROM search_updates WHERE run_id = ? ORDER BY update_idx",
                   (run_id,))
     return [(r[0], r[1], json.loads(r[2])) for r in rows]
 
 
 def assert_each_sample_once(db: Path, run_id: str, count: int) -> None:
     """idx 0..count-1, each exactly once, and the checkpoint right after the last one."""
-    indices = [r[0] for r in _query(db, "SELECT idx FROM search_samples WHERE run_id = ? ORDER BY idx", (run_id,))]
+    indices = [r[0] for r in query_db(db, "SELECT idx FROM search_samples WHERE run_id = ? ORDER BY idx", (run_id,))]
     assert indices == list(range(count))
     assert checkpoint_next(db, run_id) == count
 
@@ -430,7 +430,7 @@ def assert_failed_first(run: CliRun, message: str, db: Path, measurements_before
     assert (run.rc, run.stderr_lines, run.stdout) == (2, [f"mnas: error: {message}"], ""), run.describe()
     assert run_row(db, "bad") is None and sample_count(db, "bad") == 0
     assert not (db.parent / "runs" / "bad").exists()  # no model written, no weights kept
-    assert _query(db, "SELECT COUNT(*) FROM measurements") == measurements_before
+    assert query_db(db, "SELECT COUNT(*) FROM measurements") == measurements_before
 
 
 @pytest.mark.slow
@@ -438,7 +438,7 @@ def test_bad_input_fails_in_one_line_before_any_training(predictor_db: Path, tmp
     """As a user sees it: a fresh process, exit code 2, one line, quickly, nothing stored."""
     env = cli_env()
     db = copy_db(predictor_db, tmp_path / "mnas.db")
-    before = _query(db, "SELECT COUNT(*) FROM measurements")
+    before = query_db(db, "SELECT COUNT(*) FROM measurements")
     for args, message in bad_input_cases(tmp_path, env["ANDROID_ADB_SERVER_PORT"])[:2]:
         run = run_cli(env, "--db", str(db), "search", *args, "--name", "bad", timeout_s=60, cwd=tmp_path)
         assert_failed_first(run, message, db, before)
@@ -454,7 +454,7 @@ def test_every_bad_input_fails_before_the_run_is_created(predictor_db: Path, tmp
     monkeypatch.delenv("MNAS_DB", raising=False)
     monkeypatch.chdir(tmp_path)
     db = copy_db(predictor_db, tmp_path / "mnas.db")
-    before = _query(db, "SELECT COUNT(*) FROM measurements")
+    before = query_db(db, "SELECT COUNT(*) FROM measurements")
     threads = torch.get_num_threads()
     try:
         for args, message in bad_input_cases(tmp_path, port):
@@ -567,7 +567,7 @@ def test_interrupt_at_any_stage_of_a_child_keeps_sample_and_checkpoint_together(
     assert [u["loss"] for u in runs.updates("r")] == [u["loss"] for u in reference_store.updates("r")]
 
 
-def test_exact_predictor_matches_the_stored_predictor_where_the_table_has_the_layers(
+def test_consistency_exact_predictor_matches_the_stored_predictor_where_the_table_has_the_layers(
         exact_predictor: LookupPredictor, predictor_db: Path) -> None:
     """The stored test predictor is exact on table layers and close elsewhere (its fallback)."""
     store = ResultsStore(predictor_db)
