@@ -279,6 +279,14 @@ def network_target_options(func):
     return func
 
 
+def network_measure_options(func):
+    """Timing, repeats, contention guard, device and --json options of calibrate and eval."""
+    for decorate in (json_option, device_options, guard_options(tries=3), repeats_option,
+                     timing_options(runs=30, warmup=3, min_secs=0.4)):
+        func = decorate(func)
+    return func
+
+
 @table.command("calibrate")
 @network_target_options
 @click.option("--samples", type=click.IntRange(min=4), required=True, help="K random networks to measure.")
@@ -286,11 +294,7 @@ def network_target_options(func):
               help="Calibration stream seed (disjoint from eval seeds by construction).")
 @click.option("--weights/--no-weights", "with_params", default=True, show_default=True,
               help="Calibrate on each network's weight count too (weights are cold in cache inside a network).")
-@timing_options(runs=30, warmup=3, min_secs=0.4)
-@repeats_option
-@guard_options(tries=3)
-@device_options
-@json_option
+@network_measure_options
 @click.pass_context
 def calibrate_cmd(ctx: click.Context, device_spec: str, samples: int, seed: int, resolution: int,
                   predictor_id: int | None, with_params: bool, runs: int, warmup: int, min_secs: float,
@@ -330,11 +334,7 @@ def calibrate_cmd(ctx: click.Context, device_spec: str, samples: int, seed: int,
               help="Eval stream seed (disjoint from calibration seeds by construction).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Scatter PNG (default: <results>/plots/eval-<predictor>-<seed>-<N>.png).")
-@timing_options(runs=30, warmup=3, min_secs=0.4)
-@repeats_option
-@guard_options(tries=3)
-@device_options
-@json_option
+@network_measure_options
 @click.pass_context
 def eval_cmd(ctx: click.Context, device_spec: str, samples: int, seed: int, resolution: int, predictor_id: int | None,
              plot_path: str | None, runs: int, warmup: int, min_secs: float, repeats: int, tries: int,
