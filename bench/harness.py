@@ -68,7 +68,7 @@ def run_benchmarks(
         report(BenchOutcome(device_id, model, measurement, stored_id))
 
     def failed(job: tuple[Device, PreparedModel], device_id: str, error: BaseException) -> None:
-        report(BenchOutcome(device_id, job[1], None, None, error=str(error)))
+        report(BenchOutcome(device_id, job[1], None, None, error=_error_line(device_id, job[1], error)))
 
     def unmeasured(job: tuple[Device, PreparedModel]) -> None:
         report(BenchOutcome(job[0].device_id, job[1], None, None,
@@ -91,3 +91,11 @@ def _reusable(store, force: bool, profile: DeviceProfile, model: PreparedModel,
         return None
     found = find_reusable(store, profile, model.sha256, config)
     return found[0][0] if found else None
+
+
+def _error_line(device_id: str, model: PreparedModel, error: BaseException) -> str:
+    """A device's own MnasError already names device and model; anything else is named here, never blank."""
+    text = " ".join(str(error).split())
+    if isinstance(error, MnasError) and text:
+        return text
+    return f"{device_id}: {model.label}: not measured: {type(error).__name__}" + (f": {text}" if text else "")
