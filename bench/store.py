@@ -111,6 +111,7 @@ BENCH_MIGRATIONS: list[str] = [
     """,
 ]
 
+
 def _measurements_without_not_null_median() -> str:
     """Migration 2: `median_ms` may be NULL, for tools that print no median.
 
@@ -135,7 +136,6 @@ BENCH_MIGRATIONS.append(_measurements_without_not_null_median())
 
 # measurement columns a caller may filter on, besides the joined model label/arch
 _FILTER_EXTRA = {"label": "models.label", "arch": "models.arch"}
-
 
 
 MAX_STORED_RUNS = 2000
@@ -202,7 +202,7 @@ def measurement_row(m: Measurement) -> dict[str, Any]:
         "profile_ops": int(m.config.profile_ops),
         "conditions_key": m.config.conditions_key(),
         "count": stats.count,
-        "median_ms": None if m.median_ms is None else _finite(m.median_ms),
+        "median_ms": _finite(m.median_ms),
         "mean_ms": _ms(stats.mean_us),
         "std_ms": _ms(stats.std_us),
         "min_ms": _ms(stats.min_us),

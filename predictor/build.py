@@ -22,14 +22,7 @@ from mnas.bench.pool import run_device_pool
 from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement, latency_ms
 from mnas.errors import MeasurementError, MnasError
 from mnas.predictor.layers import enumerate_layers
-from mnas.predictor.table import (
-    TableEntry,
-    TableMeta,
-    add_entry,
-    open_table,
-    reusable_keys,
-    stored_keys,
-)
+from mnas.predictor.table import TableEntry, TableMeta, add_entry, open_table, retake_reasons
 from mnas.space.arch import LayerSig
 from mnas.space.search_space import SearchSpace
 
@@ -108,9 +101,8 @@ def build_table(space: SearchSpace, resolution: int, devices: Sequence[Device], 
     meta = table_meta(table_name, profiles, resolution, config, space_name, num_classes)
     table_id = open_table(store, meta)
     all_layers = list(layers) if layers is not None else enumerate_layers(space, resolution, num_classes)
-    stored = stored_keys(store, table_id)
-    reusable = reusable_keys(store, table_id)
-    pending = [layer for layer in all_layers if layer.key not in reusable]
+    reasons = retake_reasons(store, table_id)
+    pending = [layer for layer in all_layers if layer.key not in reasons or reasons[layer.key] is not None]
     already = len(all_layers) - len(pending)
     if limit is not None:
         pending = pending[:limit]
@@ -135,7 +127,7 @@ def build_table(space: SearchSpace, resolution: int, devices: Sequence[Device], 
                 path.unlink(missing_ok=True)
 
         def keep(layer: LayerSig, device_id: str, measurement: Measurement) -> None:
-            _store_entry(store, table_id, layer, device_id, measurement, result, replace=layer.key in stored)
+            _store_entry(store, table_id, layer, device_id, measurement, result, replace=layer.key in reasons)
             bar.update(1)
             bar.set_postfix_str(f"{layer.kind}:{layer.op} {latency_ms(measurement):.3f} ms")
 

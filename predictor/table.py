@@ -296,7 +296,7 @@ def add_entry(store: Store, table_id: int, entry: TableEntry, *, replace: bool =
     """Store one entry in its own transaction; False when the key was already stored.
 
     `replace` overwrites a stored entry of the same key: a layer re-taken because its
-    earlier figure may not be reused (`reusable_keys`).
+    earlier figure may not be reused (`retake_reasons`).
     """
     verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
     with store.transaction() as conn:
@@ -315,19 +315,18 @@ def stored_keys(store: Store, table_id: int) -> set[str]:
     return {row[0] for row in store.read("SELECT layer_key FROM table_entries WHERE table_id = ?", (table_id,))}
 
 
-def reusable_keys(store: Store, table_id: int) -> set[str]:
-    """The layer keys whose entries pass the one reuse rule (`bench.measure.reuse_blocker`).
+def retake_reasons(store: Store, table_id: int) -> dict[str, str | None]:
+    """Every stored layer key, with why its entry must be measured again (None: it may be reused).
 
-    A build measures every other layer of the space again: missing ones and those whose
-    figure was taken throttled or while another process shared the core.
+    The reason is the one reuse rule's (`bench.measure.reuse_blocker`): an entry taken
+    throttled or while another process shared the core is measured again by the next build.
     """
     rows = store.read("SELECT layer_key, measurement FROM table_entries WHERE table_id = ?", (table_id,))
-    keys = set()
+    reasons: dict[str, str | None] = {}
     for key, text in rows:
         flags = json.loads(text) if text else {}
-        if reuse_blocker(flags.get("throttled"), flags) is None:
-            keys.add(key)
-    return keys
+        reasons[key] = reuse_blocker(flags.get("throttled"), flags)
+    return reasons
 
 
 def _entries(store: Store, table_id: int) -> Iterator[TableEntry]:

@@ -106,7 +106,7 @@ class MeasuredLatency:
 
     def _latency(self, archs: list[Arch], folder: Path) -> list[LatencyResult]:
         by_key: dict[str, LatencyResult] = {}
-        to_measure: dict[str, PreparedModel] = {}
+        to_measure: dict[str, tuple[Arch, PreparedModel]] = {}
         for arch in archs:
             key = str(arch)
             if key in by_key or key in to_measure:
@@ -117,20 +117,20 @@ class MeasuredLatency:
             if known is not None:
                 by_key[key] = known
             else:
-                to_measure[key] = model
+                to_measure[key] = (arch, model)
         if to_measure:
-            by_key.update(self._measure(to_measure, {str(a): a for a in archs}))
+            by_key.update(self._measure(list(to_measure.values())))
         return [by_key[str(arch)] for arch in archs]
 
-    def _measure(self, jobs: dict[str, PreparedModel], archs: dict[str, Arch]) -> dict[str, LatencyResult]:
+    def _measure(self, jobs: list[tuple[Arch, PreparedModel]]) -> dict[str, LatencyResult]:
         """Time the models on the device pool (FAIL_JOB); the first failure is raised once the rest are kept."""
         out: dict[str, LatencyResult] = {}
 
-        def keep(key: str, device_id: str, m: Measurement) -> None:
-            out[key] = self._record(archs[key], jobs[key].sha256, m)
+        def keep(job: tuple[Arch, PreparedModel], device_id: str, m: Measurement) -> None:
+            arch, model = job
+            out[str(arch)] = self._record(arch, model.sha256, m)
 
-        pool = run_device_pool(self.devices, list(jobs), lambda device, key: device.benchmark(jobs[key].path,
-                                                                                             self.bench_config),
+        pool = run_device_pool(self.devices, jobs, lambda device, job: device.benchmark(job[1].path, self.bench_config),
                                keep, name="mnas-measure", policy=FailurePolicy.FAIL_JOB)
         if pool.failed_jobs:
             raise pool.failed_jobs[0][2]
