@@ -209,6 +209,8 @@ def build_cmd(ctx: click.Context, device_spec: str, space_name: str, resolution:
         rate = f", {result.seconds_per_layer:.2f} s/layer" if result.seconds_per_layer else ""
         click.echo(f"table {result.table_name}: measured {result.measured} layers in {_duration(result.elapsed_s)}{rate}; "
                    f"{result.already_stored} were stored before; {result.remaining} of {result.total_layers} remain")
+        if result.retaken:
+            click.echo(f"{result.retaken} of them replaced stored entries flagged contended or throttled")
         if result.remaining:
             click.echo("run the same command again to continue")
     for line in result.failures:
