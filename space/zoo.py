@@ -85,9 +85,19 @@ def check_resolution(resolution: int) -> None:
 
 
 def get(name: str, multiplier: float = 1.0) -> Arch:
-    """A zoo model at a depth multiplier (filters rounded as the official code does)."""
+    """A zoo model at a depth multiplier (filters rounded as the official code does).
+
+    The official `round_filters` returns the filters unchanged when no depth multiplier is
+    given (`if not multiplier: return filters`), and the reference models are built without
+    one; x1.0 here means exactly that. So at x1.0 every zoo model has its official block
+    strings, including the 36-filter stages of `mnasnet-d1` and `mnasnet-d1-320` that the
+    multiple-of-8 rounding would turn into 40. Any other multiplier rounds every filter count.
+    """
     spec = entry(name)
     check_multiplier(multiplier)
+    if multiplier == 1.0:
+        return Arch(blocks=tuple(BlockSpec.parse(text) for text in spec.blocks), stem_filters=spec.stem,
+                    head_filters=1280, activation=spec.activation)
     blocks = []
     for text in spec.blocks:
         block = BlockSpec.parse(text)
