@@ -4,7 +4,9 @@ Nothing is downloaded at run time. The embedded default is Fashion-MNIST as Debi
 `dataset-fashion-mnist` package installs it (the original IDX gzip files); scikit-learn's
 bundled 8x8 digits are a smoke-test-sized fallback used only when asked for. Users bring
 colour or ImageNet-like data as an ImageFolder tree (one folder per class), the CIFAR-10
-python-pickle folder, or an `.npz` with `x_train`/`y_train` (and optionally `x_val`/`y_val`).
+python-pickle folder (read by a restricted unpickler: a pickle naming anything but the real
+batches' numpy arrays is refused, never run), or an `.npz` with `x_train`/`y_train` (and
+optionally `x_val`/`y_val`; read with `allow_pickle=False`).
 
 Every loader returns a `Dataset` whose `x` is float32 NCHW with **3 channels** in [0, 1]
 (uint8 sources divided by 255): the search space's stem takes 3 channels, so grayscale images
@@ -304,14 +306,65 @@ def is_cifar_folder(root: Path) -> bool:
     return any((root / name).exists() for name in (*CIFAR_TRAIN, *CIFAR_TEST, "batches.meta"))
 
 
+# What the CIFAR python batches are made of: dicts, lists, bytes and ints (pickle opcodes, no
+# globals), numpy uint8 arrays (rebuilt through these globals) and, in batches pickled by Python
+# 3 at protocol 2, bytes spelled as `_codecs.encode(text, "latin1")`. Taken from the objects
+# themselves so the names match whichever numpy is installed (numpy 2 moved `numpy.core` to
+# `numpy._core`; both spellings are admitted because old files name the old one).
+_NP_RECONSTRUCT = np.zeros(1).__reduce__()[0]
+_NP_SCALAR = np.uint8(0).__reduce__()[0]
+_CIFAR_GLOBALS: dict[tuple[str, str], object] = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    **{(module, "_reconstruct"): _NP_RECONSTRUCT
+       for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(module, "scalar"): _NP_SCALAR for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
+}
+
+
+class _Refused(Exception):
+    """A CIFAR batch asked for something a real batch never holds (the message says what)."""
+
+
+def _latin1_bytes(text: str, encoding: str = "utf-8") -> bytes:
+    """`_codecs.encode` as Python 3 pickles bytes at protocol < 3, and only that use of it."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise _Refused(f"global _codecs.encode called with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Unpickles only the layout of the real CIFAR python batches; any other global is refused.
+
+    A pickle runs whatever callable its globals name when it is loaded, so a plain
+    `pickle.load` of a downloaded or shared folder could run any code. The real batches need
+    only numpy's array reconstruction (and `_codecs.encode` for bytes re-pickled by Python 3),
+    so every other global - `os.system`, `builtins.eval`, a class's constructor - is refused
+    before it is ever looked up: nothing the file names is imported or called.
+    """
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_bytes
+        found = _CIFAR_GLOBALS.get((module, name))
+        if found is None:
+            raise _Refused(f"global {module}.{name}")
+        return found
+
+
 def _read_pickle(path: Path) -> dict:
+    """One CIFAR python batch, through `CifarUnpickler` (never a plain `pickle.load`)."""
     if not path.is_file():
         raise MnasError(f"{path}: not found: expected the CIFAR-10 python batch file "
                         f"({', '.join(CIFAR_TRAIN)}, test_batch, batches.meta)")
     try:
         with open(path, "rb") as handle:
-            data = pickle.load(handle, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError, AttributeError, ImportError) as exc:
+            data = CifarUnpickler(handle, encoding="bytes").load()
+    except _Refused as exc:
+        raise MnasError(f"refused to load {exc} from {path}: expected only the dicts, lists, bytes and numpy "
+                        "arrays of a CIFAR python batch (other globals in a pickle can run code on load)") from None
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError, AttributeError, ImportError,
+            IndexError, KeyError, MemoryError, RecursionError) as exc:
         raise MnasError(f"{path}: unreadable ({type(exc).__name__}): expected a CIFAR-10 python pickle") from None
     if not isinstance(data, dict):
         raise MnasError(f"{path}: holds a {type(data).__name__}: expected a dict (CIFAR-10 python pickle)")
@@ -321,7 +374,9 @@ def _read_pickle(path: Path) -> dict:
 def load_cifar10(root: str | Path, part: str = "train") -> Dataset:
     """The CIFAR-10 python version: data_batch_1..5 (train), test_batch, batches.meta.
 
-    These are pickles: load only folders you trust (as with any pickle file).
+    The batches are pickles; they are read with `CifarUnpickler`, which admits only the
+    dict / list / bytes / numpy-array layout of the real files, so a tampered folder cannot run
+    code when it is loaded (it is refused, naming the file and the global it asked for).
     """
     root = Path(root)
     if not root.is_dir():
