@@ -6,6 +6,10 @@ with the next, unless the device reports itself offline, and then each pair it l
 unmeasured is reported, naming device and model). Devices are profiled in parallel first;
 a pair whose stored measurement passes the one reuse rule (`bench.measure.find_reusable`)
 is reused unless `force` is set, so a re-run after a kill resumes and duplicates nothing.
+The devices are locked for the whole run before that check (`bench.device_lock`): a second
+run on the same phone waits for the first and then reuses its figures; should another
+process store a pair meanwhile anyway, the store refuses the duplicate and the pair is
+reported as reused.
 Every outcome reaches `on_result` the moment it is known.
 """
 
@@ -15,8 +19,10 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from mnas.bench.device_lock import hold_devices
 from mnas.bench.measure import PreparedModel, find_reusable, profile_devices
 from mnas.bench.pool import FailurePolicy, run_device_pool
+from mnas.bench.store import DuplicateMeasurement
 from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement
 from mnas.errors import MnasError
 
@@ -40,8 +46,20 @@ def run_benchmarks(
     store=None,  # mnas.bench.store.ResultsStore | None
     force: bool = False,
     on_result: Callable[[BenchOutcome], None] | None = None,
+    lock_timeout_s: float | None = None,
 ) -> list[BenchOutcome]:
-    """Measure every model on every device; failures are reported per pair, never raised."""
+    """Measure every model on every device; failures are reported per pair, never raised.
+
+    Every device is locked for the whole call first (`bench.device_lock.hold_devices`,
+    waiting at most `lock_timeout_s` per device; a device still busy then raises
+    `DeviceBusy` naming its holder, before anything is measured).
+    """
+    with hold_devices(devices, lock_timeout_s):
+        return _run_benchmarks(devices, models, config, store, force, on_result)
+
+
+def _run_benchmarks(devices: Sequence[Device], models: Sequence[PreparedModel], config: BenchConfig, store,
+                    force: bool, on_result: Callable[[BenchOutcome], None] | None) -> list[BenchOutcome]:
     outcomes: list[BenchOutcome] = []
     lock = threading.Lock()
 
@@ -64,7 +82,12 @@ def run_benchmarks(
 
     def keep(job: tuple[Device, PreparedModel], device_id: str, measurement: Measurement) -> None:
         model = job[1]
-        stored_id = store.add_measurement(measurement, label=model.label, arch=model.arch) if store is not None else None
+        try:
+            stored_id = (store.add_measurement(measurement, label=model.label, arch=model.arch, force=force)
+                         if store is not None else None)
+        except DuplicateMeasurement as duplicate:  # another process stored this pair meanwhile: keep its figure
+            report(BenchOutcome(device_id, model, store.get_measurement(duplicate.existing_id), None, reused=True))
+            return
         report(BenchOutcome(device_id, model, measurement, stored_id))
 
     def failed(job: tuple[Device, PreparedModel], device_id: str, error: BaseException) -> None:

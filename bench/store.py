@@ -228,6 +228,14 @@ def measurement_row(m: Measurement) -> dict[str, Any]:
     }
 
 
+class DuplicateMeasurement(MnasError):
+    """`add_measurement` refused: a reusable measurement under the same conditions is stored (`existing_id`)."""
+
+    def __init__(self, message: str, existing_id: int) -> None:
+        super().__init__(message)
+        self.existing_id = existing_id
+
+
 class ResultsStore:
     """The SQLite results database (default `results/mnas.db`); safe for many processes."""
 
@@ -424,12 +432,37 @@ class ResultsStore:
     # ---- measurements
 
     def add_measurement(self, m: Measurement, label: str | None = None,
-                        arch: str | None = None) -> int:
-        """Store one measurement (and its model); return its id."""
+                        arch: str | None = None, *, force: bool = False, max_reusable: int = 1) -> int:
+        """Store one measurement (and its model); return its id.
+
+        Refused with `DuplicateMeasurement` (naming the stored one) when `max_reusable`
+        measurements of the same device, model, runtime, runtime version and conditions that
+        pass the one reuse rule (`bench.measure.reuse_blocker`: not throttled, not contended)
+        are stored already, unless `force`: two runs that both measured a pair keep one figure.
+        The check and the insert are one `BEGIN IMMEDIATE` transaction, so two processes
+        cannot both pass it. Flagged measurements never block a new one (they are re-taken).
+        `max_reusable` > 1 is for callers that want several (end-to-end repeats).
+        """
+        from mnas.bench.measure import reuse_blocker
+
         row = measurement_row(m)
         columns = ", ".join(row)
         placeholders = ", ".join(f":{name}" for name in row)
         with self.transaction() as conn:
+            if not force:
+                stored = conn.execute(
+                    "SELECT id, throttled, json_extract(measurement_json, '$.extra') FROM measurements "
+                    "WHERE device_id = ? AND model_sha256 = ? AND runtime = ? AND runtime_version = ? "
+                    "AND conditions_key = ? ORDER BY timestamp DESC, id DESC",
+                    (row["device_id"], row["model_sha256"], row["runtime"], row["runtime_version"],
+                     row["conditions_key"])).fetchall()
+                reusable = [int(i) for i, throttled, extra in stored
+                            if reuse_blocker(throttled, json.loads(extra) if extra else None) is None]
+                if len(reusable) >= max(1, max_reusable):
+                    raise DuplicateMeasurement(
+                        f"{self.path}: measurement {reusable[0]} already holds {label or m.model_path} on "
+                        f"{m.device_id} ({m.runtime} {m.runtime_version}) under the same conditions: not stored "
+                        "again (pass --force to store another)", reusable[0])
             self._upsert_model(conn, m.model_sha256, m.model_path, label, arch)
             cursor = conn.execute(f"INSERT INTO measurements ({columns}) VALUES ({placeholders})", row)
             return int(cursor.lastrowid)

@@ -53,12 +53,16 @@ def outcome_row(outcome) -> dict:
               help="Host path of the arm64 benchmark_model binary (phones).")
 @click.option("--timeout", "timeout_s", type=float, default=600.0, show_default=True, help="Bound on one benchmark (s).")
 @click.option("--retries", type=int, default=1, show_default=True, help="Retries of a failed phone run.")
-@click.option("--force", is_flag=True, help="Measure again even if the store has this model under the same conditions.")
+@click.option("--force", is_flag=True, help="Measure again even if the store has this model under the same conditions "
+              "(and store the new figure beside the old one).")
+@click.option("--lock-timeout", "lock_timeout_s", type=click.FloatRange(min=0), default=None,
+              help="Seconds to wait for a device another mnas run is using (default: $MNAS_LOCK_TIMEOUT or 3600).")
 @json_option
 @click.pass_context
 def run(ctx: click.Context, models: tuple[str, ...], device_spec: str, runs: int, warmup: int, min_secs: float,
         profile_ops: bool, core: int | None, resolution: int | None, multiplier: float,
-        benchmark_binary: str | None, timeout_s: float, retries: int, force: bool, as_json: bool) -> None:
+        benchmark_binary: str | None, timeout_s: float, retries: int, force: bool, lock_timeout_s: float | None,
+        as_json: bool) -> None:
     """Benchmark MODEL... (.tflite files, zoo names or arch strings) on one pinned core."""
     from tqdm import tqdm
 
@@ -84,7 +88,8 @@ def run(ctx: click.Context, models: tuple[str, ...], device_spec: str, runs: int
             bar.update(1)
             if outcome.error:
                 tqdm.write(f"mnas: error: {' '.join(outcome.error.split())}", file=sys.stderr)
-        outcomes = run_benchmarks(devices, prepared, config, store=store, force=force, on_result=progress)
+        outcomes = run_benchmarks(devices, prepared, config, store=store, force=force, on_result=progress,
+                                  lock_timeout_s=lock_timeout_s)
     rows = [outcome_row(o) for o in outcomes]
     if as_json:
         echo_json(rows)

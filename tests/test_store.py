@@ -115,7 +115,7 @@ def test_find_measurement_returns_latest_under_same_conditions(tmp_path):
     new = make_measurement(5, timestamp=200.0, stats=LatencyStats(50, 1.0, 0.1, 0.9, 1.1))
     other = make_measurement(5, timestamp=300.0, config=BenchConfig(num_runs=10))
     for m in (old, new, other):
-        store.add_measurement(m)
+        store.add_measurement(m, force=True)  # `new` duplicates `old`: stored only when forced
     key = BenchConfig(warmup_runs=5, num_runs=50, min_secs=1.0).conditions_key()
     found = store.find_measurement("SER4", f"{5:064x}", "benchmark_model", "sha256:0123456789ab", key)
     assert found == new
@@ -127,7 +127,7 @@ def test_models_and_devices(tmp_path):
     model.write_bytes(b"x" * 1234)
     store = ResultsStore(tmp_path / "mnas.db")
     store.add_measurement(make_measurement(1, model_path=str(model)), label="first")
-    store.add_measurement(make_measurement(1, model_path=str(model)), arch="arch-string")  # keeps label
+    store.add_measurement(make_measurement(1, model_path=str(model)), arch="arch-string", force=True)  # keeps label
     with store.transaction() as conn:
         rows = conn.execute("SELECT label, arch, path, size_bytes FROM models").fetchall()
     assert rows == [("first", "arch-string", str(model), 1234)]
