@@ -46,9 +46,29 @@ A line that matches a record's key phrase but not its grammar (a stats line with
 non-number, a summary item with an unknown key, a malformed table row) raises
 `BenchmarkParseError` naming the line number and the line: wrong numbers are never guessed.
 
-`complete` is True only when the final summary line with the inference average is present:
-output cut short (killed run, truncated paste) is readable but not complete, and
-`require_complete` turns that into a `MeasurementError`. Writing that text back (for the
+Impossible numbers. A record that follows its grammar but holds a number no run can
+produce is rejected as a whole (none of its figures are kept) and makes the output
+incomplete; `rejected` names each such line. The bounds, one per kind of figure:
+
+* times (stats records in us, summary items in us, `Initialized session in X ms`, op-table
+  ms columns): finite, >= 0 and at most one day (`MAX_TIME_US`); a stats record's `std`
+  finite and >= 0; every other figure of a stats record (first, curr, avg, median,
+  percentiles) within [min, max], give or take the 6 significant digits benchmark_model
+  prints (`_PRINT_TOLERANCE`);
+* run counts (`count=`): a whole number in [0, `MAX_RUN_COUNT`] (10^9 runs: at 1 us a run
+  that is 17 minutes of back-to-back inference, far past any benchmark_model setting); and
+  when the summary gives an inference average, the timed runs' record must have run at
+  least once (`count=0` there is the NaN average of no runs);
+* memory (MB figures, max RSS, op-table `mem KB`, the profiler's `Memory (bytes)` footer):
+  finite, >= 0 and at most `MAX_MEMORY_MB` (1 TiB);
+* op-table percentages: finite, in [0, 101] (the cdf column may round a little past 100).
+
+`complete` is True only when the final summary line with the inference average is present
+and no line was rejected: output cut short (killed run, truncated paste) is readable but not
+complete, and `require_complete` turns that into a `MeasurementError` naming the reason.
+
+Every message that quotes a line (or a token of one) goes through `quote_line`, which cuts it
+to `QUOTE_LIMIT` (200) characters: a runaway line never floods a terminal or a store column. Writing that text back (for the
 host's benchmark_model stand-in) is `bench/bm_format.py`'s job.
 """
 
@@ -67,10 +87,22 @@ __all__ = [
     "RUN_ORDER",
     "SUMMARY_BY_TYPE",
     "BenchmarkOutput",
+    "MAX_MEMORY_MB",
+    "MAX_RUN_COUNT",
+    "MAX_TIME_US",
+    "QUOTE_LIMIT",
     "BenchmarkParseError",
     "parse_benchmark_output",
+    "quote_line",
     "require_complete",
 ]
+
+MAX_TIME_US = 86_400e6  # one day: no single run, init or average is longer
+MAX_RUN_COUNT = 10**9
+MAX_MEMORY_MB = 1024.0 * 1024.0  # 1 TiB
+_MAX_PERCENT = 101.0
+_PRINT_TOLERANCE = 1e-5  # benchmark_model prints 6 significant digits
+QUOTE_LIMIT = 200
 
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf)"
 _NUM_RE = re.compile(rf"(?:{_NUM})", re.IGNORECASE)
@@ -171,6 +203,16 @@ class BenchmarkOutput:
     inference_first_us: float | None = None
     inference_curr_us: float | None = None
     errors: list[str] = field(default_factory=list)  # lines the tool logged as ERROR
+    # "line N: why: 'the line'" for each record rejected for an impossible number
+    rejected: list[str] = field(default_factory=list)
+
+    @property
+    def has_figures(self) -> bool:
+        """Whether any timing, memory or profiling record was read (params alone are not output)."""
+        figures = (self.init_us, self.first_us, self.warmup_avg_us, self.inference_avg_us, self.warmup,
+                   self.inference, self.init_memory_mb, self.overall_memory_mb, self.peak_memory_mb,
+                   self.op_profile, self.op_summary, self.warmup_first_us, self.inference_first_us)
+        return any(value is not None for value in figures) or bool(self.rejected)
 
 
 @dataclass
@@ -184,9 +226,68 @@ class _Table:
     rows: list[Any] = field(default_factory=list)
 
 
+def quote_line(text: str, limit: int = QUOTE_LIMIT, *, quoted: bool = True) -> str:
+    """`text` stripped for an error message (quoted unless `quoted=False`), cut to `limit` characters."""
+    text = text.strip()
+    cut = len(text) > limit
+    shown = text[:limit] if cut else text
+    shown = repr(shown) if quoted else shown
+    return f"{shown}... ({len(text)} characters, cut)" if cut else shown
+
+
 def _fail(lineno: int, what: str, raw: str, source: str | None) -> BenchmarkParseError:
     where = f"{source}: " if source else ""
-    return BenchmarkParseError(f"{where}benchmark output line {lineno}: {what}: {raw.strip()!r}")
+    return BenchmarkParseError(f"{where}benchmark output line {lineno}: {what}: {quote_line(raw)}")
+
+
+def _bad_time(value: float) -> bool:
+    return not (math.isfinite(value) and 0.0 <= value <= MAX_TIME_US)
+
+
+def _bad_memory(value: float, scale: float = 1.0) -> bool:
+    return not (math.isfinite(value) and 0.0 <= value <= MAX_MEMORY_MB * scale)
+
+
+def _bad_count(value: float) -> bool:
+    return not (math.isfinite(value) and value == int(value) and 0 <= value <= MAX_RUN_COUNT)
+
+
+def _impossible(checks: dict[str, tuple[float, str]]) -> str | None:
+    """The first figure out of its bounds (module docstring), as `name=value is ...`; None when all fit."""
+    for name, (value, kind) in checks.items():
+        if kind == "time" and _bad_time(value):
+            return f"{name}={value:g} is not a time in [0, {MAX_TIME_US:g}] us"
+        if kind == "time_ms" and _bad_time(value * 1000.0):
+            return f"{name}={value:g} is not a time in [0, {MAX_TIME_US / 1000.0:g}] ms"
+        if kind == "memory" and _bad_memory(value):
+            return f"{name}={value:g} is not a memory size in [0, {MAX_MEMORY_MB:g}] MB"
+        if kind == "memory_kb" and _bad_memory(value, 1024.0):
+            return f"{name}={value:g} is not a memory size in [0, {MAX_MEMORY_MB * 1024.0:g}] KB"
+        if kind == "percent" and not (math.isfinite(value) and 0.0 <= value <= _MAX_PERCENT):
+            return f"{name}={value:g}% is not a percentage"
+        if kind == "count" and _bad_count(value):
+            return f"{name}={value:g} is not a run count in [0, {MAX_RUN_COUNT}]"
+    return None
+
+
+def _impossible_stats(values: dict[str, float], footer: str | None) -> str | None:
+    """Why a stats record cannot be real (module docstring), or None. `footer`: the profiler label."""
+    problem = _impossible({"count": (values["count"], "count")})
+    if problem is not None:
+        return problem
+    if footer == "Memory (bytes):":
+        return _impossible({key: (value / 2**20, "memory") for key, value in values.items() if key != "count"})
+    problem = _impossible({key: (value, "time") for key, value in values.items() if key != "count"})
+    if problem is not None or "min" not in values:
+        return problem
+    low, high = values["min"], values["max"]
+    if low > high:
+        return f"min={low:g} is above max={high:g}"
+    slack_low, slack_high = low * (1 - _PRINT_TOLERANCE) - 0.5, high * (1 + _PRINT_TOLERANCE) + 0.5
+    for key, value in values.items():
+        if key not in ("count", "std", "min", "max") and not slack_low <= value <= slack_high:
+            return f"{key}={value:g} is outside min={low:g} .. max={high:g}"
+    return None
 
 
 def _strip_prefixes(line: str) -> tuple[str, bool]:
@@ -217,20 +318,18 @@ def _parse_stats(body: str) -> dict[str, float]:
     for token in body.split():
         key, sep, value = token.partition("=")
         if not sep:
-            raise ValueError(f"unexpected text {token!r}")
+            raise ValueError(f"unexpected text {quote_line(token, 40)}")
         if key not in _STATS_KEYS and not _PERCENTILE_KEY.fullmatch(key):
-            raise ValueError(f"unknown field {key!r}")
+            raise ValueError(f"unknown field {quote_line(key, 40)}")
         if key in values:
             raise ValueError(f"field {key!r} given twice")
         if not _NUM_RE.fullmatch(value):
-            raise ValueError(f"{key}={value!r} is not a number")
+            raise ValueError(f"{key}={quote_line(value, 40)} is not a number")
         values[key] = _number(value)
     if "count" not in values:
         raise ValueError("no count=")
     count = values["count"]
-    if count < 0 or count != int(count):
-        raise ValueError(f"count={count:g} is not a run count")
-    if count > 0:
+    if not _bad_count(count) and count > 0:  # an impossible count is rejected by _impossible_stats
         full = {"min", "max", "avg", "std"}
         if not full <= values.keys():
             if "curr" not in values or (values.keys() & full) or (count > 1 and not all_same):
@@ -280,7 +379,7 @@ def _make_table(title: str, section: str | None, header: str) -> _Table:
     numeric = [c for c in rest if c != "name"]
     unknown = [c for c in numeric if c not in known]
     if unknown:
-        raise ValueError(f"unknown column [{unknown[0]}]")
+        raise ValueError(f"unknown column [{unknown[0][:40]}]")
     parts = [r"^\s*(?P<node_type>\S.*?)"]
     fields = []
     for column in numeric:
@@ -292,13 +391,21 @@ def _make_table(title: str, section: str | None, header: str) -> _Table:
     return _Table(title, section, columns, re.compile("".join(parts), re.IGNORECASE), fields, kind)
 
 
-def _table_row(table: _Table, text: str) -> bool:
+_ROW_BOUNDS = {"start_ms": "time_ms", "first_ms": "time_ms", "avg_ms": "time_ms", "percent": "percent",
+               "cdf_percent": "percent", "avg_percent": "percent", "mem_kb": "memory_kb"}
+
+
+def _table_row(table: _Table, text: str) -> tuple[bool, str | None]:
+    """Whether `text` is a row of `table` (kept unless it holds an impossible number), and why not kept."""
     match = table.pattern.match(text)
     if match is None:
-        return False
+        return False, None
     values: dict[str, Any] = {}
     for (name, col_kind), raw in zip(table.fields, match.groups()[1:], strict=False):
         values[name] = int(raw) if col_kind == "int" else float(raw)
+    problem = _impossible({name: (value, _ROW_BOUNDS[name]) for name, value in values.items() if name in _ROW_BOUNDS})
+    if problem is not None:
+        return True, problem
     node_type = match.group("node_type").strip()
     if table.kind == "op":
         table.rows.append(
@@ -316,7 +423,7 @@ def _table_row(table: _Table, text: str) -> bool:
         )
     else:
         table.rows.append({"node_type": node_type, **values})
-    return True
+    return True, None
 
 
 def _parse_summary(text: str) -> tuple[dict[str, float], str | None]:
@@ -333,10 +440,10 @@ def _parse_summary(text: str) -> tuple[dict[str, float], str | None]:
             continue
         match = _SUMMARY_ITEM.match(item)
         if match is None:
-            raise ValueError(f"summary item {item!r} is not 'Name: number'")
+            raise ValueError(f"summary item {quote_line(item, 40)} is not 'Name: number'")
         key = _norm_column(match.group("key") or "no stats")  # bare number: the TF 1.x average
         if key not in _SUMMARY_KEYS:
-            raise ValueError(f"unknown summary item {match.group('key')!r}")
+            raise ValueError(f"unknown summary item {quote_line(match.group('key'), 40)}")
         attribute = _SUMMARY_KEYS[key]
         if attribute is not None:
             values[attribute] = _number(match.group("value"))
@@ -359,13 +466,19 @@ def parse_benchmark_output(text: str, *, source: str | None = None) -> Benchmark
     params: dict[str, str] = {}
     found: dict[str, float] = {}  # values from the summary / memory / session lines
     session_init_us: float | None = None
-    stats_lines: list[dict[str, float]] = []
+    stats_lines: list[tuple[int, str, dict[str, float] | None]] = []  # (line number, line, values or rejected)
     tables: list[_Table] = []
     errors: list[str] = []
+    rejected: list[str] = []
+
+    def reject(lineno: int, why: str, raw: str) -> None:
+        rejected.append(f"line {lineno}: {why}: {quote_line(raw)}")
+
     table: _Table | None = None
     section: str | None = None
     pending_title: str | None = None
     summary_seen = False
+    summary_lineno = 0
 
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line, is_error = _strip_prefixes(raw)
@@ -377,7 +490,10 @@ def parse_benchmark_output(text: str, *, source: str | None = None) -> Benchmark
             if not stripped:
                 table = None
                 continue
-            if _table_row(table, line):
+            matched, problem = _table_row(table, line)
+            if problem is not None:
+                reject(lineno, f"impossible figure in a row of the '{table.title}' table ({problem})", raw)
+            if matched:
                 continue
             if _looks_like_row(stripped):
                 raise _fail(lineno, f"malformed row of the '{table.title}' table", raw, source)
@@ -411,51 +527,78 @@ def parse_benchmark_output(text: str, *, source: str | None = None) -> Benchmark
                 values = _parse_stats(stripped[first_token.start():])
             except ValueError as exc:
                 raise _fail(lineno, f"malformed stats line ({exc})", raw, source) from None
-            if label.endswith("Timings (microseconds):") or label.endswith("Memory (bytes):"):
+            footer = next((f for f in ("Timings (microseconds):", "Memory (bytes):") if label.endswith(f)), None)
+            problem = _impossible_stats(values, footer)
+            if problem is not None:
+                reject(lineno, f"impossible figure in a stats line ({problem})", raw)
+            if footer is not None:
                 continue  # op profiler's footer: checked above, not kept
             if len(stats_lines) == 2:
                 raise _fail(lineno, "a third timing stats line: the output holds more than one benchmark", raw, source)
-            stats_lines.append(values)
+            stats_lines.append((lineno, raw, None if problem else values))
             continue
 
         if stripped.lower().startswith("initialized session in"):
             match = _SESSION.match(stripped)
             if match is None:
                 raise _fail(lineno, "malformed init line (expected 'Initialized session in X ms.')", raw, source)
-            session_init_us = round(_number(match.group("ms")) * 1000.0, 3)
+            problem = _impossible({"init": (_number(match.group("ms")), "time_ms")})
+            if problem is not None:
+                reject(lineno, f"impossible init time ({problem})", raw)
+            else:
+                session_init_us = round(_number(match.group("ms")) * 1000.0, 3)
             continue
 
         if "inference timings in us:" in stripped.lower():
             try:
                 values, memory_tail = _parse_summary(stripped)
-                if memory_tail is not None:
-                    found["overall_memory_mb"] = _parse_rss(memory_tail)
+                rss = _parse_rss(memory_tail) if memory_tail is not None else None
             except ValueError as exc:
                 raise _fail(lineno, f"malformed timing summary ({exc})", raw, source) from None
+            checks = {name.removesuffix("_us"): (value, "time") for name, value in values.items()}
+            if rss is not None:
+                checks["max resident set size"] = (rss, "memory")
+            problem = _impossible(checks)
+            if problem is not None:
+                reject(lineno, f"impossible figure in the timing summary ({problem})", raw)
+                summary_lineno = summary_lineno or lineno
+                continue
+            if rss is not None:
+                found["overall_memory_mb"] = rss
             found.update(values)
-            summary_seen = summary_seen or "inference_avg_us" in values
+            if "inference_avg_us" in values and not summary_seen:
+                summary_seen, summary_lineno = True, lineno
             continue
 
         if stripped.startswith(("Peak memory footprint", "Memory footprint delta", "Overall peak memory footprint")):
             match = _MEM_INIT_OVERALL.match(stripped)
             peak = _MEM_PEAK.match(stripped)
             if match:
-                found["init_memory_mb"] = _number(match.group("init"))
-                found["overall_memory_mb"] = _number(match.group("overall"))
+                figures = {"init": _number(match.group("init")), "overall": _number(match.group("overall"))}
             elif peak:
-                found["peak_memory_mb"] = _number(peak.group("peak"))
+                figures = {"peak": _number(peak.group("peak"))}
             else:
                 raise _fail(lineno, "malformed memory line", raw, source)
+            problem = _impossible({name: (value, "memory") for name, value in figures.items()})
+            if problem is not None:
+                reject(lineno, f"impossible memory figure ({problem})", raw)
+                continue
+            for name, value in figures.items():
+                found[f"{name}_memory_mb"] = value
             continue
         usage = _MEM_USAGE.match(stripped)
         if usage:
             phase = usage.group("phase").strip().lower()
             if phase not in ("init phase", "overall"):
-                raise _fail(lineno, f"unknown memory phase [{usage.group('phase')}]", raw, source)
+                raise _fail(lineno, f"unknown memory phase [{usage.group('phase')[:40]}]", raw, source)
             try:
                 rss = _parse_rss(usage.group("usage"))
             except ValueError as exc:
                 raise _fail(lineno, f"malformed memory line ({exc})", raw, source) from None
+            problem = _impossible({"max resident set size": (rss, "memory")})
+            if problem is not None:
+                reject(lineno, f"impossible memory figure ({problem})", raw)
+                continue
             found["init_memory_mb" if phase == "init phase" else "overall_memory_mb"] = rss
             continue
 
@@ -465,8 +608,13 @@ def parse_benchmark_output(text: str, *, source: str | None = None) -> Benchmark
             continue
         # anything else: log noise (rule 8 of the module docstring)
 
-    warmup_values = stats_lines[0] if stats_lines else None
-    inference_values = stats_lines[1] if len(stats_lines) > 1 else None
+    warmup_values = stats_lines[0][2] if stats_lines else None
+    inference_values = stats_lines[1][2] if len(stats_lines) > 1 else None
+    if summary_seen and inference_values is not None and int(inference_values["count"]) == 0:
+        lineno, raw = stats_lines[1][:2]
+        reject(lineno, f"the timed runs never ran (count=0) but line {summary_lineno} gives an inference average",
+               raw)
+        inference_values = None
     warmup = _stats(warmup_values) if warmup_values else None
     inference = _stats(inference_values) if inference_values else None
 
@@ -488,12 +636,13 @@ def parse_benchmark_output(text: str, *, source: str | None = None) -> Benchmark
         peak_memory_mb=found.get("peak_memory_mb"),
         op_profile=pick(RUN_ORDER),
         op_summary=pick(SUMMARY_BY_TYPE),
-        complete=summary_seen,
+        complete=summary_seen and not rejected,
         warmup_first_us=_first_or_curr(warmup_values),
         warmup_curr_us=warmup_values.get("curr") if warmup_values else None,
         inference_first_us=_first_or_curr(inference_values),
         inference_curr_us=inference_values.get("curr") if inference_values else None,
         errors=errors,
+        rejected=rejected,
     )
 
 
@@ -505,9 +654,12 @@ def _first_or_curr(values: dict[str, float] | None) -> float | None:
 
 
 def require_complete(out: BenchmarkOutput, source: str) -> BenchmarkOutput:
-    """`out` itself, or MeasurementError when the run's final timing line never came."""
+    """`out` itself, or MeasurementError when the run's final timing line never came or a line was rejected."""
+    if out.rejected:
+        more = f" (and {len(out.rejected) - 1} more rejected lines)" if len(out.rejected) > 1 else ""
+        raise MeasurementError(f"{source}: benchmark output is incomplete: {out.rejected[0]}{more}")
     if not out.complete:
-        last_error = f"; last error: {out.errors[-1]}" if out.errors else ""
+        last_error = f"; last error: {quote_line(out.errors[-1], quoted=False)}" if out.errors else ""
         raise MeasurementError(
             f"{source}: benchmark output ends before the final timing line "
             f"('Inference timings in us: ...' missing: the run was cut short or failed){last_error}"

@@ -3,7 +3,10 @@
 The group is a `DefaultGroup`: `mnas bench model.tflite` goes to `run` (registered by the
 benchmark-running module), while `mnas bench parse LOG` reads a saved benchmark_model output
 with the same parser the phone path uses, so a log from any TensorFlow/LiteRT version can be
-checked by hand.
+checked by hand. Text with no benchmark output at all (no timing, memory or profiling line)
+is bad input: exit 2. Output that is readable but incomplete (cut short, or a line rejected
+for an impossible number) is printed with `complete: false`, and a note on stderr says why,
+with or without `--json`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 
 import click
 
-from mnas.bench.bm_output import BenchmarkOutput, parse_benchmark_output
+from mnas.bench.bm_output import BenchmarkOutput, parse_benchmark_output, quote_line
 from mnas.bench.types import LatencyStats
 from mnas.cli_util import DefaultGroup, echo_json, echo_table, json_option
 from mnas.errors import MnasError
@@ -45,6 +48,7 @@ def output_summary(out: BenchmarkOutput, source: str) -> dict[str, Any]:
         "peak_memory_mb": out.peak_memory_mb,
         "params": out.params,
         "errors": out.errors,
+        "rejected": out.rejected,
         "op_profile": None,
         "op_summary": out.op_summary,
     }
@@ -79,9 +83,13 @@ def parse_cmd(log: str, as_json: bool) -> None:
     except OSError as exc:
         raise MnasError(f"{log}: cannot read: {exc.strerror}") from None
     out = parse_benchmark_output(text, source=log)
+    if not out.has_figures:
+        last_error = f"; last error: {quote_line(out.errors[-1], quoted=False)}" if out.errors else ""
+        raise MnasError(f"{log}: no benchmark_model output (no timing, memory or profiling line){last_error}")
     payload = output_summary(out, log)
     if as_json:
         echo_json(payload)
+        _note_incomplete(out, log)
         return
     scalar_keys = [
         "complete", "init_us", "first_us", "warmup_avg_us", "inference_avg_us",
@@ -95,5 +103,12 @@ def parse_cmd(log: str, as_json: bool) -> None:
     if payload["op_profile"]:
         click.echo("")
         echo_table(payload["op_profile"], ["node_type", "avg_ms", "percent", "cdf_percent", "times_called", "name"])
-    if not out.complete:
+    _note_incomplete(out, log)
+
+
+def _note_incomplete(out: BenchmarkOutput, log: str) -> None:
+    """On stderr (so `--json` stays one document): why the output is not a complete result."""
+    for reason in out.rejected:
+        click.echo(f"note: {log}: rejected {reason}", err=True)
+    if not out.complete and not out.rejected:
         click.echo(f"note: {log} ends before the final timing line (incomplete run)", err=True)

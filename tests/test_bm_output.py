@@ -377,3 +377,136 @@ def test_cli_parse_text_and_missing_file(tmp_path: Path) -> None:
     assert missing.exit_code != 0
     assert str(missing.exception) == f"{tmp_path / 'nope.log'}: no such log file"
     assert missing.exception.exit_code == 2  # type: ignore[union-attr]
+
+
+# ----------------------------------------------------------------------------- impossible numbers (issue 11)
+
+GOOD_TAIL = (
+    "count=3 first=900 curr=800 min=800 max=900 avg=850 std=40\n"
+    "count=50 first=810 curr=800 min=790 max=830 avg=805 std=9\n"
+    "Inference timings in us: Init: 100, First inference: 900, Warmup (avg): 850, Inference (avg): 805\n"
+    "Memory footprint delta from the start of the tool (MB): init=1.5 overall=3.25\n"
+)
+
+
+def test_the_good_tail_is_complete() -> None:
+    out = parse_benchmark_output(GOOD_TAIL)
+    assert out.complete and out.rejected == []
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "reason"),
+    [
+        ("Inference (avg): 805", "Inference (avg): nan", "line 3: impossible figure in the timing summary "
+                                                         "(inference_avg=nan is not a time"),
+        ("Inference (avg): 805", "Inference (avg): inf", "(inference_avg=inf is not a time"),
+        ("Init: 100,", "Init: -100,", "(init=-100 is not a time"),
+        ("avg=805 std=9", "avg=-805 std=9", "line 2: impossible figure in a stats line (avg=-805 is not a time"),
+        ("avg=805 std=9", "avg=805 std=nan", "(std=nan is not a time"),
+        ("min=790 max=830 avg=805", "min=790 max=830 avg=8050", "(avg=8050 is outside min=790 .. max=830)"),
+        ("min=790 max=830", "min=890 max=830", "(min=890 is above max=830)"),
+        ("count=50 ", "count=-50 ", "(count=-50 is not a run count"),
+        ("count=50 ", "count=1e12 ", "(count=1e+12 is not a run count"),
+        ("count=50 ", "count=2.5 ", "(count=2.5 is not a run count"),
+        ("count=50 first=810 curr=800 min=790 max=830 avg=805 std=9", "count=0",
+         "line 2: the timed runs never ran (count=0) but line 3 gives an inference average"),
+        ("init=1.5 overall=3.25", "init=1.5 overall=-3.25", "line 4: impossible memory figure (overall=-3.25"),
+        ("init=1.5 overall=3.25", "init=nan overall=3.25", "(init=nan is not a memory size"),
+    ],
+)
+def test_impossible_numbers_make_the_output_incomplete_naming_the_line(old: str, new: str, reason: str) -> None:
+    text = GOOD_TAIL.replace(old, new)
+    assert text != GOOD_TAIL
+    out = parse_benchmark_output(text)
+    assert out.complete is False
+    assert len(out.rejected) == 1 and reason in out.rejected[0]
+    bad_line = text.splitlines()[int(out.rejected[0].split()[1].rstrip(":")) - 1]
+    assert out.rejected[0].endswith(repr(bad_line.strip()))
+    with pytest.raises(MeasurementError) as info:
+        require_complete(out, "pixel4:m.tflite")
+    assert str(info.value) == f"pixel4:m.tflite: benchmark output is incomplete: {out.rejected[0]}"
+    # no impossible figure is kept
+    for value in (out.init_us, out.inference_avg_us, out.overall_memory_mb, out.init_memory_mb):
+        assert value is None or (math.isfinite(value) and value >= 0)
+    if out.inference is not None:
+        assert out.inference.count > 0 and math.isfinite(out.inference.mean_us) and out.inference.mean_us >= 0
+
+
+def test_impossible_session_init_peak_memory_rss_and_table_rows() -> None:
+    cases = [
+        ("Initialized session in -3.5ms.\n", "impossible init time (init=-3.5 is not a time"),
+        ("Overall peak memory footprint (MB) via periodic monitoring: -1\n", "(peak=-1 is not a memory size"),
+        ("[Overall] - Memory usage: max resident set size = nan MB, total malloc-ed size = 3 MB\n",
+         "(max resident set size=nan is not a memory size"),
+        (OP_PROFILE_TF2.replace("\t   53.628\t", "\t  -53.628\t"),
+         "line 10: impossible figure in a row of the 'Run Order' table (first_ms=-53.628 is not a time"),
+        (OP_PROFILE_TF2.replace("Memory (bytes): count=0", "Memory (bytes): count=inf"), "(count=inf is not a run count"),
+    ]
+    for text, reason in cases:
+        out = parse_benchmark_output(text)
+        assert len(out.rejected) == 1 and reason in out.rejected[0], (text, out.rejected)
+        assert out.complete is False
+    row_case = parse_benchmark_output(cases[3][0])
+    assert row_case.op_profile is not None and len(row_case.op_profile) == 2  # the bad row is not kept
+
+
+def test_the_phone_path_turns_impossible_output_into_a_measurement_error() -> None:
+    from mnas.bench.adb.run import read_timings
+    from mnas.bench.adb.transport import ShellResult
+
+    output = GOOD_TAIL.replace("Inference (avg): 805", "Inference (avg): nan")
+    result = ShellResult(command="benchmark_model", returncode=0, output=output, stdout=output, stderr="",
+                         protocol="v2")
+    with pytest.raises(MeasurementError, match=r"pixel: benchmark output is incomplete: line 3: .*nan"):
+        read_timings(result, "pixel")
+
+
+def test_quoted_lines_are_cut_to_about_200_characters() -> None:
+    long_line = "count=50 first=1 curr=2 min=1 max=3 avg=abc std=1 " + "x" * 5000
+    with pytest.raises(BenchmarkParseError) as info:
+        parse_benchmark_output(long_line)
+    message = str(info.value)
+    assert len(message) < 400 and "(5050 characters, cut)" in message
+    bad_token = "count=1 curr=" + "9" * 3000 + "z"
+    with pytest.raises(BenchmarkParseError) as info:
+        parse_benchmark_output(bad_token)
+    assert len(str(info.value)) < 500
+    long_row = OP_PROFILE_TF2.replace("\t   53.628\t", "\t  -53.628\t").replace(
+        "[MobilenetV1/Conv2d_1_depthwise/Relu6]:1", "y" * 900)
+    rejected = parse_benchmark_output(long_row).rejected
+    assert len(rejected) == 1 and len(rejected[0]) < 400 and "characters, cut)" in rejected[0]
+    cut = "count=1 curr=5\nERROR: " + "boom " * 500 + "\n"
+    with pytest.raises(MeasurementError) as failure:
+        require_complete(parse_benchmark_output(cut), "x")
+    assert len(str(failure.value)) < 450 and "characters, cut" in str(failure.value)
+
+
+def test_cli_parse_without_benchmark_output_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mnas.cli import main
+
+    log = tmp_path / "notes.txt"
+    log.write_text("hello\nthis is not a benchmark log\nNum threads: [4]\nERROR: could not open model\n")
+    for args in (["bench", "parse", str(log)], ["bench", "parse", str(log), "--json"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err == (
+            f"mnas: error: {log}: no benchmark_model output (no timing, memory or profiling line); "
+            "last error: could not open model\n")
+    empty = tmp_path / "empty.log"
+    empty.write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "parse", str(empty), "--json"])
+    assert exit_info.value.code == 2
+
+
+def test_cli_parse_reports_rejected_lines_with_and_without_json(tmp_path: Path) -> None:
+    log = tmp_path / "nan.log"
+    log.write_text(GOOD_TAIL.replace("Inference (avg): 805", "Inference (avg): nan"))
+    result = CliRunner().invoke(bench, ["parse", str(log), "--json"])
+    assert result.exit_code == 0
+    payload = json.loads(result.stdout)
+    assert payload["complete"] is False and "line 3" in payload["rejected"][0]
+    assert f"note: {log}: rejected line 3:" in result.stderr
+    text = CliRunner().invoke(bench, ["parse", str(log)])
+    assert f"note: {log}: rejected line 3:" in text.stderr
