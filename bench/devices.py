@@ -8,6 +8,7 @@ that cannot be used is an error.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mnas.bench.types import Device
@@ -30,7 +31,8 @@ def select_devices(spec: str, *, core: int | None = None, benchmark_binary: Path
     """`host` (this CPU), a phone serial, `all` (every attached, online phone), or a comma list.
 
     With `unusable` (a list), phones that `all` finds but cannot use are reported there,
-    one line each, instead of stopping the selection.
+    one line each, instead of stopping the selection. Phones are opened in parallel (each
+    open is bounded by one adb call bound), so one hung phone does not hold up the others.
     """
     from mnas.bench.host import HostDevice
 
@@ -61,25 +63,40 @@ def select_devices(spec: str, *, core: int | None = None, benchmark_binary: Path
         if reason:
             raise MnasError(f"--device {spec!r}: {reason}")
         attached = {info.serial: info.state for info in list_devices(client, call_timeout)}
-        for serial, explicit in phones.items():
+        for serial in phones:
             if serial not in attached:
                 known = ", ".join(attached) or "none attached"
                 raise MnasError(f"unknown device {serial!r}: expected host, all or an attached serial ({known})")
-            problem = None if attached[serial] == "device" else _state_problem(serial, attached[serial])
-            if problem is None:
-                try:
-                    # timeout_s bounds a benchmark run; one adb call (push, stat, rm) gets at
-                    # most 30 s of it, so a hung phone is not waited on for the benchmark bound
-                    devices.append(open_phone(serial, client, benchmark_binary=benchmark_binary,
-                                              timeout_s=call_timeout, retries=retries))
-                    continue
-                except MnasError as exc:
-                    if explicit or unusable is None:
-                        raise
-                    problem = f"device {serial}: not measured: {exc}"
-            if explicit or unusable is None:
-                raise MnasError(problem)
-            unusable.append(problem)
+
+        def one(serial: str) -> Device | tuple[MnasError, str]:
+            """The opened phone, or (the error to raise, the line for `unusable`)."""
+            if attached[serial] != "device":
+                problem = MnasError(_state_problem(serial, attached[serial]))
+                return problem, str(problem)
+            try:
+                # timeout_s bounds a benchmark run; one adb call (push, stat, rm) gets at
+                # most 30 s of it, so a hung phone is not waited on for the benchmark bound
+                return open_phone(serial, client, benchmark_binary=benchmark_binary,
+                                  timeout_s=call_timeout, retries=retries)
+            except MnasError as exc:
+                return exc, f"device {serial}: not measured: {exc}"
+
+        # opened at once: a hung phone costs one call bound in all, not one per phone after it
+        serials = list(phones)
+        if len(serials) <= 1:
+            opened = [one(serial) for serial in serials]
+        else:
+            with ThreadPoolExecutor(max_workers=min(len(serials), 16),
+                                    thread_name_prefix="mnas-open-phone") as pool:
+                opened = list(pool.map(one, serials))
+        for serial, result in zip(serials, opened, strict=True):
+            if isinstance(result, tuple):
+                error, line = result
+                if phones[serial] or unusable is None:
+                    raise error
+                unusable.append(line)
+            else:
+                devices.append(result)
     if not devices:
         raise MnasError(f"--device {spec!r}: no usable device" + (f" ({'; '.join(unusable)})" if unusable else ""))
     return devices

@@ -200,32 +200,34 @@ def test_die_mid_shell_during_a_benchmark(
     figure("die_mid_shell_2_attempts_detected_s", run.first_error_s(), "s")
 
 
-@pytest.mark.slow
 def test_hang_during_a_benchmark_is_bounded_by_timeout(lab: dict[str, Any], start_faulty: StartFaulty,
                                                        tmp_path: Path) -> None:
     faulty = start_faulty()
     db = tmp_path / "mnas.db"
     arm_on_benchmark(faulty, "hang")  # output stops mid-benchmark, the socket stays open
-    timeout = 2.0
+    timeout = 3.0
+    launched = time.time()  # the CLI's stderr lines are stamped in seconds since its launch
     run = bench(lab, db, f"{lab['healthy'].serial},{faulty.serial}", lab["models"], timeout_s=timeout, retries=1)
     assert run.rc == 1, run.describe()
     assert_one_line_per_failed_model(run, faulty.serial, lab["models"])
-    assert "failed after 2 attempt(s)" in run.errors[0] and "timed out after 2.0 s" in run.errors[0]
+    assert "failed after 1 attempt(s)" in run.errors[0] and "timed out after 3.0 s" in run.errors[0]
     assert run.errors[0].endswith("; phone marked offline")
-    assert len(bm_calls(faulty)) == 1
+    (bm_started, _), = bm_calls(faulty)  # no retry of a phone that does not answer
     assert rows_for(db, faulty.serial) == []
     assert_healthy_work_all_stored(lab, db, run, lab["models"])
-    # attempt 1: the benchmark's timeout, then the kill that gets no answer; attempt 2: the push
-    detected = run.first_error_s()
-    assert 3 * timeout + RETRY_DELAY_S <= detected < attempts_bound(2, 2 * timeout + 1.0)
-    figure("hang_2_attempts_timeout_2s_detected_s", detected, "s")
+    # the benchmark's timeout, then a kill that gets no answer within 0.15 x the timeout;
+    # nothing else waits (no clean-up rm, no retry): lost within 1.2x --timeout of its start
+    detected = launched + run.first_error_s() - bm_started
+    assert timeout <= detected <= 1.2 * timeout, detected
+    figure("hang_mid_benchmark_timeout_3s_declared_lost_s", detected, "s")
 
 
 def test_hang_bounds_every_adb_call_by_the_benchmark_timeout(lab: dict[str, Any], adb: IsolatedAdb,
                                                              tmp_path: Path) -> None:
     """H3's case: device timeout 30 s, BenchConfig.timeout_s 2 s, a phone that hangs before a push.
 
-    Before the fix the push waited the device's 30 s and the clean-up `rm` another 30 s.
+    Before the fix the push waited the device's 30 s and the clean-up `rm` another 30 s; a
+    phone that gets no answer is then marked offline at once (no retry, no clean-up call).
     """
     with loopback_phones(adb, tmp_path / "hung", str(lab["configs"] / "pixel4.yaml"), host_core=CORES[-1],
                          bm_runner=str(lab["runner"])) as started:
@@ -243,12 +245,12 @@ def test_hang_bounds_every_adb_call_by_the_benchmark_timeout(lab: dict[str, Any]
         elapsed = time.monotonic() - start
     assert device.offline
     assert [o.measurement for o in outcomes] == [None, None]
-    assert "failed after 2 attempt(s): push m1.tflite to " in seen[0][1] and "timed out after 2.0 s" in seen[0][1]
+    assert "failed after 1 attempt(s): push m1.tflite to " in seen[0][1] and "timed out after 2.0 s" in seen[0][1]
     assert seen[1][1] == f"{phone.serial}: m2.tflite: not measured: device offline after an earlier failure"
     assert any("skipped, the phone is not answering" in e for e in device.cleanup_errors)
-    # two pushes of 2 s (+1 s per MB: the model is 3 kB) and one 0.2 s pause; nothing waits 30 s
-    assert 4.0 <= elapsed < 7.0, seen
-    figure("hang_before_push_2_attempts_timeout_2s_detected_s", seen[0][0], "s")
+    # one push of 2 s (+1 s per MB: the model is 3 kB); nothing waits 30 s, nothing is retried
+    assert 2.0 <= elapsed < 1.2 * 2.0 + 0.5, seen
+    figure("hang_before_push_timeout_2s_detected_s", seen[0][0], "s")
 
 
 def test_refuse_auth_is_one_clear_error_line(lab: dict[str, Any], start_faulty: StartFaulty, tmp_path: Path,

@@ -6,7 +6,10 @@ This module wires the others together and owns the rules that span them:
   kill) is bounded by the smaller of the device's timeout and `BenchConfig.timeout_s` (a push
   gets 1 s per MB on top), the benchmark run itself by `BenchConfig.timeout_s`, the wait for
   a dropped phone between retries by the same bound; after a call got no answer at all (a
-  hung phone) the clean-up `rm` is skipped rather than waited for again.
+  hung phone: AdbNoAnswer, an adbutils socket timeout included) the phone is marked offline
+  at once: no clean-up `rm`, no retry, no wait for it to come back. The kill after a
+  benchmark that ran past its timeout waits only a short share of it (`run.answer_bound`),
+  so a phone hung mid-run is declared lost within 1.2x `BenchConfig.timeout_s`.
 - After the last retry fails at the connection level (phone gone, hung or cut off, as opposed
   to a benchmark that ran and failed or ran too long), the device sets `offline`, so the
   harness stops sending it models.
@@ -273,7 +276,8 @@ class AdbDevice:
         """Time `model_path` on the pinned core; retries, then one-line MeasurementError.
 
         A final failure at the connection level (AdbCallError other than a benchmark that
-        merely ran past its timeout on a phone that still answers) sets `offline`.
+        merely ran past its timeout on a phone that still answers) sets `offline`; a call
+        that got no answer at all (AdbNoAnswer) ends the attempts at once.
         """
         model_path = Path(model_path)
         if not model_path.is_file():
@@ -289,6 +293,9 @@ class AdbDevice:
                 measurement.extra["attempts"] = attempt
                 self.offline = False
                 return measurement
+            except AdbNoAnswer as exc:
+                last = exc  # hung: a retry or a wait for it would only wait out more bounds
+                break
             except MeasurementError as exc:
                 last = exc
                 if attempt < attempts:
@@ -302,7 +309,7 @@ class AdbDevice:
                 reason = reason[len(prefix):]
                 break
         raise MeasurementError(
-            f"{self._label()}: benchmark of {model_path.name} failed after {attempts} "
+            f"{self._label()}: benchmark of {model_path.name} failed after {attempt} "
             f"attempt(s): {one_line(reason)}"
             + ("; phone marked offline" if self.offline else "")
         )

@@ -7,6 +7,7 @@ through a throw-away `AdbDevice` without config, before the real one is built.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,8 +45,8 @@ def discover_phones(client: Any, configs: Mapping[str, DeviceConfig] | None = No
     if configs is None:
         configs = load_all()
     entries = list_devices(client, timeout_s)
-    phones: list[PhoneInfo] = []
-    for entry in entries:
+
+    def one(entry: Any) -> PhoneInfo:
         phone = PhoneInfo(serial=entry.serial, state=entry.state)
         if entry.state == "device":
             try:
@@ -54,8 +55,14 @@ def discover_phones(client: Any, configs: Mapping[str, DeviceConfig] | None = No
                 phone.config = match_config(phone.props, configs)
             except MnasError as exc:
                 phone.error = one_line(str(exc))
-        phones.append(phone)
-    return phones
+        return phone
+
+    if len(entries) <= 1:
+        return [one(entry) for entry in entries]
+    # asked at once: a hung phone costs one bound in all, not one per phone listed after it
+    with ThreadPoolExecutor(max_workers=min(len(entries), 16),
+                            thread_name_prefix="mnas-discover") as pool:
+        return list(pool.map(one, entries))
 
 
 def open_phone(serial: str, client: Any | None = None,

@@ -4,6 +4,8 @@
 - A timed-out benchmark keeps running on the phone (adbd does not kill it when the socket
   closes) and would spoil the retry, so the command announces its shell's PID and a timeout
   kills that process tree.
+- A phone that does not answer that kill within a short bound (`answer_bound`) is hung:
+  AdbNoAnswer, and the device marks it offline at once without further calls.
 - An output without `benchmark_model`'s final timing line counts as a failed run: a phone
   that dies mid-run can otherwise look like a normal short output.
 """
@@ -30,7 +32,10 @@ from mnas.bench.types import BenchConfig
 from mnas.errors import MeasurementError
 
 __all__ = [
+    "ANSWER_SHARE",
+    "MIN_ANSWER_S",
     "PID_MARKER",
+    "answer_bound",
     "RUNTIME",
     "benchmark_command",
     "read_timings",
@@ -41,6 +46,8 @@ __all__ = [
 
 RUNTIME = "benchmark_model"
 PID_MARKER = "__MNAS_PID="
+ANSWER_SHARE = 0.15  # of the benchmark's bound, for the kill after it timed out
+MIN_ANSWER_S = 0.3
 
 
 def benchmark_command(binary: str, remote_model: str, core: int, config: BenchConfig) -> str:
@@ -78,18 +85,29 @@ def _kill_stale(transport: PhoneTransport, partial_output: str, timeout_s: float
     return True
 
 
+def answer_bound(timeout_s: float, call_bound: float) -> float:
+    """How long the kill after a benchmark timeout may wait for the phone to answer.
+
+    A phone that answers at all answers a `kill` within a fraction of a second, so this is
+    a small share of the benchmark's bound (`ANSWER_SHARE`, at least `MIN_ANSWER_S`, at most
+    `call_bound`): a phone hung mid-run is then declared lost within 1.15x `timeout_s`
+    (for `timeout_s` >= 2 s) instead of waiting out a second full bound.
+    """
+    return min(float(call_bound), max(MIN_ANSWER_S, ANSWER_SHARE * float(timeout_s)))
+
+
 def run_benchmark(transport: PhoneTransport, command: str, timeout_s: float, call_bound: float,
                   errors: list[str]) -> tuple[ShellResult, float]:
     """Run `command` for at most `timeout_s`; returns its result and wall time.
 
-    On a timeout the stale run is killed (each clean-up call bounded by `call_bound`) and the
+    On a timeout the stale run is killed (that call bounded by `answer_bound`) and the
     ShellTimeout re-raised, or AdbNoAnswer when the phone no longer answers at all.
     """
     started = time.monotonic()
     try:
         result = transport.shell(command, timeout_s=timeout_s)
     except ShellTimeout as exc:
-        if not _kill_stale(transport, exc.output, call_bound, errors):
+        if not _kill_stale(transport, exc.output, answer_bound(timeout_s, call_bound), errors):
             raise AdbNoAnswer(f"{exc}; the phone stopped answering (hung or disconnected)",
                               exc.output) from None
         raise

@@ -133,6 +133,11 @@ class PhoneTransport:
             raise AdbNoAnswer(f"{self.label}: {what} timed out after {timeout_s:.1f} s") from None
         except MnasError:
             raise
+        except (AdbTimeout, TimeoutError):
+            # the client's socket timeout fired first: the same silence as the bound above,
+            # so the same verdict (a call error would be retried and cleaned up after)
+            raise AdbNoAnswer(f"{self.label}: {what}: no answer from the phone within "
+                              f"{timeout_s:.1f} s") from None
         except (AdbError, OSError, EOFError) as exc:
             detail = one_line(str(exc)) or (f"the connection closed without a reply "
                                              f"({type(exc).__name__}; phone disconnected?)")
@@ -165,6 +170,9 @@ class PhoneTransport:
         what = f"`{one_line(command, 80)}`"
         try:
             conn = self.device.open_transport(timeout=timeout)
+        except (AdbTimeout, TimeoutError):
+            raise AdbNoAnswer(f"{self.label}: {what}: no answer from the adb server or phone "
+                              f"within {timeout:.1f} s") from None
         except (AdbError, OSError) as exc:
             raise AdbCallError(f"{self.label}: {what}: cannot reach the phone: "
                                f"{one_line(str(exc))}") from None
