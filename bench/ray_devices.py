@@ -11,8 +11,11 @@ Placement is by custom resource. The node a phone is attached to is started with
 per phone, named after the device config (or the serial):
 `ray start --address HEAD:6379 --resources '{"device:pixel4": 2}'`. `cluster_devices("pixel4")`
 starts one actor per unit, each asking for `{"device:pixel4": 1}`; on its node the actor
-opens a matching phone that no other actor holds (an exclusive `flock` per serial, released
-when the actor's process dies). `host` is one actor pinned to the driver's node.
+opens a matching phone that no other process holds and keeps it locked for the actor's life
+(the phone's lock of `bench.device_lock`, released when the actor's process dies, so a
+`mnas bench` on that node waits for the actor too). `host` is one actor pinned to the
+driver's node; the driver locks `host` for each run like any local device, while a phone's
+`RemoteDevice` has no lock key on the driver (its lock is the actor's, on the phone's node).
 
 A lost actor (phone node gone, worker killed) is restarted up to `max_restarts` times and Ray
 re-runs the call it was serving (`max_task_retries`); a call either returns a whole
@@ -22,20 +25,18 @@ is the optional `ray` extra.
 
 from __future__ import annotations
 
-import fcntl
 import functools
-import re
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from mnas.bench.contention import ContentionGuard
+from mnas.bench.device_lock import device_lock_key, try_lock
 from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement
 from mnas.errors import MeasurementError, MnasError
 
 RESOURCE_PREFIX = "device:"
-LOCK_DIR = Path(tempfile.gettempdir())
 DeviceFactory = Callable[[], Device]
 
 
@@ -74,22 +75,14 @@ def resource_name(spec: str) -> str:
     return spec if spec.startswith(RESOURCE_PREFIX) else RESOURCE_PREFIX + spec
 
 
-def _lock_path(device_id: str) -> Path:
-    return LOCK_DIR / f"mnas-device-{re.sub(r'[^A-Za-z0-9_.-]', '_', device_id)}.lock"
+def try_claim(device: Device) -> IO[str] | None:
+    """An exclusive, non-blocking lock on this node for `device`; None when another process holds it.
 
-
-def try_claim(device_id: str) -> IO[str] | None:
-    """An exclusive, non-blocking lock on this node for `device_id`; None when another process holds it.
-
-    The lock lives as long as the returned handle (and dies with the process that holds it).
+    The same lock as `bench.device_lock` (so `mnas bench` on this node waits for the actor);
+    it lives as long as the returned handle (and dies with the process that holds it).
     """
-    handle = open(_lock_path(device_id), "w")  # kept open: the handle IS the lock
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        return None
-    return handle
+    key = device_lock_key(device)
+    return try_lock(key if key is not None else device.device_id)
 
 
 def open_phone(name: str, select_options: dict[str, Any]) -> tuple[Device, IO[str]]:
@@ -100,7 +93,7 @@ def open_phone(name: str, select_options: dict[str, Any]) -> tuple[Device, IO[st
     phones = select_devices("all", unusable=unusable, **select_options)
     matching = [d for d in phones if d.device_id == name or d.profile().device_name == name]
     for device in matching:
-        lock = try_claim(device.device_id)
+        lock = try_claim(device)
         if lock is not None:
             return device, lock
     held = ", ".join(d.device_id for d in matching) or "none"
@@ -155,6 +148,8 @@ class RemoteDevice:
         self._profile = profile
         self.device_id = profile.device_id
         self.label = label  # the resource or "host" this actor was placed by
+        # the host actor runs on the driver's node, so the driver locks `host`; a phone is locked by its actor
+        self.lock_key = "host" if label == "host" else None
 
     def profile(self) -> DeviceProfile:
         return self._profile

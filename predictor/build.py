@@ -6,6 +6,9 @@ moment it is measured. Several devices of one model share a build: one worker th
 device pulls layers from a shared queue; only the calling thread touches the store, so the
 store needs no cross-thread connection sharing. Ctrl-C stops the workers; every entry
 stored is whole, and the layers in flight are simply measured again on the next run.
+The devices are locked for the whole build (`bench.device_lock`) before the table is read,
+so a second build (or `mnas bench`) on the same phone waits instead of timing on the same
+core at once, and then skips what the first stored.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mnas.bench.contention import LAYER_GUARD, ContentionGuard
+from mnas.bench.device_lock import hold_devices
 from mnas.bench.pool import run_device_pool
 from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement, latency_ms
 from mnas.errors import MeasurementError, MnasError
@@ -81,7 +85,7 @@ def build_table(space: SearchSpace, resolution: int, devices: Sequence[Device], 
                 config: BenchConfig, limit: int | None = None, writer: LayerWriter = default_writer,
                 progress: bool = True, space_name: str = "mnasnet", num_classes: int = 1000,
                 layers: Sequence[LayerSig] | None = None,
-                guard: ContentionGuard | None = LAYER_GUARD) -> BuildResult:
+                guard: ContentionGuard | None = LAYER_GUARD, lock_timeout_s: float | None = None) -> BuildResult:
     """Measure the layers of `space` at `resolution` missing from table `table_name`.
 
     `limit` caps how many layers this call measures (small builds, tests). `layers`
@@ -96,6 +100,15 @@ def build_table(space: SearchSpace, resolution: int, devices: Sequence[Device], 
         raise MnasError("build_table: no devices: expected at least one device to measure on")
     if limit is not None and limit < 0:
         raise MnasError(f"limit = {limit}: expected a layer count >= 0")
+    with hold_devices(devices, lock_timeout_s):  # before the table is read: see the module docstring
+        return _build_table(space, resolution, devices, store, table_name, config, limit, writer, progress,
+                            space_name, num_classes, layers, guard)
+
+
+def _build_table(space: SearchSpace, resolution: int, devices: Sequence[Device], store: Any, table_name: str,
+                 config: BenchConfig, limit: int | None, writer: LayerWriter, progress: bool, space_name: str,
+                 num_classes: int, layers: Sequence[LayerSig] | None,
+                 guard: ContentionGuard | None) -> BuildResult:
     started = time.monotonic()
     profiles = [device.profile() for device in devices]
     meta = table_meta(table_name, profiles, resolution, config, space_name, num_classes)
@@ -190,7 +203,9 @@ def plan_build(space: SearchSpace, resolution: int, store: Any | None = None, ta
 
 def _store_entry(store: Any, table_id: int, layer: LayerSig, device_id: str, measurement: Measurement,
                  result: BuildResult, replace: bool) -> None:
-    measurement_id = store.add_measurement(measurement, label=f"layer {layer.key}")
+    # force: the entry's own evidence is stored even when another table holds this layer under the same
+    # conditions (builds do not share measurements across tables; the device lock keeps them sequential)
+    measurement_id = store.add_measurement(measurement, label=f"layer {layer.key}", force=True)
     entry = TableEntry.from_measurement(layer.key, measurement, measurement_id=measurement_id)
     if add_entry(store, table_id, entry, replace=replace):
         result.measured += 1

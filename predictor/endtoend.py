@@ -13,7 +13,10 @@ Every measurement goes to the results store (label `calibration` / `eval`, with 
 string) the moment it is taken; a network already measured on the device under the same
 conditions and runtime is reused, so an interrupted calibration or evaluation resumes where
 it stopped. Several devices of one model share the work: one worker thread per device,
-only the calling thread touches the store (as in `build.py`).
+only the calling thread touches the store (as in `build.py`). The devices are locked for
+the whole call (`bench.device_lock`) before the store is asked what is measured, so a second
+calibration on the same phone waits and then reuses; the store refuses more than `repeats`
+reusable measurements of one network on one device.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from typing import Any
 import numpy as np
 
 from mnas.bench.contention import NETWORK_GUARD, ContentionGuard
+from mnas.bench.device_lock import hold_devices
 from mnas.bench.measure import ModelWriter, default_model_writer, find_reusable, write_arch_model
 from mnas.bench.pool import run_device_pool
+from mnas.bench.store import DuplicateMeasurement
 from mnas.bench.types import BenchConfig, Device, Measurement, check_statistic, latency_ms
 from mnas.errors import MeasurementError, MnasError
 from mnas.space.arch import Arch
@@ -126,7 +131,8 @@ class _Job:
 def measure_networks(archs: Sequence[Arch], devices: Sequence[Device], store: Any, config: BenchConfig,
                      resolution: int, label: str, *, writer: ModelWriter = default_model_writer,
                      progress: bool = True, reuse: bool = True, statistic: str = "median",
-                     guard: ContentionGuard | None = NETWORK_GUARD, repeats: int = 1) -> list[NetMeasurement]:
+                     guard: ContentionGuard | None = NETWORK_GUARD, repeats: int = 1,
+                     lock_timeout_s: float | None = None) -> list[NetMeasurement]:
     """Measure each arch end to end `repeats` times (separate processes), storing each result as it comes.
 
     Repeats go in rounds (every network once, then every network again), so a burst of
@@ -144,6 +150,14 @@ def measure_networks(archs: Sequence[Arch], devices: Sequence[Device], store: An
     if repeats < 1:
         raise MnasError(f"--repeats {repeats}: expected at least 1 measurement per network")
     check_statistic(statistic)
+    with hold_devices(devices, lock_timeout_s):  # before the reuse check: a second run waits, then reuses
+        return _measure_networks(archs, devices, store, config, resolution, label, writer, progress, reuse,
+                                 statistic, guard, repeats)
+
+
+def _measure_networks(archs: Sequence[Arch], devices: Sequence[Device], store: Any, config: BenchConfig,
+                      resolution: int, label: str, writer: ModelWriter, progress: bool, reuse: bool, statistic: str,
+                      guard: ContentionGuard | None, repeats: int) -> list[NetMeasurement]:
     profiles = [device.profile() for device in devices]  # a device that cannot say what it is stops the call
     done: list[list[tuple[Measurement, int | None]]] = [[] for _ in archs]
     reused = [0] * len(archs)
@@ -163,7 +177,7 @@ def measure_networks(archs: Sequence[Arch], devices: Sequence[Device], store: An
                 rounds[r].append(_Job(index, arch, path, resolution, writer))
         jobs = [job for round_jobs in rounds for job in round_jobs]
         if jobs:
-            _run(devices, jobs, store, config, label, done, progress, statistic, guard)
+            _run(devices, jobs, store, config, label, done, progress, statistic, guard, repeats if reuse else None)
     missing = [i for i, d in enumerate(done) if len(d) < repeats]
     if missing:  # cannot happen unless a worker vanished without reporting
         raise MeasurementError(f"{len(missing)} networks were not measured: expected every network measured")
@@ -173,7 +187,7 @@ def measure_networks(archs: Sequence[Arch], devices: Sequence[Device], store: An
 
 def _run(devices: Sequence[Device], jobs: list[_Job], store: Any, config: BenchConfig, label: str,
          results: list[list[tuple[Measurement, int | None]]], progress: bool, statistic: str,
-         guard: ContentionGuard | None) -> None:
+         guard: ContentionGuard | None, max_reusable: int | None) -> None:
     from tqdm import tqdm
 
     def measure(device: Device, job: _Job) -> Measurement:
@@ -186,7 +200,11 @@ def _run(devices: Sequence[Device], jobs: list[_Job], store: Any, config: BenchC
             job.path.unlink(missing_ok=True)
 
     def keep(job: _Job, device_id: str, measurement: Measurement) -> None:
-        measurement_id = store.add_measurement(measurement, label=label, arch=str(job.arch))
+        try:  # max_reusable None (reuse off): every measurement is stored
+            measurement_id = store.add_measurement(measurement, label=label, arch=str(job.arch),
+                                                   force=max_reusable is None, max_reusable=max_reusable or 1)
+        except DuplicateMeasurement as duplicate:  # another process stored it meanwhile: use that figure
+            measurement, measurement_id = store.get_measurement(duplicate.existing_id), duplicate.existing_id
         results[job.index].append((measurement, measurement_id))
         bar.update(1)
         bar.set_postfix_str(f"{latency_ms(measurement, statistic):.2f} ms")

@@ -12,6 +12,9 @@ measurement passing the one reuse rule (`bench.measure.find_reusable`) or one th
 already took stands in for a new one, and the rest are timed on the one device pool
 (`bench.pool`, FAIL_JOB). Store reads and writes stay in the calling thread; each fresh
 measurement is stored as soon as it completes, so a failure loses only what was in flight.
+The devices are locked (`bench.device_lock`) for each call, from the reuse check to the last
+measurement, not for the search's life: a search lives for days and mostly trains, so a
+`mnas bench` or table build on the same phone gets its turn between two latency batches.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from mnas.bench.device_lock import hold_devices
 from mnas.bench.measure import ModelWriter, PreparedModel, find_reusable, write_arch_model
 from mnas.bench.pool import FailurePolicy, run_device_pool
+from mnas.bench.store import DuplicateMeasurement
 from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement, latency_ms
 from mnas.errors import MeasurementError, MnasError
 from mnas.search.types import LatencyResult, LatencySource
@@ -52,7 +57,7 @@ class MeasuredLatency:
 
     def __init__(self, devices: Sequence[Device], resolution: int, bench_config: BenchConfig,
                  model_writer: ModelWriter, store: Any = None, *,
-                 label: str = "search", workdir: Path | None = None) -> None:
+                 label: str = "search", workdir: Path | None = None, lock_timeout_s: float | None = None) -> None:
         if not devices:
             raise MnasError("measured latency: no devices: expected at least one device to time models on")
         if not isinstance(resolution, int) or resolution < 8:
@@ -67,6 +72,7 @@ class MeasuredLatency:
         self.store = store
         self.label = label
         self.workdir = workdir
+        self.lock_timeout_s = lock_timeout_s
         self._profiles: dict[str, DeviceProfile] = {}
         self._memo: dict[tuple[str, str], LatencyResult] = {}  # (device id, model sha256)
         self.benchmarks = 0  # fresh measurements taken by this object
@@ -98,11 +104,12 @@ class MeasuredLatency:
         archs = list(archs)
         if not archs:
             return []
-        if self.workdir is not None:
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            return self._latency(archs, self.workdir)
-        with tempfile.TemporaryDirectory(prefix="mnas-latency-") as tmp:
-            return self._latency(archs, Path(tmp))
+        with hold_devices(self.devices, self.lock_timeout_s):  # from the reuse check to the last measurement
+            if self.workdir is not None:
+                self.workdir.mkdir(parents=True, exist_ok=True)
+                return self._latency(archs, self.workdir)
+            with tempfile.TemporaryDirectory(prefix="mnas-latency-") as tmp:
+                return self._latency(archs, Path(tmp))
 
     def _latency(self, archs: list[Arch], folder: Path) -> list[LatencyResult]:
         by_key: dict[str, LatencyResult] = {}
@@ -145,8 +152,13 @@ class MeasuredLatency:
         if not math.isfinite(median) or median <= 0:
             raise MnasError(f"measured latency: {m.device_id} gave {median!r} ms for {arch}: expected a latency > 0")
         self.benchmarks += 1
-        row = self.store.add_measurement(m, label=self.label, arch=str(arch)) if self.store is not None else None
-        result = LatencyResult(latency_ms=median, source=f"measured:{m.device_id}", measured_ms=median,
+        source = f"measured:{m.device_id}"
+        try:
+            row = self.store.add_measurement(m, label=self.label, arch=str(arch)) if self.store is not None else None
+        except DuplicateMeasurement as duplicate:  # another process stored it meanwhile: its figure stands
+            row, source = duplicate.existing_id, f"store:{m.device_id}"
+            median = latency_ms(self.store.get_measurement(row))
+        result = LatencyResult(latency_ms=median, source=source, measured_ms=median,
                                device_id=m.device_id, model_sha256=sha, measurement_id=row)
         self._memo[(m.device_id, sha)] = result
         return result
