@@ -41,7 +41,8 @@ _TOP_KEYS = (
 )
 _REQUIRED_TOP = ("schema_version", "name", "properties", "match", "clusters", "pin_core", "thermal")
 _CLUSTER_KEYS = ("name", "cores", "max_freq_khz")
-_THERMAL_KEYS = ("cooldown_below_c", "cooldown_timeout_s", "throttle_ratio")
+_THERMAL_KEYS = ("cooldown_below_c", "cooldown_timeout_s", "throttle_ratio", "throttle_above_c")
+_THERMAL_REQUIRED = ("cooldown_below_c", "cooldown_timeout_s", "throttle_ratio")
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ class ThermalPolicy:
     cooldown_below_c: float = 45.0
     cooldown_timeout_s: float = 120.0
     throttle_ratio: float = 0.9
+    # a run whose hottest thermal zone reads above this right after it counts as throttled
+    # (the core may have been slowed during the run even if its cap is back up by then)
+    throttle_above_c: float = 85.0
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,7 @@ class DeviceConfig:
                 "cooldown_below_c": self.thermal.cooldown_below_c,
                 "cooldown_timeout_s": self.thermal.cooldown_timeout_s,
                 "throttle_ratio": self.thermal.throttle_ratio,
+                "throttle_above_c": self.thermal.throttle_above_c,
             },
             "benchmark_binary": self.benchmark_binary,
         }
@@ -260,16 +265,24 @@ def parse_config(data: Any, label: str, expected_name: str | None = None) -> Dev
         raise check.fail("pin_core", pin_core,
                          f"a core id listed in clusters ({_core_range(cores)})")
 
-    thermal_raw = check.mapping("thermal", data["thermal"], _THERMAL_KEYS, _THERMAL_KEYS)
+    thermal_raw = check.mapping("thermal", data["thermal"], _THERMAL_KEYS, _THERMAL_REQUIRED)
+    cooldown_below_c = check.number("thermal.cooldown_below_c", thermal_raw["cooldown_below_c"], 1.0, 150.0,
+                                    "degrees Celsius in 1..150")
+    throttle_above_c = ThermalPolicy.throttle_above_c
+    if "throttle_above_c" in thermal_raw:
+        throttle_above_c = check.number("thermal.throttle_above_c", thermal_raw["throttle_above_c"], 1.0, 150.0,
+                                        "degrees Celsius in 1..150")
+        if throttle_above_c <= cooldown_below_c:
+            raise check.fail("thermal.throttle_above_c", thermal_raw["throttle_above_c"],
+                             f"a temperature above thermal.cooldown_below_c ({cooldown_below_c:g})")
     thermal = ThermalPolicy(
-        cooldown_below_c=check.number("thermal.cooldown_below_c",
-                                      thermal_raw["cooldown_below_c"], 1.0, 150.0,
-                                      "degrees Celsius in 1..150"),
+        cooldown_below_c=cooldown_below_c,
         cooldown_timeout_s=check.number("thermal.cooldown_timeout_s",
                                         thermal_raw["cooldown_timeout_s"], 0.0, 86400.0,
                                         "seconds in 0..86400"),
         throttle_ratio=check.number("thermal.throttle_ratio", thermal_raw["throttle_ratio"],
                                     0.0, 1.0, "a ratio in 0..1"),
+        throttle_above_c=throttle_above_c,
     )
 
     binary = data.get("benchmark_binary")

@@ -334,6 +334,29 @@ def test_throttle_flags_the_measurement(
     assert row["freq_after_khz"] == capped and row["max_freq_khz"] == config.max_freq_khz(config.pin_core)
 
 
+def test_hot_after_the_run_flags_the_measurement_and_it_is_not_reused(
+        lab: dict[str, Any], start_faulty: StartFaulty, tmp_path: Path
+) -> None:
+    """Cool before (no cool-down wait), full frequency cap, but 95 °C right after the run."""
+    faulty = start_faulty()
+    arm_on_benchmark(faulty, "overheat=95")  # every zone reads 95 °C once benchmark_model starts
+    db = tmp_path / "mnas.db"
+    run = bench(lab, db, faulty.serial, lab["models"][:1])
+    assert run.rc == 0, run.describe()
+    (row,) = rows_for(db, faulty.serial)
+    assert row["throttled"] == 1 and run.json()[0]["throttled"] is True
+    extra = row["measurement"]["extra"]
+    assert extra["cooldown_timed_out"] is False and extra["hottest_after_c"] == 95.0
+    assert extra["throttle_reasons"] == ["hottest zone 95 °C after the run is above the limit 85 °C"]
+    assert max(row["measurement"]["temps_before_c"].values()) < 45.0
+    # the reuse rule refuses it: a cool re-run measures again instead of reusing the hot figure
+    write_control_file(Path(faulty.control_file), [])
+    again = bench(lab, db, faulty.serial, lab["models"][:1])
+    assert again.rc == 0, again.describe()
+    assert [r["reused"] for r in again.json()] == [False]
+    assert [r["throttled"] for r in rows_for(db, faulty.serial)] == [1, 0]
+
+
 # ============================================================================ degraded links
 
 

@@ -359,7 +359,20 @@ class AdbDevice:
 
         timings, params = read_timings(result, f"{self._label()} {model_path.name}")
         max_freq = self.max_freq_khz(core)
-        capped = freq_below(after.cap_khz, max_freq, self._policy().throttle_ratio)
+        policy = self._policy()
+        capped = freq_below(after.cap_khz, max_freq, policy.throttle_ratio)
+        hottest_after = after.hottest_c
+        hot_after = hottest_after is not None and hottest_after > policy.throttle_above_c
+        reasons = []  # why the run counts as throttled (the reuse rule then measures it again)
+        if capped:
+            reasons.append(f"frequency cap {after.cap_khz} kHz after the run is below "
+                           f"{policy.throttle_ratio:g} x {max_freq} kHz")
+        if cooldown_timed_out:
+            reasons.append(f"still above {policy.cooldown_below_c:g} °C after the "
+                           f"{policy.cooldown_timeout_s:g} s cool-down")
+        if hot_after:
+            reasons.append(f"hottest zone {hottest_after:g} °C after the run is above the "
+                           f"limit {policy.throttle_above_c:g} °C")
         return build_measurement(
             device_id=self.serial,
             device_name=self.device_name,
@@ -371,7 +384,7 @@ class AdbDevice:
             timings=timings,
             conditions=Conditions(
                 core=core, cpu_model=self.cpu_model(core), max_freq_khz=max_freq,
-                throttled=capped or cooldown_timed_out, wall_s=wall_s,
+                throttled=bool(reasons), wall_s=wall_s,
                 temps_before_c=before.temps_c, temps_after_c=after.temps_c,
                 freq_before_khz=before.cur_freq_khz, freq_after_khz=after.cur_freq_khz,
             ),
@@ -383,5 +396,8 @@ class AdbDevice:
                 "cooldown_timed_out": cooldown_timed_out,
                 "freq_cap_before_khz": before.cap_khz,
                 "freq_cap_after_khz": after.cap_khz,
+                "hottest_after_c": hottest_after,
+                "throttle_above_c": policy.throttle_above_c,
+                "throttle_reasons": reasons,
             },
         )

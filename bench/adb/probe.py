@@ -127,6 +127,7 @@ def build_probed_config(name: str, serial: str, props: Mapping[str, str],
             "cooldown_below_c": ThermalPolicy.cooldown_below_c,
             "cooldown_timeout_s": ThermalPolicy.cooldown_timeout_s,
             "throttle_ratio": ThermalPolicy.throttle_ratio,
+            "throttle_above_c": ThermalPolicy.throttle_above_c,
         },
         "benchmark_binary": None,
     }

@@ -2,7 +2,9 @@
 
 Thermal throttling is detected from the pinned core's frequency *cap* (`scaling_max_freq`,
 what thermal mitigation lowers) rather than `scaling_cur_freq`, which drops as soon as the core
-goes idle after the run; both are read here and recorded.
+goes idle after the run; both are read here and recorded. A run is also flagged when its
+hottest zone reads above the device config's `thermal.throttle_above_c` right after it
+(`AdbDevice` applies both rules and records why in `extra.throttle_reasons`).
 """
 
 from __future__ import annotations
