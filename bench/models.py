@@ -1,25 +1,51 @@
 """What `mnas bench` accepts as MODEL: a `.tflite` file, a zoo name or an arch string.
 
-Zoo names and arch strings are written once to `<results>/models/` by the `.tflite` writer
-(deterministic weights, so the same arch and resolution always give the same file and
-sha256) and reused from there (`bench.measure.write_arch_model`).
+Which one a MODEL is: a file when it ends with `.tflite`, names an existing path, or
+contains a path separator (`/`, or the platform's own); zoo names and arch strings never
+contain one. So `./nonexistent/model` or `models/foo` is a missing file ("no such model
+file"), not an arch string with a bad block token. Anything else is a zoo name or an arch
+string (`mnas.space.resolve`).
+
+A `.tflite` file is checked once, here, by parsing its flatbuffer (`space/tflite_reader.py`:
+identifier, schema version, a subgraph with tensors and operators, every buffer inside the
+file): a corrupt model is bad input (MnasError, exit 2) before any device is touched, not a
+failed measurement retried on every phone.
+
+Zoo names and arch strings are written once to `<results>/models/` (next to the store) by the
+`.tflite` writer (deterministic weights, so the same arch and resolution always give the same
+file and sha256) and reused from there (`bench.measure.write_arch_model`). A models folder that
+cannot be created or written (read-only file system, no permission) is one MnasError naming
+the folder and the cause.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from mnas.bench.files import check_tflite_file, sha256_file
 from mnas.bench.measure import PreparedModel, write_arch_model
+from mnas.errors import MnasError
 
-__all__ = ["PreparedModel", "prepare_model"]
+__all__ = ["PreparedModel", "looks_like_path", "prepare_model"]
+
+
+def looks_like_path(spec: str) -> bool:
+    """Whether MODEL names a file (see the module docstring for the rule)."""
+    separators = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    return spec.endswith(".tflite") or any(sep in spec for sep in separators) or Path(spec).exists()
 
 
 def prepare_model(spec: str, models_dir: Path, resolution: int | None = None, multiplier: float = 1.0) -> PreparedModel:
-    """Resolve MODEL to a `.tflite` on disk (writing zoo/arch models on first use)."""
-    candidate = Path(spec)
-    if spec.endswith(".tflite") or candidate.exists():
-        check_tflite_file(candidate)
+    """Resolve MODEL to a checked `.tflite` on disk (writing zoo/arch models on first use)."""
+    if looks_like_path(spec):
+        from mnas.space.tflite_reader import check_model_file
+
+        candidate = Path(spec)
+        if not candidate.exists():
+            raise MnasError(f"{spec}: no such model file")  # as typed: Path() would drop a leading ./
+        check_tflite_file(candidate)  # missing file, folder, wrong identifier: the devices' own wording
+        check_model_file(candidate)
         return PreparedModel(candidate, candidate.name, sha256_file(candidate))
     from mnas.space.resolve import default_resolution, resolve_arch
     from mnas.space.zoo import check_resolution
@@ -30,4 +56,21 @@ def prepare_model(spec: str, models_dir: Path, resolution: int | None = None, mu
     label = spec if "_" not in spec else f"arch-{arch.hash}"
     if multiplier != 1.0:
         label = f"{label}-x{multiplier:g}"
-    return write_arch_model(arch, res, models_dir / f"{label}-{res}-{arch.hash}.tflite", label=label, reuse_file=True)
+    path = models_dir / f"{label}-{res}-{arch.hash}.tflite"
+    if not path.is_file():
+        _writable_models_dir(models_dir)
+    return write_arch_model(arch, res, path, label=label, reuse_file=True)
+
+
+def _writable_models_dir(models_dir: Path) -> None:
+    """Create `models_dir` if needed and make sure a file can be written there; one MnasError if not."""
+    import tempfile
+
+    try:
+        models_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=models_dir):
+            pass
+    except OSError as exc:
+        cause = exc.strerror or type(exc).__name__
+        raise MnasError(f"{models_dir}: cannot write generated models there ({cause.lower()}); they are kept "
+                        "next to the results store: choose a writable one with --db") from None
