@@ -1,7 +1,9 @@
-"""Files: the one sha256 and TFLite check every device and cache uses, and the one atomic write."""
+"""Files: the one sha256 and TFLite check every device and cache uses, the one atomic write, and the
+one wording of why a file cannot be written (`os_cause`, `unwritable_reason`)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
@@ -9,9 +11,50 @@ from pathlib import Path
 
 from mnas.errors import MnasError
 
-__all__ = ["TFLITE_IDENTIFIER", "check_tflite_file", "sha256_file", "write_text_atomic"]
+__all__ = ["TFLITE_IDENTIFIER", "check_tflite_file", "os_cause", "sha256_file", "unwritable_reason",
+           "write_text_atomic"]
 
 TFLITE_IDENTIFIER = b"TFL3"
+
+
+_CAUSES = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only (read-only file system)",
+    errno.EACCES: "read-only (permission denied)",
+    errno.EPERM: "read-only (not permitted: an immutable file?)",
+}
+
+
+def os_cause(exc: OSError) -> str:
+    """The cause of a failed write in a few words: "disk full", "read-only (...)", else the OS's own text."""
+    return _CAUSES.get(exc.errno or 0) or (exc.strerror or type(exc).__name__).lower()
+
+
+def unwritable_reason(path: Path) -> str | None:
+    """Why the existing file `path`, or the folder it is (to be) in, cannot be written; None when both can.
+
+    Opening for writing modifies nothing; the folder matters too because SQLite and atomic
+    writes create files beside `path`. Root passes permission checks but not a read-only
+    file system or an immutable file, and so does this.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        return os_cause(exc)
+    else:
+        os.close(fd)
+    folder = path.parent
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        try:
+            if os.statvfs(folder).f_flag & os.ST_RDONLY:
+                return _CAUSES[errno.EROFS]
+        except OSError:
+            pass
+        return f"read-only (the folder {folder} is not writable)"
+    return None
 
 
 def sha256_file(path: Path) -> str:
@@ -46,16 +89,23 @@ def write_text_atomic(path: Path, text: str) -> Path:
 
     A temp file beside `path`, flushed to disk, then renamed over it: a device config being
     rewritten or a benchmark child's result read by its parent is either old or whole.
+    A write that fails (disk full, read-only) is one MnasError naming `path` and the cause,
+    and leaves `path` as it was.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise MnasError(f"{path}: cannot write: {os_cause(exc)}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise MnasError(f"{path}: cannot write: {os_cause(exc)}") from None
         raise
     return path

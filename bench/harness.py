@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from mnas.bench.device_lock import hold_devices
 from mnas.bench.measure import PreparedModel, find_reusable, profile_devices
 from mnas.bench.pool import FailurePolicy, run_device_pool
-from mnas.bench.store import DuplicateMeasurement
+from mnas.bench.store import DuplicateMeasurement, StoreWriteError
 from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement
 from mnas.errors import MnasError
 
@@ -37,6 +37,7 @@ class BenchOutcome:
     stored_id: int | None
     reused: bool = False
     error: str | None = None
+    store_error: str | None = None  # the store could not be written: its one line (the same for every pair)
 
 
 def run_benchmarks(
@@ -50,10 +51,18 @@ def run_benchmarks(
 ) -> list[BenchOutcome]:
     """Measure every model on every device; failures are reported per pair, never raised.
 
+    A store that refuses a write (disk full, read-only, locked) stops the run: that pair is
+    reported "measured but not stored" with its figure and `store_error` set, nothing more is
+    sent to the devices, and every pair left is reported "not measured: store unwritable"
+    (a re-run after the cause is fixed measures exactly those). A store opened read-only
+    raises StoreWriteError before anything is measured.
+
     Every device is locked for the whole call first (`bench.device_lock.hold_devices`,
     waiting at most `lock_timeout_s` per device; a device still busy then raises
     `DeviceBusy` naming its holder, before anything is measured).
     """
+    if store is not None:
+        store.require_writable()  # a read-only store: one line now, before any device time is spent
     with hold_devices(devices, lock_timeout_s):
         return _run_benchmarks(devices, models, config, store, force, on_result)
 
@@ -80,17 +89,37 @@ def _run_benchmarks(devices: Sequence[Device], models: Sequence[PreparedModel], 
             else:
                 jobs.append((device, model))
 
+    store_failed: list[StoreWriteError] = []  # the first write the store refused: nothing more is measured
+
+    def measure(device: Device, job: tuple[Device, PreparedModel]) -> Measurement:
+        if store_failed:  # a figure that cannot be stored is lost: do not spend device time on it
+            raise _NotSent(store_failed[0])
+        return device.benchmark(job[1].path, config)
+
     def keep(job: tuple[Device, PreparedModel], device_id: str, measurement: Measurement) -> None:
         model = job[1]
+        if store_failed:  # measured while the first failed write was being reported
+            report(BenchOutcome(device_id, model, measurement, None, store_error=str(store_failed[0]),
+                                error=f"{device_id}: {model.label}: measured but not stored: store unwritable"))
+            return
         try:
             stored_id = (store.add_measurement(measurement, label=model.label, arch=model.arch, force=force)
                          if store is not None else None)
         except DuplicateMeasurement as duplicate:  # another process stored this pair meanwhile: keep its figure
             report(BenchOutcome(device_id, model, store.get_measurement(duplicate.existing_id), None, reused=True))
             return
+        except StoreWriteError as exc:  # disk full, read-only, locked: the figure is reported, not stored
+            store_failed.append(exc)
+            report(BenchOutcome(device_id, model, measurement, None, store_error=str(exc),
+                                error=f"{device_id}: {model.label}: measured but not stored: {exc}"))
+            return
         report(BenchOutcome(device_id, model, measurement, stored_id))
 
     def failed(job: tuple[Device, PreparedModel], device_id: str, error: BaseException) -> None:
+        if isinstance(error, _NotSent):
+            report(BenchOutcome(device_id, job[1], None, None, store_error=str(error.store_error),
+                                error=f"{device_id}: {job[1].label}: not measured: store unwritable"))
+            return
         report(BenchOutcome(device_id, job[1], None, None, error=_error_line(device_id, job[1], error)))
 
     def unmeasured(job: tuple[Device, PreparedModel]) -> None:
@@ -99,13 +128,20 @@ def _run_benchmarks(devices: Sequence[Device], models: Sequence[PreparedModel], 
                                   "device offline after an earlier failure"))
 
     if jobs:
-        run_device_pool([d for d in devices if any(j[0] is d for j in jobs)], jobs,
-                        lambda device, job: device.benchmark(job[1].path, config), keep, name="bench",
+        run_device_pool([d for d in devices if any(j[0] is d for j in jobs)], jobs, measure, keep, name="bench",
                         policy=FailurePolicy.FAIL_JOB, pinned_to=lambda job: job[0].device_id,
                         on_failed_job=failed, on_unmeasured=unmeasured)
     order = {(d.device_id, m.path): i for i, (d, m) in enumerate((d, m) for d in devices for m in models)}
     outcomes.sort(key=lambda o: order.get((o.device_id, o.model.path), 0))
     return outcomes
+
+
+class _NotSent(Exception):
+    """A job not sent to its device because the store already refused a write."""
+
+    def __init__(self, store_error: BaseException) -> None:
+        super().__init__(str(store_error))
+        self.store_error = store_error
 
 
 def _reusable(store, force: bool, profile: DeviceProfile, model: PreparedModel,

@@ -23,6 +23,8 @@ here, so "what happens when a device fails" and "what survives Ctrl-C" are decid
   (every device retired, or the one they are pinned to) come back as `unmeasured`.
 - KeyboardInterrupt/SystemExit, in a worker or in the caller, stops every worker, keeps
   what had finished and propagates.
+- An exception from `keep` (the store refused a write) stops every worker and propagates;
+  nothing more is kept, and jobs in flight are measured again by the next run.
 
 See docs/architecture.md ("Measuring") for where this sits in the data flow.
 """
@@ -193,12 +195,14 @@ def run_device_pool(devices: Sequence[Device], jobs: Sequence[Job], measure: Cal
                     left = _drain(shared)
                     unmeasured(left)
                     unfinished -= len(left)
-    except BaseException:
+    except BaseException as exc:
         stop.set()
-        # keep what finished before the interrupt; what was in flight is measured next run
-        for item in _drain(done):
-            if isinstance(item, _Kept):
-                keep(item.job, item.device_id, item.measurement)
+        if not isinstance(exc, Exception):
+            # an interrupt: keep what finished before it; what was in flight is measured next run
+            for item in _drain(done):
+                if isinstance(item, _Kept):
+                    keep(item.job, item.device_id, item.measurement)
+        # else `keep` itself failed (the store refused a write): keeping more would fail the same way
         for thread in threads:
             thread.join(timeout=1.0)
         raise

@@ -12,7 +12,14 @@ Why it is built this way:
   threads, pinned core, run counts, conditions key, temperatures, throttling), and the full
   `Measurement` is kept as JSON so it comes back exactly as it went in.
 - A file that is not a mnas store, or one written by a newer mnas, is refused with one line
-  rather than modified.
+  rather than modified (`NotAStoreError`).
+- A store that cannot be written (disk full, read-only file system, no permission, immutable
+  file, locked) fails at the write with ONE line naming the file and the cause
+  (`StoreWriteError`, exit 1): sqlite3 errors never leave this module as themselves, and the
+  failed transaction is rolled back, so the store holds exactly what it held before. A store
+  whose file or folder is not writable is opened read-only (reads work: listing, predicting,
+  planning; `read_only=True` asks for that explicitly); it is never migrated then, and a
+  component it does not hold yet reads as empty.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -27,7 +35,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
+from mnas.bench.files import os_cause, unwritable_reason
 from mnas.bench.types import DeviceProfile, Measurement
 from mnas.errors import MnasError
 
@@ -132,6 +142,64 @@ def _measurements_without_not_null_median() -> str:
 
 
 BENCH_MIGRATIONS.append(_measurements_without_not_null_median())
+
+
+class StoreError(MnasError):
+    """The results store cannot be opened or read (exit 2: the user fixes the file or the path)."""
+
+
+class NotAStoreError(StoreError):
+    """The file is not a mnas results store (not SQLite, a foreign application id or foreign tables)."""
+
+
+class StoreWriteError(StoreError):
+    """A write to the results store failed; what it was writing is lost (exit 1).
+
+    `cause` is a few words ("disk full", "read-only (...)", "locked"); the message is one
+    line: `<store>: cannot write: <cause> (sqlite: <its text>)`. The transaction was rolled
+    back: the store is unchanged.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+_SQLITE_CAUSES = {
+    sqlite3.SQLITE_FULL: "disk full",
+    sqlite3.SQLITE_READONLY: "read-only",
+    sqlite3.SQLITE_PERM: "read-only",
+    sqlite3.SQLITE_AUTH: "read-only",
+    sqlite3.SQLITE_BUSY: "locked",
+    sqlite3.SQLITE_LOCKED: "locked",
+    sqlite3.SQLITE_IOERR: "I/O error",
+    sqlite3.SQLITE_CANTOPEN: "cannot open the file",
+    sqlite3.SQLITE_CORRUPT: "corrupt",
+    sqlite3.SQLITE_NOTADB: "not a database",
+    sqlite3.SQLITE_NOMEM: "out of memory",
+}
+_TEXT_CAUSES = (("disk is full", "disk full"), ("readonly", "read-only"), ("read-only", "read-only"),
+                ("locked", "locked"), ("disk i/o error", "I/O error"), ("unable to open", "cannot open the file"),
+                ("not a database", "not a database"), ("malformed", "corrupt"))
+
+
+def sqlite_cause(exc: sqlite3.Error) -> str | None:
+    """What an sqlite3 error says about the file, in a few words; None for errors in the SQL itself.
+
+    By the error code (Python 3.11+ has it); by the message only where there is no code.
+    """
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return _SQLITE_CAUSES.get(int(code) & 0xFF)
+    text = str(exc).lower()
+    return next((cause for needle, cause in _TEXT_CAUSES if needle in text), None)
+
+
+def _temp_schema(statement: str) -> str:
+    """A migration statement that creates its tables in the connection's TEMP schema (read-only stores)."""
+    return re.sub(r"^\s*CREATE\s+TABLE\b", "CREATE TEMP TABLE", statement, flags=re.IGNORECASE)
 
 
 # measurement columns a caller may filter on, besides the joined model label/arch
@@ -240,52 +308,123 @@ class ResultsStore:
     """The SQLite results database (default `results/mnas.db`); safe for many processes."""
 
     def __init__(self, path: str | Path, *, create: bool = True,
-                 busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> None:
+                 busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S, read_only: bool = False) -> None:
+        """Open (or, with `create` and not `read_only`, create) the store at `path`.
+
+        `read_only`: never write, not even the WAL switch or a migration; also chosen when the
+        file or its folder cannot be written (`read_only_reason` says why). Every write of a
+        read-only store raises StoreWriteError; `require_writable` checks before work starts.
+        """
         self.path = Path(path)
         self.busy_timeout_s = busy_timeout_s
+        self.read_only_reason: str | None = "opened read-only" if read_only else None
+        if self.path.is_dir():
+            raise StoreError(f"{self.path}: is a folder, expected a results database file")
         if not self.path.exists():
-            if not create:
-                raise MnasError(f"{self.path}: no results database here (nothing measured yet, "
-                                "or pass --db / set MNAS_DB)")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        elif self.path.is_dir():
-            raise MnasError(f"{self.path}: is a folder, expected a results database file")
+            if not create or read_only:
+                raise StoreError(f"{self.path}: no results database here (nothing measured yet, "
+                                 "or pass --db / set MNAS_DB)")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreWriteError(f"{self.path}: cannot create the results database: {os_cause(exc)}",
+                                      os_cause(exc)) from None
+            reason = unwritable_reason(self.path)
+            if reason is not None:
+                raise StoreWriteError(f"{self.path}: cannot create the results database: {reason}", reason)
+        elif self.read_only_reason is None:
+            self.read_only_reason = unwritable_reason(self.path)
         self._lock = threading.RLock()
         self._depth = 0
         self._ensured: dict[str, int] = {}
+        self._conn = self._connect()
         try:
-            self._conn = sqlite3.connect(str(self.path), timeout=busy_timeout_s,
-                                         isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise MnasError(f"{self.path}: cannot open results database: {exc}") from None
-        try:
-            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            self._check_identity()
-            self._set_wal()
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._conn.execute("PRAGMA foreign_keys = ON")
-            self.ensure_component_schema("bench", BENCH_MIGRATIONS)
+            self._setup()
         except sqlite3.DatabaseError as exc:
             self._conn.close()
-            raise MnasError(f"{self.path}: not a mnas results store ({exc})") from None
+            if self.read_only_reason is not None or sqlite_cause(exc) not in ("read-only", "cannot open the file"):
+                raise self._open_error(exc) from None
+            # the access checks passed but SQLite may not write here after all: read what it can
+            self.read_only_reason = f"read-only (sqlite: {exc})"
+            self._conn = self._connect()
+            try:
+                self._setup()
+            except sqlite3.DatabaseError as again:
+                self._conn.close()
+                raise self._open_error(again) from None
+            except BaseException:
+                self._conn.close()
+                raise
         except BaseException:
             self._conn.close()
             raise
 
     # ---- opening
 
+    @property
+    def read_only(self) -> bool:
+        return self.read_only_reason is not None
+
+    def _connect(self) -> sqlite3.Connection:
+        kwargs: dict[str, Any] = {"timeout": self.busy_timeout_s, "isolation_level": None,
+                                  "check_same_thread": False}
+        try:
+            if self.read_only_reason is None:
+                return sqlite3.connect(str(self.path), **kwargs)
+            uri = f"file:{quote(str(self.path.absolute()))}?mode=ro"
+            wal = Path(f"{self.path}-wal")
+            if not os.access(self.path.parent, os.W_OK) and not (wal.exists() and wal.stat().st_size):
+                # WAL readers need a -shm file beside the store; where none can be created and no
+                # -wal holds uncheckpointed pages, nobody can be writing: read the file as it is
+                uri += "&immutable=1"
+            return sqlite3.connect(uri, uri=True, **kwargs)
+        except sqlite3.Error as exc:
+            raise self._open_error(exc) from None
+
+    def _setup(self) -> None:
+        self._conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+        self._check_identity()
+        if self.read_only_reason is None:
+            self._set_wal()
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+        self._conn.execute("PRAGMA foreign_keys = ON")
+        self.ensure_component_schema("bench", BENCH_MIGRATIONS)
+
+    def _open_error(self, exc: sqlite3.Error) -> StoreError:
+        """One line for an sqlite3 error while opening: not a store, or why the file cannot be used."""
+        cause = sqlite_cause(exc)
+        if cause in (None, "not a database", "corrupt"):
+            return NotAStoreError(f"{self.path}: not a mnas results store ({exc})")
+        if cause in ("disk full", "read-only", "locked"):
+            return self._write_error(exc)
+        return StoreError(f"{self.path}: cannot open the results database: {cause} (sqlite: {exc})")
+
+    def _write_error(self, exc: sqlite3.Error) -> StoreWriteError:
+        cause = sqlite_cause(exc) or "error"
+        if cause == "read-only" and self.read_only_reason is not None:
+            cause = self.read_only_reason if self.read_only_reason.startswith("read-only") else \
+                f"read-only ({self.read_only_reason})"
+        return StoreWriteError(f"{self.path}: cannot write: {cause} (sqlite: {exc})", cause)
+
+    def require_writable(self) -> None:
+        """StoreWriteError now, before any work, when this store was opened read-only."""
+        if self.read_only_reason is not None:
+            reason = self.read_only_reason
+            cause = reason if reason.startswith("read-only") else f"read-only ({reason})"
+            raise StoreWriteError(f"{self.path}: cannot write: {cause}", cause)
+
     def _check_identity(self) -> None:
         app_id = self._conn.execute("PRAGMA application_id").fetchone()[0]
         if app_id == APPLICATION_ID:
             return
         if app_id != 0:
-            raise MnasError(f"{self.path}: not a mnas results store (SQLite application_id "
-                            f"{app_id:#x}, expected {APPLICATION_ID:#x})")
+            raise NotAStoreError(f"{self.path}: not a mnas results store (SQLite application_id "
+                                 f"{app_id:#x}, expected {APPLICATION_ID:#x})")
         tables = [row[0] for row in self._conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
         if tables and SCHEMA_TABLE not in tables:
-            raise MnasError(f"{self.path}: not a mnas results store (an SQLite database with "
-                            f"tables {', '.join(sorted(tables)[:5])} and no {SCHEMA_TABLE} table)")
+            raise NotAStoreError(f"{self.path}: not a mnas results store (an SQLite database with "
+                                 f"tables {', '.join(sorted(tables)[:5])} and no {SCHEMA_TABLE} table)")
 
     def _set_wal(self) -> None:
         deadline = time.monotonic() + self.busy_timeout_s
@@ -298,8 +437,8 @@ class ResultsStore:
                     raise
                 time.sleep(0.05)
         if str(mode).lower() != "wal":
-            raise MnasError(f"{self.path}: cannot switch the database to WAL mode (got {mode!r}); "
-                            "is it on a network file system?")
+            raise StoreError(f"{self.path}: cannot switch the database to WAL mode (got {mode!r}); "
+                             "is it on a network file system?")
 
     def close(self) -> None:
         with self._lock:
@@ -315,7 +454,11 @@ class ResultsStore:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A short write transaction (BEGIN IMMEDIATE); nested calls join the outer one."""
+        """A short write transaction (BEGIN IMMEDIATE); nested calls join the outer one.
+
+        A write the file refuses (disk full, read-only, locked) rolls the whole transaction
+        back and raises StoreWriteError; errors in the SQL itself propagate as they are.
+        """
         with self._lock:
             if self._depth:
                 self._depth += 1
@@ -324,23 +467,41 @@ class ResultsStore:
                 finally:
                     self._depth -= 1
                 return
+            self.require_writable()
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                if "locked" in str(exc) or "busy" in str(exc):
-                    raise MnasError(f"{self.path}: database stayed locked for "
-                                    f"{self.busy_timeout_s:g} s (another process holds it)") from None
-                raise
+            except sqlite3.Error as exc:
+                if sqlite_cause(exc) == "locked":
+                    raise StoreWriteError(f"{self.path}: cannot write: locked (another process held the "
+                                          f"database for {self.busy_timeout_s:g} s)", "locked") from None
+                raise self._translated(exc) from None
             self._depth = 1
             try:
                 yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
+            except BaseException as exc:
+                self._rollback()
+                if isinstance(exc, sqlite3.Error) and sqlite_cause(exc) is not None:
+                    raise self._translated(exc) from None
                 raise
             else:
-                self._conn.execute("COMMIT")
+                try:
+                    self._conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    self._rollback()
+                    raise self._translated(exc) from None
             finally:
                 self._depth = 0
+
+    def _rollback(self) -> None:
+        """Undo the open transaction, if SQLite has not already (it rolls back itself on a full disk)."""
+        if self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the connection is unusable anyway; the file keeps its last commit
+
+    def _translated(self, exc: sqlite3.Error) -> Exception:
+        return self._write_error(exc) if sqlite_cause(exc) is not None else exc
 
     def schema_version(self, component: str) -> int:
         """The applied migration count of `component` (0 when it has none)."""
@@ -364,6 +525,19 @@ class ResultsStore:
         if self._ensured.get(component) == target:
             return target
         current = self.schema_version(component)
+        if self.read_only_reason is not None:
+            self._refuse_newer(component, current, target)
+            if 0 < current < target:
+                raise StoreError(f"{self.path}: schema of '{component}' is version {current}, older than this "
+                                 f"mnas needs ({target}), and the store cannot be upgraded: {self.read_only_reason}; "
+                                 "open it once where it can be written")
+            if current == 0:  # nothing of this component in the file: read it as empty tables
+                with self._lock:
+                    for migration in migrations:
+                        for statement in _split_sql(migration):
+                            self._conn.execute(_temp_schema(statement))
+            self._ensured[component] = target
+            return target
         if current < target or self._conn.execute("PRAGMA application_id").fetchone()[0] == 0:
             with self.transaction() as conn:
                 conn.execute(f"CREATE TABLE IF NOT EXISTS {SCHEMA_TABLE} (component TEXT PRIMARY "
@@ -388,7 +562,7 @@ class ResultsStore:
 
     def _refuse_newer(self, component: str, current: int, target: int) -> None:
         if current > target:
-            raise MnasError(f"{self.path}: schema of '{component}' is version {current}, newer than "
+            raise StoreError(f"{self.path}: schema of '{component}' is version {current}, newer than "
                             f"this mnas knows ({target}); upgrade mnas to read it")
 
     # ---- devices and models
@@ -562,4 +736,9 @@ class ResultsStore:
         """Rows of one query, outside any write transaction: under WAL it neither waits for nor
         blocks a writer in another process."""
         with self._lock:
-            return self._conn.execute(sql, tuple(params)).fetchall()
+            try:
+                return self._conn.execute(sql, tuple(params)).fetchall()
+            except sqlite3.Error as exc:
+                if sqlite_cause(exc) is None:
+                    raise
+                raise StoreError(f"{self.path}: cannot read: {sqlite_cause(exc)} (sqlite: {exc})") from None

@@ -84,9 +84,15 @@ def run(ctx: click.Context, models: tuple[str, ...], device_spec: str, runs: int
     store = ResultsStore(database)
     total = len(prepared) * len(devices)
     with tqdm(total=total, desc="bench", unit="model", disable=total < 2 or as_json, leave=False) as bar:
+        store_lines: list[str] = []
+
         def progress(outcome) -> None:
             bar.update(1)
-            if outcome.error:
+            if outcome.store_error:  # the store refused a write: its one line, once, not once per pair
+                if not store_lines:
+                    store_lines.append(outcome.store_error)
+                    tqdm.write(f"mnas: error: {' '.join(outcome.store_error.split())}", file=sys.stderr)
+            elif outcome.error:
                 tqdm.write(f"mnas: error: {' '.join(outcome.error.split())}", file=sys.stderr)
         outcomes = run_benchmarks(devices, prepared, config, store=store, force=force, on_result=progress,
                                   lock_timeout_s=lock_timeout_s)
@@ -98,13 +104,19 @@ def run(ctx: click.Context, models: tuple[str, ...], device_spec: str, runs: int
             "device": r["device_id"], "model": r["model"], "median_ms": _fmt(r.get("median_ms")),
             "mean_ms": _fmt(r.get("mean_ms")), "p90_ms": _fmt(r.get("p90_ms")), "cv": _fmt(r.get("cv"), 3),
             "runs": r.get("runs"), "core": ",".join(map(str, r.get("pinned_cores") or [])),
-            "status": "failed" if r["error"] else ("stored" if r["reused"] else "measured") + (" THROTTLED" if r.get("throttled") else ""),
+            "status": _status(r),
         } for r in rows])
         click.echo(f"results: {database}")
     if unusable or any(r["error"] for r in rows):
         # Each failure was reported on stderr as it happened. Not ctx.exit(1): mnas.cli.main runs
         # click with standalone_mode=False, where an Exit's code is returned and then dropped.
         sys.exit(1)
+
+
+def _status(row: dict) -> str:
+    if row["error"]:  # a figure with an error: measured, but the store refused it
+        return "not stored" if row.get("median_ms") is not None or row.get("runs") else "failed"
+    return ("stored" if row["reused"] else "measured") + (" THROTTLED" if row.get("throttled") else "")
 
 
 def _fmt(value, digits: int = 2) -> str:

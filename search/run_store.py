@@ -118,8 +118,8 @@ class RunStore:
                          (run_id, time.time(), algorithm, json.dumps(config, sort_keys=True), time.time()))
 
     def run_config(self, run_id: str) -> dict[str, Any]:
-        with self.store.transaction() as conn:
-            row = conn.execute("SELECT config FROM search_runs WHERE run_id = ?", (run_id,)).fetchone()
+        rows = self.store.read("SELECT config FROM search_runs WHERE run_id = ?", (run_id,))
+        row = rows[0] if rows else None
         if row is None:
             raise MnasError(f"search run {run_id!r}: not in the results store: expected one of {self.run_ids()[-5:] or 'none yet'}")
         return json.loads(row[0])
@@ -134,14 +134,12 @@ class RunStore:
             conn.execute("UPDATE search_runs SET status = ?, updated = ? WHERE run_id = ?", (status, time.time(), run_id))
 
     def run_ids(self) -> list[str]:
-        with self.store.transaction() as conn:
-            return [r[0] for r in conn.execute("SELECT run_id FROM search_runs ORDER BY created")]
+        return [r[0] for r in self.store.read("SELECT run_id FROM search_runs ORDER BY created")]
 
     def runs(self) -> list[dict[str, Any]]:
-        with self.store.transaction() as conn:
-            rows = conn.execute(
-                "SELECT r.run_id, r.created, r.algorithm, r.status, COUNT(s.idx), MAX(s.reward) FROM search_runs r "
-                "LEFT JOIN search_samples s ON s.run_id = r.run_id GROUP BY r.run_id ORDER BY r.created").fetchall()
+        rows = self.store.read(
+            "SELECT r.run_id, r.created, r.algorithm, r.status, COUNT(s.idx), MAX(s.reward) FROM search_runs r "
+            "LEFT JOIN search_samples s ON s.run_id = r.run_id GROUP BY r.run_id ORDER BY r.created")
         return [{"run_id": r[0], "created": r[1], "algorithm": r[2], "status": r[3], "samples": r[4], "best_reward": r[5]}
                 for r in rows]
 
@@ -170,24 +168,22 @@ class RunStore:
 
     def checkpoint(self, run_id: str) -> tuple[int, dict[str, Any]] | None:
         """(index of the next sample, state right after the last stored one), or None before the first."""
-        with self.store.transaction() as conn:
-            row = conn.execute("SELECT next_idx, state FROM search_checkpoints WHERE run_id = ?", (run_id,)).fetchone()
+        rows = self.store.read("SELECT next_idx, state FROM search_checkpoints WHERE run_id = ?", (run_id,))
+        row = rows[0] if rows else None
         return (int(row[0]), state_from_bytes(bytes(row[1]))) if row else None
 
     def samples(self, run_id: str) -> list[SampleRow]:
-        with self.store.transaction() as conn:
-            rows = conn.execute(
-                "SELECT idx, tokens, arch, arch_hash, accuracy, accuracy_task, latency_ms, latency_source, reward, "
-                "predicted_ms, measured_ms, train_s, latency_s, created, extra FROM search_samples WHERE run_id = ? ORDER BY idx",
-                (run_id,)).fetchall()
+        rows = self.store.read(
+            "SELECT idx, tokens, arch, arch_hash, accuracy, accuracy_task, latency_ms, latency_source, reward, "
+            "predicted_ms, measured_ms, train_s, latency_s, created, extra FROM search_samples WHERE run_id = ? ORDER BY idx",
+            (run_id,))
         return [SampleRow(idx=r[0], tokens=json.loads(r[1]), arch=r[2], arch_hash=r[3], accuracy=r[4], accuracy_task=r[5],
                           latency_ms=r[6], latency_source=r[7], reward=r[8], predicted_ms=r[9], measured_ms=r[10],
                           train_s=r[11], latency_s=r[12], created=r[13], extra=json.loads(r[14] or "{}")) for r in rows]
 
     def updates(self, run_id: str) -> list[dict[str, Any]]:
-        with self.store.transaction() as conn:
-            rows = conn.execute("SELECT update_idx, after_sample, stats FROM search_updates WHERE run_id = ? ORDER BY update_idx",
-                                (run_id,)).fetchall()
+        rows = self.store.read("SELECT update_idx, after_sample, stats FROM search_updates WHERE run_id = ? ORDER BY update_idx",
+                               (run_id,))
         return [{"update_idx": r[0], "after_sample": r[1], **json.loads(r[2])} for r in rows]
 
     def samples_frame(self, run_id: str):

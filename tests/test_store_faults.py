@@ -1,0 +1,230 @@
+"""A results store that cannot be written (disk full, read-only, immutable) or is not a store.
+
+Each failure is ONE line naming the store and the cause, never a traceback; a failed write
+leaves the store exactly as it was, reads keep working on a read-only store, and a re-run
+after the cause is fixed does exactly what is missing. A full disk is made by SQLite itself:
+`PRAGMA max_page_count` on the store's connection (set by the test, after VACUUM packed the
+pages) makes the next write that needs a page fail with SQLITE_FULL, as a full disk does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_store import make_measurement
+
+from mnas.bench.store import (
+    NotAStoreError,
+    ResultsStore,
+    StoreError,
+    StoreWriteError,
+    sqlite_cause,
+)
+
+FAST = ["--runs", "3", "--warmup", "1", "--min-secs", "0"]
+SEVEN = ["mnasnet-a1", "mnasnet-b1", "mnasnet-small", "mnasnet-d1", "mnasnet-d1-320", "mobilenet-v2",
+         "stem16,r1_k3_s11_e1_i16_o16_noskip,head64"]
+
+
+def fill_disk(store: ResultsStore) -> None:
+    """From now on this connection's file cannot grow: the next write needing a page is SQLITE_FULL."""
+    store._conn.execute("VACUUM")  # pack the pages, so no new row fits in their free space
+    pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+    store._conn.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def stored_count(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return conn.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
+
+
+# ------------------------------------------------------------------------------ the store itself
+
+def test_sqlite_errors_are_named_by_their_code() -> None:
+    def error(code: int, text: str) -> sqlite3.OperationalError:
+        exc = sqlite3.OperationalError(text)
+        exc.sqlite_errorcode = code
+        return exc
+
+    assert sqlite_cause(error(sqlite3.SQLITE_FULL, "database or disk is full")) == "disk full"
+    assert sqlite_cause(error(sqlite3.SQLITE_READONLY_DBMOVED, "attempt to write a readonly database")) == "read-only"
+    assert sqlite_cause(error(sqlite3.SQLITE_BUSY, "database is locked")) == "locked"
+    assert sqlite_cause(error(sqlite3.SQLITE_NOTADB, "file is not a database")) == "not a database"
+    assert sqlite_cause(error(sqlite3.SQLITE_ERROR, "no such table: x")) is None  # a bug in the SQL, not the file
+
+
+def test_a_full_disk_is_one_store_error_and_the_store_is_unchanged(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    store = ResultsStore(db)
+    store.add_measurement(make_measurement(1))
+    fill_disk(store)
+    with pytest.raises(StoreWriteError) as info:
+        for i in range(2, 50):
+            store.add_measurement(make_measurement(i))
+    assert str(info.value).startswith(f"{db}: cannot write: disk full (sqlite: database or disk is full)")
+    assert info.value.exit_code == 1 and info.value.cause == "disk full"
+    stored = len(store.recent_measurements(None))
+    with pytest.raises(StoreWriteError, match="disk full"):  # the connection stays usable, and refuses again
+        store.add_measurement(make_measurement(99))
+    assert len(store.recent_measurements(None)) == stored
+    store.close()
+    assert stored_count(db) == stored
+    with ResultsStore(db) as freed:  # space is back: writes work again
+        freed.add_measurement(make_measurement(100))
+    assert stored_count(db) == stored + 1
+
+
+def test_read_only_open_reads_everything_and_refuses_every_write_in_one_line(tmp_path: Path) -> None:
+    from mnas.predictor.table import list_tables
+    from mnas.search.run_store import RunStore
+
+    db = tmp_path / "r.db"
+    with ResultsStore(db) as store:
+        store.add_measurement(make_measurement(1))
+    before = digest(db)
+    with ResultsStore(db, read_only=True) as store:
+        assert store.read_only
+        assert [r["model_sha256"] for r in store.recent_measurements()] == [f"{1:064x}"]
+        assert list_tables(store) == []  # components the file does not hold read as empty
+        assert RunStore(store).runs() == []
+        with pytest.raises(StoreWriteError, match=rf"^{db}: cannot write: read-only \(opened read-only\)$"):
+            store.add_measurement(make_measurement(2))
+        with pytest.raises(StoreWriteError, match="read-only"):
+            store.require_writable()
+    assert digest(db) == before
+    with pytest.raises(StoreError, match="no results database here"):
+        ResultsStore(tmp_path / "none.db", read_only=True)
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_a_store_needing_an_upgrade_opened_read_only_says_so(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    ResultsStore(db).close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE mnas_schema SET version = 1 WHERE component = 'bench'")
+    with pytest.raises(StoreError, match=r"schema of 'bench' is version 1, older than this mnas needs \(2\), and the "
+                                         r"store cannot be upgraded: opened read-only"):
+        ResultsStore(db, read_only=True)
+
+
+def test_not_a_store_is_told_apart_from_cannot_write(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"x" * 4096)
+    with pytest.raises(NotAStoreError, match="not a mnas results store"):
+        ResultsStore(junk)
+    with pytest.raises(NotAStoreError, match="not a mnas results store"):
+        ResultsStore(junk, read_only=True)
+
+
+def _immutable(path: Path) -> bool:
+    """chattr +i (stops root too); False where the file system or the container does not allow it."""
+    try:
+        return subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def unwritable_store(tmp_path: Path):
+    """A store holding one measurement that this process cannot write: chmod for users, immutable for root."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    db = folder / "r.db"
+    with ResultsStore(db) as store:
+        store.add_measurement(make_measurement(1))
+    if os.geteuid() != 0:
+        db.chmod(0o444)
+        folder.chmod(0o555)
+        yield db
+        folder.chmod(0o755)
+        db.chmod(0o644)
+        return
+    if not _immutable(db):
+        pytest.skip("running as root, where chmod does not stop writes, and chattr +i is not allowed here")
+    try:
+        yield db
+    finally:
+        subprocess.run(["chattr", "-i", str(db)], check=False)
+
+
+def mnas(db: Path, *args: str, prelude: str = "") -> subprocess.CompletedProcess:
+    code = f"import sys\n{prelude}\nfrom mnas.cli import main\nmain(sys.argv[1:])"
+    return subprocess.run([sys.executable, "-c", code, "--db", str(db), *args], capture_output=True, text=True,
+                          timeout=300, cwd=db.parent)
+
+
+def one_error_line(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("mnas: error:")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def test_an_unwritable_store_is_listed_and_refuses_bench_in_one_line(unwritable_store: Path) -> None:
+    db = unwritable_store
+    before = digest(db)
+    listed = mnas(db, "results", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [r["model_sha256"] for r in json.loads(listed.stdout)] == [f"{1:064x}"]
+    bench = mnas(db, "bench", "mnasnet-small", "--resolution", "96", *FAST)
+    assert bench.returncode == 1, bench.stderr
+    line = one_error_line(bench.stderr)
+    assert line.startswith(f"mnas: error: {db}: cannot write: read-only ("), line
+    assert digest(db) == before
+
+
+# ------------------------------------------------------------------------------ mnas bench
+
+FULL_AFTER_3 = """
+from mnas.bench.store import ResultsStore
+_add = ResultsStore.add_measurement
+def add(self, *args, **kwargs):
+    self._writes = getattr(self, "_writes", 0) + 1
+    if self._writes >= 4:  # the disk fills up after three stored models
+        self._conn.execute("VACUUM")
+        pages = self._conn.execute("PRAGMA page_count").fetchone()[0]
+        self._conn.execute(f"PRAGMA max_page_count = {pages}")
+    return _add(self, *args, **kwargs)
+ResultsStore.add_measurement = add
+"""
+
+
+@pytest.mark.slow
+def test_full_disk_during_a_seven_model_bench_then_a_rerun_measures_exactly_the_rest(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    args = ["bench", *SEVEN, "--resolution", "96", *FAST, "--json"]
+    full = mnas(db, *args, prelude=FULL_AFTER_3)
+    assert full.returncode == 1, full.stderr
+    line = one_error_line(full.stderr)
+    assert line == f"mnas: error: {db}: cannot write: disk full (sqlite: database or disk is full)"
+    rows = json.loads(full.stdout)
+    assert [r["model"] for r in rows][:6] == SEVEN[:6] and len(rows) == 7
+    # the first write that needed a new page after the third model failed: that model's figure is shown
+    k = next(i for i, r in enumerate(rows) if r["error"])
+    assert 3 <= k <= 5, rows
+    assert all(r["error"] is None and r["stored_id"] is not None for r in rows[:k])
+    assert rows[k]["error"] == f"{rows[k]['device_id']}: {rows[k]['model']}: measured but not stored: {line[13:]}"
+    assert rows[k]["median_ms"] > 0 and rows[k]["stored_id"] is None
+    for row in rows[k + 1:]:  # one may have been in flight; nothing more is sent to the device
+        assert row["stored_id"] is None
+        assert row["error"].endswith(("measured but not stored: store unwritable", "not measured: store unwritable"))
+    assert sum(r["error"].endswith("not measured: store unwritable") for r in rows[k + 1:]) >= 5 - k
+    assert stored_count(db) == k  # intact: what was stored before the disk filled up
+
+    again = mnas(db, *args)  # space freed
+    assert again.returncode == 0, again.stderr
+    rows = json.loads(again.stdout)
+    assert [r["reused"] for r in rows] == [True] * k + [False] * (7 - k)
+    assert stored_count(db) == 7
