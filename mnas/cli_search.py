@@ -32,7 +32,8 @@ def search() -> None:
 @click.option("--accuracy", "accuracy_kind", type=click.Choice(["proxy", "cheap"]), default="proxy", show_default=True,
               help="proxy: really train each child; cheap: a fixed function of mult-adds (NOT an accuracy; for tests).")
 @click.option("--dataset", default="fashion-mnist", show_default=True,
-              help="fashion-mnist, digits, an ImageFolder tree, a CIFAR-10 pickle folder or an .npz.")
+              help="fashion-mnist, digits, an ImageFolder tree, a CIFAR-10 python folder (its pickles are read by a "
+                   "restricted unpickler that refuses anything but the real batches' arrays) or an .npz.")
 @click.option("--proxy-resolution", type=int, default=32, show_default=True)
 @click.option("--epochs", type=float, default=1.0, show_default=True)
 @click.option("--steps", type=int, default=None, help="Training steps per child (overrides --epochs).")

@@ -18,6 +18,7 @@ import math
 import os
 import tempfile
 import time
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -29,6 +30,12 @@ from mnas.errors import MnasError
 
 FILE_FORMAT = "mnas-latency-table"
 FILE_VERSION = 1
+# The most bytes a table file may hold once decompressed. A table of every distinct layer of
+# the MnasNet space at one resolution (2,500 entries of under 2 KB each with their measurement
+# conditions; 313 KiB as .json.gz, README) is a few MB of JSON, so 64 MiB is over ten times
+# that; what it stops is a gzip bomb (a few hundred KB that inflate to gigabytes) exhausting
+# memory on `mnas table import`.
+MAX_TABLE_FILE_BYTES = 64 * 1024 * 1024
 
 SCHEMA_COMPONENT = "predictor"
 # One statement per migration: each is applied once, in order (see ResultsStore).
@@ -404,16 +411,29 @@ def export_table(table: LatencyTable, path: str | Path) -> Path:
 
 
 def _read_json(path: Path) -> Any:
+    """The file's JSON, gzip-decompressed when it starts with the gzip magic; either way at most
+    `MAX_TABLE_FILE_BYTES` are read (streaming, so a gzip bomb stops at the cap)."""
+    source = f"latency table file {str(path)!r}"
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as handle:
+            gzipped = handle.read(2) == b"\x1f\x8b"
+            handle.seek(0)
+            reader = gzip.GzipFile(fileobj=handle, mode="rb") if gzipped else handle
+            raw = reader.read(MAX_TABLE_FILE_BYTES + 1)
     except OSError as exc:
-        raise MnasError(f"latency table file {str(path)!r}: {exc.strerror}: expected a readable .json or .json.gz file") from None
+        if exc.strerror is None:  # gzip.BadGzipFile and friends: the data, not the file system
+            raise MnasError(f"{source}: not valid (gzipped) JSON ({exc}): expected a file written by `mnas table export`") from None
+        raise MnasError(f"{source}: {exc.strerror}: expected a readable .json or .json.gz file") from None
+    except (EOFError, zlib.error) as exc:
+        raise MnasError(f"{source}: not valid (gzipped) JSON ({exc}): expected a file written by `mnas table export`") from None
+    if len(raw) > MAX_TABLE_FILE_BYTES:
+        raise MnasError(f"{source}: more than {MAX_TABLE_FILE_BYTES // (1024 * 1024)} MiB"
+                        f"{' once decompressed' if gzipped else ''}: expected a latency table "
+                        f"(a full space's table is a few MB)")
     try:
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
         return json.loads(raw)
-    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MnasError(f"latency table file {str(path)!r}: not valid (gzipped) JSON ({exc}): expected a file written by `mnas table export`") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MnasError(f"{source}: not valid (gzipped) JSON ({exc}): expected a file written by `mnas table export`") from None
 
 
 def import_table(path: str | Path) -> LatencyTable:
