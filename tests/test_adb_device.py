@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from adbutils.errors import AdbConnectionError
 from click.testing import CliRunner
+from elf_fixtures import elf_header
 from fake_adb import TRUNCATED_OUTPUT, FakeAdbClient, FakePhone, Reply
 
 from mnas.bench import adb as ad
@@ -48,7 +49,7 @@ def make_phone(tmp_path: Path, name: str = "pixel4", **kwargs) -> FakePhone:
 @pytest.fixture()
 def files(tmp_path: Path) -> dict[str, Path]:
     binary = tmp_path / "benchmark_model"
-    binary.write_bytes(b"\x7fELF fake benchmark_model v1")
+    binary.write_bytes(elf_header() + b"fake benchmark_model v1")
     model = tmp_path / "model.tflite"
     model.write_bytes(b"TFL3 fake model bytes")
     return {"binary": binary, "model": model}
@@ -184,7 +185,7 @@ def test_binary_is_pushed_once_and_skipped_when_hash_matches(tmp_path, files):
     assert [p for p, _ in phone.pushes].count(BINARY) == 0
 
     # a changed binary is pushed again
-    files["binary"].write_bytes(b"\x7fELF fake benchmark_model v2")
+    files["binary"].write_bytes(elf_header() + b"fake benchmark_model v2")
     phone.pushes.clear()
     device_for(phone, files["binary"]).benchmark(files["model"], FAST)
     assert [p for p, _ in phone.pushes].count(BINARY) == 1

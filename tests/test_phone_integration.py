@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from elf_fixtures import arm64_binary, elf_header
 from loopback_fixtures import IsolatedAdb, isolated_adb_server, loopback_phones, requires_adb
 
 from mnas.bench.adb import open_phone
@@ -90,7 +91,7 @@ def fake_binary(folder: Path, size: int = 512) -> Path:
     """The host file `--benchmark-binary` pushes (never executed: the phone runs the host runner)."""
     path = folder / "benchmark_model"
     if not path.exists():
-        path.write_bytes(b"\x7fELF" + os.urandom(size - 4))
+        arm64_binary(path, size)  # mnas refuses to push anything but an arm/aarch64 ELF file
     return path
 
 
@@ -308,7 +309,7 @@ def test_bench_all_measures_both_phones_at_once_and_stores_both(lab: dict[str, A
 def test_adb_device_pushes_a_20mb_binary_byte_identical_and_only_once(lab: dict[str, Any], tmp_path: Path,
                                                                      adb: IsolatedAdb) -> None:
     phone = lab["phones"]["pixel6"]
-    data = os.urandom(20 * 1024 * 1024)
+    data = elf_header() + os.urandom(20 * 1024 * 1024 - 64)
     binary = tmp_path / "benchmark_model"
     binary.write_bytes(data)
     device = open_phone(phone.serial, benchmark_binary=binary, timeout_s=30, retries=0)

@@ -29,7 +29,13 @@ from mnas.bench.adb.probe import (
     parse_cpu_probe,
     parse_getprop,
 )
-from mnas.bench.adb.push import push_file, remote_file, remove_file, resolve_local_binary
+from mnas.bench.adb.push import (
+    check_phone_binary,
+    push_file,
+    remote_file,
+    remove_file,
+    resolve_local_binary,
+)
 from mnas.bench.adb.run import (
     RUNTIME,
     benchmark_command,
@@ -264,6 +270,7 @@ class AdbDevice:
         same = there.exists and (there.sha256 == local_sha if there.sha256 is not None
                                  else there.size == local.stat().st_size)
         if not same:
+            check_phone_binary(local)  # it may have changed since the device was opened
             self.push(local, remote, mode=0o755, timeout_s=bound)
         if not same or not there.executable:
             self.run(f"chmod 755 {shlex.quote(remote)}", bound)
