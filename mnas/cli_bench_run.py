@@ -3,10 +3,14 @@
 Each failed (device, model) pair is reported the moment it happens as ONE line on stderr,
 `mnas: error: SERIAL ...: MODEL ...: what happened`; stdout carries only the table or the JSON,
 so `--json` output stays parseable when some pairs fail. The exit code is 1 if any failed.
+Phones left out at selection (offline, unauthorized, a failed probe) are reported on stderr
+too, and in `--json` as one row per (phone, model) with `error` set (`skipped_rows`), after
+the measured rows, so a JSON consumer sees every pair it asked for.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -36,6 +40,28 @@ def outcome_row(outcome) -> dict:
             "freq_before_khz": m.freq_before_khz, "freq_after_khz": m.freq_after_khz,
         })
     return row
+
+
+# the lines `bench.devices.select_devices` leaves in `unusable` start "device SERIAL: "; a serial
+# holds no whitespace (adb's `host:port` serials hold a colon, hence the non-greedy match up to ": ")
+_UNUSABLE_SERIAL = re.compile(r"^device (\S+?): ")
+
+
+def skipped_rows(unusable: list[str], prepared: list) -> list[dict]:
+    """One JSON row per (phone left out at selection, model), so `--json` names every pair.
+
+    Same keys as `outcome_row` without a measurement: `device_id` is the phone's serial (None
+    if the line does not name one), the model fields are the model's, `stored_id` None,
+    `reused` False, and `error` is the line also printed on stderr.
+    """
+    rows = []
+    for line in unusable:
+        match = _UNUSABLE_SERIAL.match(line)
+        for model in prepared:
+            rows.append({"device_id": match.group(1) if match else None, "model": model.label, "arch": model.arch,
+                         "resolution": model.resolution, "model_sha256": model.sha256, "stored_id": None,
+                         "reused": False, "error": line})
+    return rows
 
 
 @click.command("run")
@@ -97,15 +123,19 @@ def run(ctx: click.Context, models: tuple[str, ...], device_spec: str, runs: int
         outcomes = run_benchmarks(devices, prepared, config, store=store, force=force, on_result=progress,
                                   lock_timeout_s=lock_timeout_s)
     rows = [outcome_row(o) for o in outcomes]
+    skipped = skipped_rows(unusable, prepared)
     if as_json:
-        echo_json(rows)
+        echo_json(rows + skipped)
     else:
-        echo_table([{
+        table = [{
             "device": r["device_id"], "model": r["model"], "median_ms": _fmt(r.get("median_ms")),
             "mean_ms": _fmt(r.get("mean_ms")), "p90_ms": _fmt(r.get("p90_ms")), "cv": _fmt(r.get("cv"), 3),
             "runs": r.get("runs"), "core": ",".join(map(str, r.get("pinned_cores") or [])),
             "status": _status(r),
-        } for r in rows])
+        } for r in rows]
+        table += [{"device": r["device_id"], "model": r["model"], "median_ms": "-", "mean_ms": "-", "p90_ms": "-",
+                   "cv": "-", "runs": None, "core": "", "status": "skipped"} for r in skipped]
+        echo_table(table)
         click.echo(f"results: {database}")
     if unusable or any(r["error"] for r in rows):
         # Each failure was reported on stderr as it happened. Not ctx.exit(1): mnas.cli.main runs
