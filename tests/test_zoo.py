@@ -69,3 +69,18 @@ def test_other_multipliers_still_round_to_multiples_of_eight() -> None:
     arch = zoo.get("mnasnet-d1", 0.5)
     assert all(block.output_filters % 8 == 0 and block.input_filters % 8 == 0 for block in arch.blocks)
     assert str(zoo.get("mnasnet-d1", 1.4).blocks[1]) == "r3_k3_s22_e9_i32_o48"  # 33.6 -> 32, 50.4 -> 48
+
+
+def test_arch_show_prints_the_official_d1_blocks() -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from mnas.cli_arch import arch
+
+    result = CliRunner().invoke(arch, ["show", "mnasnet-d1", "--json"])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "r3_k3_s22_e9_i24_o36" in text and "o40" not in text
+    payload = json.loads(text)
+    assert payload  # the JSON parses
