@@ -9,6 +9,9 @@ verifies from inside that it and all its threads stay on that core.
 
 The model is checked before spawning: a missing file or one without the TFLite flatbuffer
 identifier "TFL3" at bytes 4..8 is a one-line MnasError naming the file.
+
+The child dies with this process (see `host_worker`), and its result folder is an
+`owned_temp_dir`, so a `kill -9` of mnas leaves neither a worker nor a folder for good.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from mnas.bench.host_worker import MEASUREMENT_EXIT, USAGE_EXIT, TimingResult
 from mnas.bench.measurement import Conditions, Timings, build_measurement, freq_below
 from mnas.bench.runtime import load_runtime
 from mnas.bench.sysfs import HostSysfs
+from mnas.bench.tempdirs import owned_temp_dir
 from mnas.bench.topology import fastest_core
 from mnas.bench.types import BenchConfig, DeviceProfile, LatencyStats, Measurement
 from mnas.errors import MeasurementError, MnasError
@@ -147,8 +150,10 @@ class HostDevice:
     # ---------------------------------------------------------------- child process
 
     def _run_child(self, model_path: Path, core: int, config: BenchConfig) -> dict[str, Any]:
-        with tempfile.TemporaryDirectory(prefix="mnas-host-") as tmp:
+        with owned_temp_dir("host") as tmp:
             result_path = Path(tmp) / "result.json"
+            # the child watches the read end: EOF (this process gone, however) ends it
+            watch_read, watch_write = os.pipe()
             command = [
                 self.python, "-m", "mnas.bench.host_worker",
                 "--model", str(model_path.resolve()),
@@ -158,22 +163,39 @@ class HostDevice:
                 "--min-secs", repr(float(config.min_secs)),
                 "--num-threads", str(config.num_threads),
                 "--result", str(result_path),
+                "--parent-pid", str(os.getpid()),
+                "--parent-pipe", str(watch_read),
             ]
             env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
             try:
-                proc = subprocess.run(
-                    command, capture_output=True, text=True, timeout=config.timeout_s, env=env, check=False
-                )
-            except subprocess.TimeoutExpired:
-                raise MeasurementError(
-                    f"{model_path}: benchmark on host core {core} did not finish within "
-                    f"timeout_s={config.timeout_s:g} s (killed)"
-                ) from None
+                proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True, env=env, pass_fds=(watch_read,))
+            except BaseException:
+                os.close(watch_write)
+                raise
+            finally:
+                os.close(watch_read)
+            try:
+                try:
+                    _, stderr = proc.communicate(timeout=config.timeout_s)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.communicate()
+                    raise MeasurementError(
+                        f"{model_path}: benchmark on host core {core} did not finish within "
+                        f"timeout_s={config.timeout_s:g} s (killed)"
+                    ) from None
+                except BaseException:
+                    proc.kill()  # Ctrl-C and the like: never leave the child timing on
+                    proc.wait()
+                    raise
+            finally:
+                os.close(watch_write)
             payload: dict[str, Any] | None = None
             if result_path.exists():
                 payload = json.loads(result_path.read_text())
         if payload is None:
-            last = [line for line in (proc.stderr or "").splitlines() if line.strip()]
+            last = [line for line in (stderr or "").splitlines() if line.strip()]
             detail = last[-1].strip() if last else "no output"
             raise MeasurementError(
                 f"{model_path}: benchmark child exited with code {proc.returncode} without a result: {detail}"

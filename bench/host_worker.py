@@ -18,7 +18,9 @@ phases so a collection never lands inside a run.
 Run as `python -m mnas.bench.host_worker ...` it is the child of `HostDevice`: it pins itself
 to one core *before* importing numpy or the interpreter (so every thread they start inherits
 the mask), checks the pinning from inside, times, checks every thread's mask again, and writes
-one JSON result file atomically.
+one JSON result file atomically. It dies with its parent: PR_SET_PDEATHSIG (Linux) and a
+watched pipe whose write end only the parent holds, so a `kill -9` of mnas leaves no worker
+timing on (and heating) its core.
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ import gc
 import json
 import os
 import resource
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -231,6 +236,52 @@ def pin_to_core(core: int) -> None:
         )
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent_pid: int | None) -> bool:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux PR_SET_PDEATHSIG).
+
+    Returns whether that took; a parent that died before the request is checked for right
+    after it (the process then exits at once). Elsewhere `watch_parent_pipe` does the job.
+    """
+    took = False
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            took = libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            took = False
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(MEASUREMENT_EXIT)  # orphaned before the request: nobody waits for a result
+    return took
+
+
+def watch_parent_pipe(fd: int, on_eof: Callable[[], None] | None = None) -> threading.Thread:
+    """A daemon thread that reads `fd` (a pipe whose write end only the parent holds) until EOF.
+
+    EOF means the parent is gone (however it died), so the benchmark is pointless: the
+    process exits at once (`on_eof`, for tests). The thread sleeps in read() and costs
+    nothing while the parent lives; start it after pinning, so it inherits the mask.
+    """
+    def watch() -> None:
+        try:
+            while os.read(fd, 4096):
+                pass
+        except OSError:
+            pass
+        if on_eof is not None:
+            on_eof()
+        else:
+            os._exit(MEASUREMENT_EXIT)
+
+    thread = threading.Thread(target=watch, name="mnas-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(payload))
 
@@ -244,10 +295,16 @@ def child_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-secs", type=float, required=True)
     parser.add_argument("--num-threads", type=int, default=1)
     parser.add_argument("--result", required=True)
+    parser.add_argument("--parent-pid", type=int, default=None)
+    parser.add_argument("--parent-pipe", type=int, default=None,
+                        help="read end of a pipe the parent holds open; EOF = the parent died")
     args = parser.parse_args(argv)
     result_path = Path(args.result)
+    die_with_parent(args.parent_pid)  # an orphaned worker would hold its core for nothing
     try:
         pin_to_core(args.core)  # before numpy / the interpreter start any thread
+        if args.parent_pipe is not None:
+            watch_parent_pipe(args.parent_pipe)  # after pinning: the thread inherits the mask
         timing = time_model(args.model, args.warmup_runs, args.num_runs, args.min_secs, args.num_threads)
         masks = _thread_affinities()
         stray = {tid: mask for tid, mask in masks.items() if mask != [args.core]}
