@@ -24,6 +24,7 @@ a corrupt offset is a reason, never an IndexError or a silently wrong number.
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -65,7 +66,7 @@ _BUFFER_DATA, _BUFFER_OFFSET, _BUFFER_SIZE = 4, 6, 8
 class _Reader:
     """Bounds-checked access to one flatbuffer; every failure is a TfliteFormatError with a reason."""
 
-    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+    def __init__(self, data: bytes | bytearray | memoryview | mmap.mmap) -> None:
         self.buf = data
         self.size = len(data)
 
@@ -135,7 +136,7 @@ def _check_indices(indices: list[int], limit: int, what: str) -> None:
             raise TfliteFormatError(f"{what} names tensor {index}; the subgraph has {limit} tensors")
 
 
-def _check(data: bytes | bytearray | memoryview) -> ModelSummary:
+def _check(data: bytes | bytearray | memoryview | mmap.mmap) -> ModelSummary:
     reader = _Reader(data)
     if reader.size < 8:
         raise TfliteFormatError(f"the file is {reader.size} bytes: too short for a flatbuffer")
@@ -190,7 +191,7 @@ def _check(data: bytes | bytearray | memoryview) -> ModelSummary:
                         operators=main_operators, operator_codes=len(opcodes), buffers=len(buffers))
 
 
-def check_model_bytes(data: bytes | bytearray | memoryview) -> ModelSummary:
+def check_model_bytes(data: bytes | bytearray | memoryview | mmap.mmap) -> ModelSummary:
     """What the model holds, or TfliteFormatError saying why `data` is not a loadable `.tflite`."""
     try:
         return _check(data)
@@ -204,9 +205,19 @@ def check_model_file(path: str | os.PathLike[str]) -> ModelSummary:
     """`check_model_bytes` of a file; MnasError naming the file when it cannot be read or is not a model."""
     target = Path(path)
     try:
-        data = target.read_bytes()
+        with target.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size < 8:
+                data: bytes | mmap.mmap = handle.read()
+                return _checked(target, data)
+            # mapped, not read: a multi-gigabyte model is checked without holding it in memory
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                return _checked(target, mapped)
     except OSError as exc:
         raise MnasError(f"{target}: cannot read the model: {exc.strerror or exc}") from None
+
+
+def _checked(target: Path, data: bytes | mmap.mmap) -> ModelSummary:
     try:
         return check_model_bytes(data)
     except TfliteFormatError as exc:
