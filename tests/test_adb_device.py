@@ -33,6 +33,8 @@ from mnas.errors import MeasurementError, MnasError
 CONFIGS = load_all()
 REMOTE = "/data/local/tmp/mnas"
 BINARY = f"{REMOTE}/benchmark_model"
+STALE_MODELS_SWEEP = (f'for f in {REMOTE}/models/*.tflite; do case "${{f##*/}}" in {"[0-9a-f]" * 16}.tflite) '
+                      'rm -f "$f" && echo "${f##*/}";; esac; done; true')
 FAST = BenchConfig(warmup_runs=5, num_runs=50, min_secs=1.0, timeout_s=5.0)
 
 
@@ -88,6 +90,7 @@ def test_benchmark_sends_exact_commands_and_records_conditions(tmp_path, files):
     remote_model = f"{REMOTE}/models/{model_sha[:16]}.tflite"
     assert phone.commands == [
         f"mkdir -p {REMOTE}/models",
+        STALE_MODELS_SWEEP,
         f"chmod 755 {BINARY}",
         "getprop",
         thermal_cmd(7),

@@ -439,6 +439,32 @@ def _end(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(10)
 
 
+def test_models_a_killed_run_left_on_the_phone_are_removed_by_the_next_run(
+        lab: dict[str, Any], start_faulty: StartFaulty, tmp_path: Path, adb: IsolatedAdb) -> None:
+    """A `kill -9` of mnas mid-run leaves its pushed model in the model folder; the next run removes it."""
+    phone = start_faulty()
+    models_dir = "/data/local/tmp/mnas/models"
+    sync = adb.client(10).device(phone.serial).sync
+    stale = f"{models_dir}/0123456789abcdef.tflite"  # mnas's naming scheme: 16 hex digits of the sha256
+    kept = [f"{models_dir}/mine.tflite", f"{models_dir}/0123456789abcdef.tflite.bak", f"{models_dir}/notes.txt"]
+    for path in (stale, *kept):
+        sync.push(b"left over", path)
+    # the same thing for real: a run killed while its model is on the phone
+    db = tmp_path / "mnas.db"
+    with CliProcess(cli_env_for(lab), "--db", str(db), "bench", str(lab["models"][0]), "--device", phone.serial,
+                    "--runs", "5", "--warmup", "1", "--min-secs", "4", "--benchmark-binary", str(lab["binary"]),
+                    "--timeout", "60") as cli:
+        wait_until(lambda: bm_calls(phone), 60, 0.05)  # benchmark_model runs: its model is on the phone
+        cli.kill()
+    killed_model = f"{models_dir}/{sha256(lab['models'][0])[:16]}.tflite"
+    listing = {entry.path for entry in sync.list(models_dir)}
+    assert killed_model.rsplit("/", 1)[1] in listing
+    run = bench(lab, db, phone.serial, lab["models"][1:2])
+    assert run.rc == 0, run.describe()
+    left = sorted(entry.path for entry in sync.list(models_dir) if entry.path not in (".", ".."))
+    assert left == sorted(p.rsplit("/", 1)[1] for p in kept)
+
+
 @pytest.mark.slow
 def test_kill_mid_run_keeps_what_was_stored_and_a_rerun_completes_without_duplicates(
         lab: dict[str, Any], adb: IsolatedAdb, tmp_path: Path) -> None:

@@ -69,6 +69,7 @@ from mnas.errors import MeasurementError, MnasError
 __all__ = ["REMOTE_DIR", "AdbDevice"]
 
 REMOTE_DIR = "/data/local/tmp/mnas"
+_MODEL_NAME_GLOB = "[0-9a-f]" * 16 + ".tflite"  # the names remote_model_path gives
 _RECONNECT_POLL_S = 0.5
 
 
@@ -112,6 +113,8 @@ class AdbDevice:
         self._probed_freqs: dict[int, int] | None = None
         self._binary_sha: str | None = None
         self.cleanup_errors: list[str] = []
+        self.stale_models_removed: list[str] = []  # left by a killed run (remove_stale_models)
+        self._models_swept = False
         self.offline = False  # set after a final connection-level failure (see benchmark)
 
     def adopt(self, probe: AdbDevice) -> None:
@@ -130,6 +133,7 @@ class AdbDevice:
         return f"{self.remote_dir}/models"
 
     def remote_model_path(self, model_sha256: str) -> str:
+        """Where a model is pushed: its sha256's first 16 hex digits (see remove_stale_models)."""
         return f"{self.remote_models_dir}/{model_sha256[:16]}.tflite"
 
     @property
@@ -254,6 +258,8 @@ class AdbDevice:
         bound = self.transport.bound(timeout_s)
         remote = self.remote_binary
         self.run(f"mkdir -p {shlex.quote(self.remote_models_dir)}", bound)
+        if not self._models_swept:
+            self.remove_stale_models(bound)
         there = remote_file(self.transport, remote, bound)
         local = self._local_binary
         if local is None:
@@ -276,6 +282,30 @@ class AdbDevice:
             self.run(f"chmod 755 {shlex.quote(remote)}", bound)
         self._binary_sha = local_sha
         return local_sha
+
+    def remove_stale_models(self, timeout_s: float | None = None) -> list[str]:
+        """Delete model files an earlier run left in the model folder (it was killed mid-run).
+
+        Only names of mnas's own scheme (`remote_model_path`: 16 hex digits + `.tflite`) are
+        removed; anything else there stays. Done once per device, before its first
+        benchmark: one mnas run per phone at a time (two would disturb each other's timings
+        anyway). The names removed are kept in `stale_models_removed`; a failure is recorded
+        in `cleanup_errors`, except a phone that does not answer (AdbNoAnswer propagates).
+        """
+        folder = shlex.quote(self.remote_models_dir)
+        command = (f'for f in {folder}/*.tflite; do case "${{f##*/}}" in {_MODEL_NAME_GLOB}) '
+                   f'rm -f "$f" && echo "${{f##*/}}";; esac; done; true')
+        try:
+            result = self.transport.shell(command, self.transport.bound(timeout_s))
+        except AdbNoAnswer:
+            raise
+        except MeasurementError as exc:
+            self.cleanup_errors.append(f"removing stale models: {exc}")
+            return []
+        self._models_swept = True
+        removed = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+        self.stale_models_removed.extend(removed)
+        return removed
 
     # ---- benchmarking
 
