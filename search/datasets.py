@@ -23,10 +23,12 @@ Every failure is one `MnasError` line naming the path and what was expected.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,7 @@ FASHION_MNIST_CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", 
 INSTALL_HINT = "sudo apt-get install dataset-fashion-mnist"
 NAMED = ("fashion-mnist", "digits")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
+MAX_IDX_BYTES = 16 << 30  # an IDX file's declared data; Fashion-MNIST's largest is 47 MB
 CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST = ("test_batch",)
 EXPECTED_SPEC = ("expected 'fashion-mnist', 'digits', or a path to an ImageFolder tree, a CIFAR-10 "
@@ -127,26 +130,34 @@ def _nchw(x: np.ndarray, where: str) -> np.ndarray:
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """One IDX file (gzip or raw): magic 0x0000 <type 0x08 = ubyte> <ndim>, big-endian sizes."""
+    """One IDX file (gzip or raw): magic 0x0000 <type 0x08 = ubyte> <ndim>, big-endian sizes.
+
+    Reads only what the header declares (and one byte more, to notice extra data), so a gzip
+    file that inflates far beyond its declared shape is refused without being inflated."""
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as handle:
-            data = handle.read()
+            magic = handle.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] != 0x08:
+                raise MnasError(f"{path}: bad IDX header {magic.hex()}: expected 0000 08 <ndim> (unsigned bytes)")
+            ndim = magic[3]
+            sizes = handle.read(4 * ndim)
+            if ndim < 1 or len(sizes) < 4 * ndim:
+                raise MnasError(f"{path}: IDX header truncated: expected {ndim} dimension sizes")
+            shape = tuple(int.from_bytes(sizes[4 * i: 4 * i + 4], "big") for i in range(ndim))
+            size = math.prod(shape)
+            if size > MAX_IDX_BYTES:
+                raise MnasError(f"{path}: IDX shape {shape} declares {size} bytes: expected at most "
+                                f"{MAX_IDX_BYTES >> 30} GiB")
+            data = handle.read(size + 1)
     except FileNotFoundError:
         raise MnasError(f"{path}: not found: expected an IDX file") from None
-    except (OSError, EOFError) as exc:
-        raise MnasError(f"{path}: unreadable ({exc}): expected a gzip-compressed IDX file") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise MnasError(f"{path}: bad IDX header {data[:4].hex()}: expected 0000 08 <ndim> (unsigned bytes)")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if ndim < 1 or len(data) < header:
-        raise MnasError(f"{path}: IDX header truncated: expected {ndim} dimension sizes")
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    size = int(np.prod(shape))
-    if len(data) - header != size:
-        raise MnasError(f"{path}: {len(data) - header} data bytes: expected {size} for shape {shape}")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+    except (OSError, EOFError, zlib.error, MemoryError) as exc:
+        raise MnasError(f"{path}: unreadable ({type(exc).__name__}: {exc}): expected a gzip-compressed IDX file") from None
+    if len(data) != size:
+        count = f"more than {size}" if len(data) > size else str(len(data))
+        raise MnasError(f"{path}: {count} data bytes: expected {size} for shape {shape}")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
 def _idx_file(root: Path, stem: str) -> Path | None:

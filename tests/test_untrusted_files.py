@@ -6,8 +6,9 @@
 * A stored predictor is JSON plus skops bytes, never a pickle: a store whose blob was replaced
   by a hostile pickle, or whose skops model names an untrusted type, creates nothing on
   loading or `mnas predict` and is refused naming the store and the predictor id.
-* A table file is decompressed at most up to `MAX_TABLE_FILE_BYTES`: a gzip bomb is refused
-  naming the file and the cap, without inflating it.
+* A table file is decompressed at most up to `MAX_TABLE_FILE_BYTES`, an IDX dataset file only
+  up to the size its header declares: a gzip bomb is refused naming the file, without
+  inflating it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from mnas.predictor.registry import (
     save_predictor,
 )
 from mnas.predictor.table import import_table, load_table
-from mnas.search.datasets import CIFAR_TEST, CIFAR_TRAIN, load_cifar10, load_dataset
+from mnas.search.datasets import CIFAR_TEST, CIFAR_TRAIN, load_cifar10, load_dataset, read_idx
 from mnas.space.search_space import mnasnet
 
 # ---------------------------------------------------------------------------- hostile files
@@ -156,6 +157,29 @@ def test_a_cifar_pickle_may_not_use_codecs_for_anything_but_latin1_bytes(tmp_pat
     with pytest.raises(MnasError, match=r"^refused to load global _codecs\.encode called with encoding 'base64' "
                        rf"from {re.escape(str(root / 'batches.meta'))}: "):
         load_cifar10(root)
+
+
+def test_an_idx_gzip_bomb_is_refused_without_inflating_it(tmp_path: Path) -> None:
+    # an IDX labels file declaring 5 bytes whose gzip stream inflates to 32 MiB more
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    with gzip.open(path, "wb", compresslevel=9) as handle:
+        handle.write(bytes([0, 0, 0x08, 1]) + (5).to_bytes(4, "big"))
+        zeros = bytes(1 << 20)
+        for _ in range(32):
+            handle.write(zeros)
+    tracemalloc.start()
+    try:
+        with pytest.raises(MnasError, match=rf"^{re.escape(str(path))}: more than 5 data bytes: expected 5 for shape"):
+            read_idx(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB while refusing a 32 MiB bomb"
+    with gzip.open(path, "wb") as handle:  # a shape no memory holds is refused before reading
+        handle.write(bytes([0, 0, 0x08, 3]) + (1 << 31).to_bytes(4, "big") * 3)
+    with pytest.raises(MnasError, match=r"IDX shape \(2147483648, 2147483648, 2147483648\) declares \d+ bytes: "
+                       r"expected at most 16 GiB"):
+        read_idx(path)
 
 
 # -------------------------------------------------------------------------------- predictors
