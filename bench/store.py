@@ -332,8 +332,12 @@ class ResultsStore:
             reason = unwritable_reason(self.path)
             if reason is not None:
                 raise StoreWriteError(f"{self.path}: cannot create the results database: {reason}", reason)
-        elif self.read_only_reason is None:
-            self.read_only_reason = unwritable_reason(self.path)
+        unwritable = unwritable_reason(self.path)
+        # read-only by request on a writable file: an ordinary connection with `query_only`, so the
+        # last one to close still tidies the -wal/-shm files away; SQLite's read-only mode otherwise
+        self._ro_file = unwritable is not None
+        if self.read_only_reason is None:
+            self.read_only_reason = unwritable
         self._lock = threading.RLock()
         self._depth = 0
         self._ensured: dict[str, int] = {}
@@ -346,6 +350,7 @@ class ResultsStore:
                 raise self._open_error(exc) from None
             # the access checks passed but SQLite may not write here after all: read what it can
             self.read_only_reason = f"read-only (sqlite: {exc})"
+            self._ro_file = True
             self._conn = self._connect()
             try:
                 self._setup()
@@ -369,7 +374,7 @@ class ResultsStore:
         kwargs: dict[str, Any] = {"timeout": self.busy_timeout_s, "isolation_level": None,
                                   "check_same_thread": False}
         try:
-            if self.read_only_reason is None:
+            if self.read_only_reason is None or not self._ro_file:
                 return sqlite3.connect(str(self.path), **kwargs)
             uri = f"file:{quote(str(self.path.absolute()))}?mode=ro"
             wal = Path(f"{self.path}-wal")
@@ -387,6 +392,8 @@ class ResultsStore:
         if self.read_only_reason is None:
             self._set_wal()
             self._conn.execute("PRAGMA synchronous = NORMAL")
+        else:
+            self._conn.execute("PRAGMA query_only = ON")  # every write fails, whatever the connection mode
         self._conn.execute("PRAGMA foreign_keys = ON")
         self.ensure_component_schema("bench", BENCH_MIGRATIONS)
 
@@ -533,9 +540,13 @@ class ResultsStore:
                                  "open it once where it can be written")
             if current == 0:  # nothing of this component in the file: read it as empty tables
                 with self._lock:
-                    for migration in migrations:
-                        for statement in _split_sql(migration):
-                            self._conn.execute(_temp_schema(statement))
+                    self._conn.execute("PRAGMA query_only = OFF")  # TEMP only: the file is never touched
+                    try:
+                        for migration in migrations:
+                            for statement in _split_sql(migration):
+                                self._conn.execute(_temp_schema(statement))
+                    finally:
+                        self._conn.execute("PRAGMA query_only = ON")
             self._ensured[component] = target
             return target
         if current < target or self._conn.execute("PRAGMA application_id").fetchone()[0] == 0:

@@ -32,10 +32,11 @@ def _space(name: str) -> Any:
     return mnasnet()
 
 
-def _store(ctx: click.Context, create: bool = True) -> Any:
+def _store(ctx: click.Context, create: bool = True, read_only: bool = False) -> Any:
+    """The results store; an unwritable one opens read-only (reads work, a write fails in one line)."""
     from mnas.bench.store import ResultsStore
 
-    return ResultsStore(db_path(ctx), create=create)
+    return ResultsStore(db_path(ctx), create=create, read_only=read_only)
 
 
 def _bench_config(runs: int, warmup: int, min_secs: float, core: int | None, timeout_s: float) -> Any:
@@ -152,9 +153,14 @@ def plan_cmd(ctx: click.Context, space_name: str, resolution: int, device_spec: 
     if devices:
         table_name = table_name_for(devices, resolution, table_name)
     kind = devices[0].profile().kind if devices else "adb"  # no device: estimate for a phone
-    with _store(ctx) as store:
+    # a plan only reads: no store yet means nothing stored, and an existing one is opened read-only
+    store = _store(ctx, read_only=True) if db_path(ctx).exists() else None
+    try:
         plan = plan_build(_space(space_name), resolution, store, table_name, devices=max(1, len(devices)),
                           device_kind=kind, min_secs=min_secs)
+    finally:
+        if store is not None:
+            store.close()
     payload = {"space": space_name, "table": table_name, "device": device_spec, **plan}
     if as_json:
         echo_json(payload)

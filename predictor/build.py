@@ -23,6 +23,7 @@ from typing import Any
 from mnas.bench.contention import LAYER_GUARD, ContentionGuard
 from mnas.bench.device_lock import hold_devices
 from mnas.bench.pool import run_device_pool
+from mnas.bench.store import StoreWriteError
 from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement, latency_ms
 from mnas.errors import MeasurementError, MnasError
 from mnas.predictor.layers import enumerate_layers
@@ -93,8 +94,10 @@ def build_table(space: SearchSpace, resolution: int, devices: Sequence[Device], 
     goes back to the queue for the others) and is listed in `failures`; when every device
     has failed, a MeasurementError (chained to the first error) is raised after the finished
     entries are stored. A KeyboardInterrupt stops all workers and propagates; nothing
-    half-written remains. `guard` re-measures (once by default) host layers slower than a
-    scheduler slice that were timed while other processes shared the core (`contention`).
+    half-written remains. A write the store refuses (disk full, read-only) stops the build with
+    one StoreWriteError line saying how many layers are stored; a re-run resumes. `guard`
+    re-measures (once by default) host layers slower than a scheduler slice that were timed
+    while other processes shared the core (`contention`).
     """
     if not devices:
         raise MnasError("build_table: no devices: expected at least one device to measure on")
@@ -146,6 +149,10 @@ def _build_table(space: SearchSpace, resolution: int, devices: Sequence[Device],
 
         try:
             pool = run_device_pool(devices, pending, measure, keep, name="table")
+        except StoreWriteError as exc:  # disk full, read-only: every entry stored so far is whole and kept
+            remaining = len(all_layers) - already - result.measured
+            raise StoreWriteError(f"{exc}; table {table_name!r}: {result.measured} layers stored by this build, "
+                                  f"{remaining} remaining: fix the cause and re-run to resume", exc.cause) from None
         finally:
             bar.close()
             result.remaining = len(all_layers) - already - result.measured
@@ -205,9 +212,11 @@ def _store_entry(store: Any, table_id: int, layer: LayerSig, device_id: str, mea
                  result: BuildResult, replace: bool) -> None:
     # force: the entry's own evidence is stored even when another table holds this layer under the same
     # conditions (builds do not share measurements across tables; the device lock keeps them sequential)
-    measurement_id = store.add_measurement(measurement, label=f"layer {layer.key}", force=True)
-    entry = TableEntry.from_measurement(layer.key, measurement, measurement_id=measurement_id)
-    if add_entry(store, table_id, entry, replace=replace):
+    with store.transaction():  # the measurement and its entry together: a failed write leaves neither
+        measurement_id = store.add_measurement(measurement, label=f"layer {layer.key}", force=True)
+        entry = TableEntry.from_measurement(layer.key, measurement, measurement_id=measurement_id)
+        added = add_entry(store, table_id, entry, replace=replace)
+    if added:
         result.measured += 1
         result.retaken += int(replace)
         result.per_device[device_id] = result.per_device.get(device_id, 0) + 1

@@ -33,7 +33,7 @@ from mnas.bench.contention import NETWORK_GUARD, ContentionGuard
 from mnas.bench.device_lock import hold_devices
 from mnas.bench.measure import ModelWriter, default_model_writer, find_reusable, write_arch_model
 from mnas.bench.pool import run_device_pool
-from mnas.bench.store import DuplicateMeasurement
+from mnas.bench.store import DuplicateMeasurement, StoreWriteError
 from mnas.bench.types import BenchConfig, Device, Measurement, check_statistic, latency_ms
 from mnas.errors import MeasurementError, MnasError
 from mnas.space.arch import Arch
@@ -150,6 +150,8 @@ def measure_networks(archs: Sequence[Arch], devices: Sequence[Device], store: An
     if repeats < 1:
         raise MnasError(f"--repeats {repeats}: expected at least 1 measurement per network")
     check_statistic(statistic)
+    if hasattr(store, "require_writable"):
+        store.require_writable()  # a read-only store: one line before any network is measured
     with hold_devices(devices, lock_timeout_s):  # before the reuse check: a second run waits, then reuses
         return _measure_networks(archs, devices, store, config, resolution, label, writer, progress, reuse,
                                  statistic, guard, repeats)
@@ -212,6 +214,10 @@ def _run(devices: Sequence[Device], jobs: list[_Job], store: Any, config: BenchC
     bar = tqdm(total=len(jobs), desc=label, unit="net", disable=not progress, dynamic_ncols=True)
     try:
         pool = run_device_pool(devices, jobs, measure, keep, name="nets")
+    except StoreWriteError as exc:  # disk full, read-only: what was stored stays, a re-run reuses it
+        stored = sum(1 for r in results for _, i in r if i is not None)
+        raise StoreWriteError(f"{exc}; {label} networks: {stored} measurements stored: fix the cause and "
+                              "re-run to resume", exc.cause) from None
     finally:
         bar.close()
     if pool.all_retired(devices):

@@ -7,7 +7,9 @@ from the command line. Every piece that can fail on bad input runs before the ru
 created, so a mistake leaves nothing behind.
 
 Status: `running` while a process works on it (and after a kill, since nobody could say
-otherwise), `interrupted` after Ctrl-C, `done` once the budget is stored.
+otherwise), `interrupted` after Ctrl-C, `done` once the budget is stored. A write the store
+refuses (disk full, read-only) stops the run in one line saying how many children are stored;
+the sample and its checkpoint are one transaction, so `--resume` continues exactly.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from mnas.bench.store import StoreWriteError
 from mnas.errors import MnasError
 from mnas.search.executors import ExecutorOptions
 from mnas.search.run_config import RunConfig, check_budget, check_threads, check_window
@@ -90,6 +93,7 @@ def start_run(database: Path, config: RunConfig, *, run_id: str | None = None,
 
     check_threads(threads)
     store = ResultsStore(database)
+    store.require_writable()  # a read-only store: one line before any setup or training
     if config.latency.predicts:
         device_name = predictor_device_name(config.latency.device, store)
         config = replace(config, latency=replace(config.latency, device_name=device_name))
@@ -105,7 +109,8 @@ def resume_run(database: Path, run_id: str, *, samples: int | None = None, threa
     if threads is not None:
         check_threads(threads)
     store = ResultsStore(database)
-    config = RunConfig.from_dict(RunStore(store).run_config(run_id))
+    config = RunConfig.from_dict(RunStore(store).run_config(run_id))  # an unknown run says so first
+    store.require_writable()
     if samples is not None:
         check_budget(samples)
         config = replace(config, samples=samples)
@@ -141,5 +146,11 @@ def _run(store: Any, database: Path, run_id: str, config: RunConfig, options: Ex
     except KeyboardInterrupt:
         runs.set_status(run_id, "interrupted")
         raise RunInterrupted(run_id, len(runs.samples(run_id)), config.samples) from None
+    except StoreWriteError as exc:  # disk full, read-only: the child being stored is lost, the run is whole
+        if run_id not in runs.run_ids():
+            raise
+        stored = len(runs.samples(run_id))
+        raise StoreWriteError(f"{exc}; search {run_id}: {stored} of {config.samples} children stored: fix the "
+                              f"cause and resume with `mnas search --resume {run_id}`", exc.cause) from None
     finally:
         executor.close()

@@ -162,7 +162,7 @@ def unwritable_store(tmp_path: Path):
 def mnas(db: Path, *args: str, prelude: str = "") -> subprocess.CompletedProcess:
     code = f"import sys\n{prelude}\nfrom mnas.cli import main\nmain(sys.argv[1:])"
     return subprocess.run([sys.executable, "-c", code, "--db", str(db), *args], capture_output=True, text=True,
-                          timeout=300, cwd=db.parent)
+                          timeout=300, cwd=next(p for p in db.parents if p.exists()))
 
 
 def one_error_line(stderr: str) -> str:
@@ -228,3 +228,109 @@ def test_full_disk_during_a_seven_model_bench_then_a_rerun_measures_exactly_the_
     rows = json.loads(again.stdout)
     assert [r["reused"] for r in rows] == [True] * k + [False] * (7 - k)
     assert stored_count(db) == 7
+
+
+# ------------------------------------------------------------------------------ mnas table plan / build
+
+def test_table_plan_creates_no_database_and_leaves_a_store_as_it_was(tmp_path: Path) -> None:
+    db = tmp_path / "sub" / "r.db"
+    out = mnas(db, "table", "plan", "--resolution", "96", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["stored"] == 0
+    assert not db.parent.exists()  # neither the database nor its folder
+    with ResultsStore(db) as store:
+        store.add_measurement(make_measurement(1))
+    before = sorted(p.name for p in db.parent.iterdir()), digest(db)
+    out = mnas(db, "table", "plan", "--resolution", "96", "--name", "t", "--json")
+    assert out.returncode == 0, out.stderr
+    assert (sorted(p.name for p in db.parent.iterdir()), digest(db)) == before
+
+
+class FullAfter:
+    """A results store whose disk fills up when the `at`-th write transaction (0-based) begins."""
+
+    def __init__(self, store: ResultsStore, at: int) -> None:
+        self.store, self.at, self.writes = store, at, 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+    def transaction(self):
+        if self.store._depth == 0:
+            if self.writes == self.at:
+                pages = self.store._conn.execute("PRAGMA page_count").fetchone()[0]
+                self.store._conn.execute(f"PRAGMA max_page_count = {pages}")
+            self.writes += 1
+        return self.store.transaction()
+
+    def add_measurement(self, *args, **kwargs):
+        with self.transaction():
+            return self.store.add_measurement(*args, **kwargs)
+
+
+def test_table_build_stops_on_a_full_disk_in_one_line_and_a_rerun_completes_it(tmp_path: Path) -> None:
+    from predictor_fakes import SyntheticDevice, write_key
+
+    from mnas.bench.types import BenchConfig
+    from mnas.predictor.build import build_table
+    from mnas.predictor.layers import enumerate_layers
+    from mnas.predictor.table import find_table, stored_keys
+    from mnas.space.search_space import mnasnet
+
+    layers = enumerate_layers(mnasnet(), 32)[:12]
+    config = BenchConfig(warmup_runs=1, num_runs=3, min_secs=0.0)
+    db = tmp_path / "r.db"
+    store = ResultsStore(db)
+    full = FullAfter(store, at=5)  # the table's creation, then layers
+    with pytest.raises(StoreWriteError) as info:
+        build_table(mnasnet(), 32, [SyntheticDevice()], full, "t", config, writer=write_key, progress=False,
+                    layers=layers)
+    message = str(info.value)
+    assert message.startswith(f"{db}: cannot write: disk full (sqlite: database or disk is full); table 't': ")
+    assert message.endswith("remaining: fix the cause and re-run to resume")
+    store.close()
+    with ResultsStore(db) as store:  # space freed
+        table_id = find_table(store, "t")[0]
+        kept = stored_keys(store, table_id)
+        assert 4 <= len(kept) < 12
+        # every stored entry has its measurement and no measurement lacks its entry
+        assert len(store.recent_measurements(None)) == len(kept)
+        result = build_table(mnasnet(), 32, [SyntheticDevice()], store, "t", config, writer=write_key,
+                             progress=False, layers=layers)
+        assert (result.already_stored, result.measured, result.remaining) == (len(kept), 12 - len(kept), 0)
+        assert len(store.recent_measurements(None)) == 12
+
+
+# ------------------------------------------------------------------------------ mnas search
+
+def test_search_stops_on_a_full_disk_and_resume_continues_exactly(tmp_path: Path) -> None:
+    import torch
+    from test_search_runs import RES, make_setup
+
+    from mnas.search.loop import run_search
+    from mnas.search.run_store import RunStore
+    from mnas.search.synthetic_latency import synthetic_predictor
+
+    torch.set_num_threads(1)
+    predictor = synthetic_predictor(RES)
+    total, at = 12, 5
+    reference = RunStore(ResultsStore(tmp_path / "reference.db"))
+    reference.create_run("r", "ppo", {})
+    run_search(reference, "r", make_setup("ppo", predictor), total, progress=False)
+
+    results = ResultsStore(tmp_path / "mnas.db")
+    runs = RunStore(results)
+    runs.create_run("r", "ppo", {})
+    full = RunStore(FullAfter(results, at=at))  # the disk is full from sample `at` on
+    with pytest.raises(StoreWriteError, match=r"cannot write: disk full \(sqlite: database or disk is full\)"):
+        run_search(full, "r", make_setup("ppo", predictor), total, progress=False)
+    results.close()
+    runs = RunStore(ResultsStore(tmp_path / "mnas.db"))  # space freed
+    kept = len(runs.samples("r"))  # the first sample that needed a new page was not stored, nor its checkpoint
+    assert at <= kept < total
+    assert [s.idx for s in runs.samples("r")] == list(range(kept))
+    assert runs.checkpoint("r")[0] == kept
+    summary = run_search(runs, "r", make_setup("ppo", predictor), total, progress=False)
+    assert (summary.samples, summary.new_samples) == (total, total - kept)
+    assert [(s.idx, s.tokens, s.reward) for s in runs.samples("r")] == \
+        [(s.idx, s.tokens, s.reward) for s in reference.samples("r")]
