@@ -593,3 +593,31 @@ def test_mnas_devices_probe_writes_a_loadable_config(fake_server, tmp_path):
     assert str(missing.exception) == "phone ZZ is not attached (attached: A1, C3, D4)"
     locked = CliRunner().invoke(devices, ["probe", "D4", "-o", str(tmp_path / "d4.yaml")])
     assert str(locked.exception) == "phone D4 is in state 'unauthorized', expected 'device'"
+
+
+# --------------------------------------------------------------------------- no answer = lost
+
+
+def test_an_adbutils_socket_timeout_is_no_answer_and_ends_the_attempts(tmp_path, files, monkeypatch):
+    """adbutils' own socket timeout (AdbTimeout) is the same silence as the call bound: no answer.
+
+    Before issue 11 it was an ordinary call error, so the phone was retried and cleaned up
+    after, each waiting out another bound.
+    """
+    from adbutils.errors import AdbTimeout
+
+    from mnas.bench.adb.transport import AdbNoAnswer, PhoneTransport
+
+    def silent() -> None:
+        raise AdbTimeout("socket timed out")
+
+    with pytest.raises(AdbNoAnswer, match="x: stat: no answer from the phone within 1.0 s"):
+        PhoneTransport(object(), "x", 5.0).call("stat", silent, 1.0)
+    phone = make_phone(tmp_path)
+    device = device_for(phone, files["binary"], retries=3)
+    device.ensure_binary()
+    monkeypatch.setattr(device, "push", lambda *a, **k: device.transport.call("push", silent, 1.0))
+    with pytest.raises(MeasurementError) as info:
+        device.benchmark(files["model"], FAST)
+    assert "failed after 1 attempt(s)" in str(info.value) and device.offline
+    assert not any(c.startswith("rm -f") for c in phone.commands)  # no clean-up call waits on it
