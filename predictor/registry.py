@@ -191,7 +191,7 @@ def decode_state(blob: bytes, where: str) -> dict[str, Any]:
     try:
         header = json.loads(blob[len(MAGIC):end if end >= 0 else len(blob)])
         version, state, sizes = header["version"], header["state"], header["models"]
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise MnasError(f"{where}: its header is not valid JSON ({type(exc).__name__}): expected one "
                         "written by `mnas table fit`") from None
     if version != STATE_VERSION:
