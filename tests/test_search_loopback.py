@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from elf_fixtures import arm64_binary
 from loopback_fixtures import IsolatedAdb, isolated_adb_server, loopback_phones, requires_adb
 from test_search_runs import (
     RES,
@@ -46,7 +47,7 @@ def adb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IsolatedAdb]:
 def phone(adb: IsolatedAdb, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     folder = tmp_path_factory.mktemp("phone")
     binary = folder / "benchmark_model"  # pushed, never executed: the loopback phone runs the host runner
-    binary.write_bytes(b"\x7fELF" + os.urandom(508))
+    arm64_binary(binary)
     core = sorted(os.sched_getaffinity(0))[0]
     with loopback_phones(adb, folder / "phones", "pixel4", host_core=core) as phones:
         env = {k: v for k, v in adb.env.items() if k not in ("PYTHONPATH", "MNAS_DB", "MNAS_DEVICE_CONFIGS")}
