@@ -2,7 +2,7 @@
 
 `list` shows one row per measurement (newest first); `export` writes every measurement with
 all its queryable conditions to CSV or Parquet for analysis elsewhere, atomically so a reader
-never sees half a file.
+never sees half a file. Both only read, so both work on a read-only store.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ def list_cmd(ctx: click.Context, as_json: bool, limit: int) -> None:
 @click.pass_context
 def export_cmd(ctx: click.Context, fmt: str | None, output: Path) -> None:
     """Every measurement with its conditions (one row each) as CSV or Parquet."""
+    from mnas.bench.files import os_cause
     from mnas.bench.store import ResultsStore
 
     fmt = fmt or _FORMATS.get(output.suffix.lower())
@@ -90,8 +91,11 @@ def export_cmd(ctx: click.Context, fmt: str | None, output: Path) -> None:
                         "(pass --format csv|parquet)")
     with ResultsStore(db_path(ctx), create=False) as store:
         frame = store.measurements_frame()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    except OSError as exc:
+        raise MnasError(f"{output}: cannot write: {os_cause(exc)}") from None
     os.close(fd)
     try:
         if fmt == "csv":
@@ -103,7 +107,9 @@ def export_cmd(ctx: click.Context, fmt: str | None, output: Path) -> None:
                 raise MnasError(f"parquet export needs pyarrow ({exc}); pip install pyarrow, "
                                 "or use --format csv") from None
         os.replace(tmp, output)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # disk full while writing: one line, no half file left
+            raise MnasError(f"{output}: cannot write: {os_cause(exc)}") from None
         raise
     click.echo(f"wrote {len(frame)} measurements to {output} ({fmt})")

@@ -178,6 +178,9 @@ def test_an_unwritable_store_is_listed_and_refuses_bench_in_one_line(unwritable_
     listed = mnas(db, "results", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     assert [r["model_sha256"] for r in json.loads(listed.stdout)] == [f"{1:064x}"]
+    out = db.parent.parent / "export.csv"
+    exported = mnas(db, "results", "export", "-o", str(out))
+    assert exported.returncode == 0 and out.read_text().count("\n") == 2, exported.stderr
     bench = mnas(db, "bench", "mnasnet-small", "--resolution", "96", *FAST)
     assert bench.returncode == 1, bench.stderr
     line = one_error_line(bench.stderr)
