@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -337,3 +338,40 @@ def test_search_stops_on_a_full_disk_and_resume_continues_exactly(tmp_path: Path
     assert (summary.samples, summary.new_samples) == (total, total - kept)
     assert [(s.idx, s.tokens, s.reward) for s in runs.samples("r")] == \
         [(s.idx, s.tokens, s.reward) for s in reference.samples("r")]
+
+
+FULL_AT_SAMPLE_4 = """
+from mnas.search.run_store import RunStore
+_add = RunStore.add_sample
+def add(self, run_id, sample, *args, **kwargs):
+    if sample.idx == 4:  # the disk fills up as the fifth child is stored (its checkpoint needs pages)
+        pages = self.store._conn.execute("PRAGMA page_count").fetchone()[0]
+        self.store._conn.execute(f"PRAGMA max_page_count = {pages}")
+    return _add(self, run_id, sample, *args, **kwargs)
+RunStore.add_sample = add
+"""
+
+
+@pytest.mark.slow
+def test_mnas_search_on_a_full_disk_is_one_line_and_resume_completes_it(tmp_path: Path) -> None:
+    import shutil
+
+    from test_search_runs import make_predictor_db, search_args
+
+    source = tmp_path / "predictor.db"
+    make_predictor_db(source)
+    db = tmp_path / "mnas.db"
+    shutil.copy(source, db)
+    args = search_args(db, "r", "ppo", 8)[2:]  # without --db: `mnas` adds it
+    full = mnas(db, *args, prelude=FULL_AT_SAMPLE_4)
+    assert full.returncode == 1, full.stderr
+    line = one_error_line(full.stderr)
+    match = re.fullmatch(rf"mnas: error: {re.escape(str(db))}: cannot write: disk full \(sqlite: database or disk is "
+                         r"full\); search r: (\d) of 8 children stored: fix the cause and resume with "
+                         r"`mnas search --resume r`", line)
+    assert match, line
+    kept = int(match.group(1))  # the first child whose sample or checkpoint needed a page after the fourth
+    assert 4 <= kept < 8
+    resumed = mnas(db, "search", "--resume", "r", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (json.loads(resumed.stdout)["samples"], json.loads(resumed.stdout)["new_samples"]) == (8, 8 - kept)
