@@ -137,27 +137,27 @@ def _immutable(path: Path) -> bool:
         return False
 
 
-@pytest.fixture
-def unwritable_store(tmp_path: Path):
-    """A store holding one measurement that this process cannot write: chmod for users, immutable for root."""
+@pytest.fixture(params=["file", "folder"])
+def unwritable_store(tmp_path: Path, request: pytest.FixtureRequest):
+    """A store holding one measurement whose file, or folder, this process cannot write: chmod for
+    users, immutable (chattr +i) for root. A read-only folder also means no -shm file can be made."""
     folder = tmp_path / "ro"
     folder.mkdir()
     db = folder / "r.db"
     with ResultsStore(db) as store:
         store.add_measurement(make_measurement(1))
+    target = db if request.param == "file" else folder
     if os.geteuid() != 0:
-        db.chmod(0o444)
-        folder.chmod(0o555)
+        target.chmod(0o444 if target is db else 0o555)
         yield db
-        folder.chmod(0o755)
-        db.chmod(0o644)
+        target.chmod(0o644 if target is db else 0o755)
         return
-    if not _immutable(db):
+    if not _immutable(target):
         pytest.skip("running as root, where chmod does not stop writes, and chattr +i is not allowed here")
     try:
         yield db
     finally:
-        subprocess.run(["chattr", "-i", str(db)], check=False)
+        subprocess.run(["chattr", "-i", str(target)], check=False)
 
 
 def mnas(db: Path, *args: str, prelude: str = "") -> subprocess.CompletedProcess:
@@ -182,7 +182,10 @@ def test_an_unwritable_store_is_listed_and_refuses_bench_in_one_line(unwritable_
     out = db.parent.parent / "export.csv"
     exported = mnas(db, "results", "export", "-o", str(out))
     assert exported.returncode == 0 and out.read_text().count("\n") == 2, exported.stderr
-    bench = mnas(db, "bench", "mnasnet-small", "--resolution", "96", *FAST)
+    from tflite_fixtures import small_conv
+
+    model = small_conv(db.parent.parent)  # a file: nothing is written next to the store before the bench
+    bench = mnas(db, "bench", str(model), *FAST)
     assert bench.returncode == 1, bench.stderr
     line = one_error_line(bench.stderr)
     assert line.startswith(f"mnas: error: {db}: cannot write: read-only ("), line
