@@ -39,6 +39,10 @@ def select_devices(spec: str, *, core: int | None = None, benchmark_binary: Path
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise MnasError(f"--device {spec!r}: expected host, a phone serial or all")
+    if benchmark_binary is not None and any(name != "host" for name in names):
+        from mnas.bench.adb.push import resolve_local_binary
+
+        resolve_local_binary(benchmark_binary, None)  # a bad binary is one line, not one per phone
     devices: list[Device] = []
     phones: dict[str, bool] = {}  # serial -> named explicitly
     for name in names:

@@ -28,6 +28,7 @@ from tflite_fixtures import conv_model_bytes
 from mnas.bench.adb import AdbDevice
 from mnas.bench.adb.push import check_phone_binary
 from mnas.bench.device_config import default_config_dir, load_all, parse_config
+from mnas.bench.devices import select_devices
 from mnas.bench.host_worker import watch_parent_pipe
 from mnas.bench.tempdirs import OWNER_FILE, sweep_stale_temp_dirs
 from mnas.bench.types import BenchConfig
@@ -213,3 +214,14 @@ def test_the_pipe_watch_notices_the_parent_going_away() -> None:
         assert gone.wait(2.0)
     finally:
         os.close(read_end)
+
+
+def test_select_devices_refuses_a_bad_binary_once_before_asking_any_phone(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", "1")  # nothing is asked: the check comes first
+    binary = tmp_path / "benchmark_model"
+    binary.write_bytes(b"")
+    with pytest.raises(MnasError) as info:
+        select_devices("all", benchmark_binary=binary, unusable=[])
+    assert str(info.value) == (f"benchmark binary: {binary} is empty (0 bytes): expected an ELF executable "
+                               "for aarch64 or arm (the arm64 benchmark_model build)")
