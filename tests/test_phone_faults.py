@@ -218,7 +218,7 @@ def test_hang_during_a_benchmark_is_bounded_by_timeout(lab: dict[str, Any], star
     # the benchmark's timeout, then a kill that gets no answer within 0.15 x the timeout;
     # nothing else waits (no clean-up rm, no retry): lost within 1.2x --timeout of its start
     detected = launched + run.first_error_s() - bm_started
-    assert timeout <= detected <= 1.2 * timeout, detected
+    assert 0.8 * timeout <= detected <= 1.2 * timeout, detected  # its start is logged after the shell starts
     figure("hang_mid_benchmark_timeout_3s_declared_lost_s", detected, "s")
 
 

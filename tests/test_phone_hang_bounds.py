@@ -64,7 +64,7 @@ def test_phone_hung_mid_run_is_declared_lost_within_1_2x_timeout(
     assert "failed after 1 attempt(s)" in message and f"timed out after {timeout_s:.1f} s" in message
     assert any("skipped, the phone is not answering" in e for e in device.cleanup_errors)
     detected = lost_at - started_at
-    assert timeout_s <= detected <= 1.2 * timeout_s, detected
+    assert 0.8 * timeout_s <= detected <= 1.2 * timeout_s, detected  # its start is logged after the shell starts
     figure(f"hung_mid_run_declared_lost_timeout_{timeout_s:g}s", detected, "s")
 
 
