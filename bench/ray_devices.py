@@ -26,13 +26,13 @@ is the optional `ray` extra.
 from __future__ import annotations
 
 import functools
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from mnas.bench.contention import ContentionGuard
 from mnas.bench.device_lock import device_lock_key, try_lock
+from mnas.bench.tempdirs import owned_temp_dir
 from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement
 from mnas.errors import MeasurementError, MnasError
 
@@ -132,7 +132,7 @@ class DeviceWorker:
         return self._profile
 
     def benchmark(self, file_name: str, data: bytes, config: BenchConfig) -> Measurement:
-        with tempfile.TemporaryDirectory(prefix="mnas-actor-") as tmp:
+        with owned_temp_dir("actor") as tmp:
             path = Path(tmp) / Path(file_name).name
             path.write_bytes(data)
             if self.guard is not None:

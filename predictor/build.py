@@ -13,7 +13,6 @@ core at once, and then skips what the first stored.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -24,6 +23,7 @@ from mnas.bench.contention import LAYER_GUARD, ContentionGuard
 from mnas.bench.device_lock import hold_devices
 from mnas.bench.pool import run_device_pool
 from mnas.bench.store import StoreWriteError
+from mnas.bench.tempdirs import owned_temp_dir
 from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement, latency_ms
 from mnas.errors import MeasurementError, MnasError
 from mnas.predictor.layers import enumerate_layers
@@ -130,7 +130,7 @@ def _build_table(space: SearchSpace, resolution: int, devices: Sequence[Device],
         return result
 
     bar = _progress_bar(len(pending), table_name, progress)
-    with tempfile.TemporaryDirectory(prefix="mnas-table-", ignore_cleanup_errors=True) as tmp:
+    with owned_temp_dir("table") as tmp:
         workdir = Path(tmp)
 
         def measure(device: Device, layer: LayerSig) -> Measurement:

@@ -21,7 +21,6 @@ reusable measurements of one network on one device.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from mnas.bench.device_lock import hold_devices
 from mnas.bench.measure import ModelWriter, default_model_writer, find_reusable, write_arch_model
 from mnas.bench.pool import run_device_pool
 from mnas.bench.store import DuplicateMeasurement, StoreWriteError
+from mnas.bench.tempdirs import owned_temp_dir
 from mnas.bench.types import BenchConfig, Device, Measurement, check_statistic, latency_ms
 from mnas.errors import MeasurementError, MnasError
 from mnas.space.arch import Arch
@@ -163,7 +163,7 @@ def _measure_networks(archs: Sequence[Arch], devices: Sequence[Device], store: A
     profiles = [device.profile() for device in devices]  # a device that cannot say what it is stops the call
     done: list[list[tuple[Measurement, int | None]]] = [[] for _ in archs]
     reused = [0] * len(archs)
-    with tempfile.TemporaryDirectory(prefix="mnas-nets-", ignore_cleanup_errors=True) as tmp:
+    with owned_temp_dir("nets") as tmp:
         rounds: list[list[_Job]] = [[] for _ in range(repeats)]
         for index, arch in enumerate(archs):
             stored: list[tuple[Measurement, int]] = []

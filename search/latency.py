@@ -20,7 +20,6 @@ measurement, not for the search's life: a search lives for days and mostly train
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -32,6 +31,7 @@ from mnas.bench.device_lock import hold_devices
 from mnas.bench.measure import ModelWriter, PreparedModel, find_reusable, write_arch_model
 from mnas.bench.pool import FailurePolicy, run_device_pool
 from mnas.bench.store import DuplicateMeasurement
+from mnas.bench.tempdirs import owned_temp_dir
 from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement, latency_ms
 from mnas.errors import MeasurementError, MnasError
 from mnas.search.types import LatencyResult, LatencySource
@@ -108,7 +108,7 @@ class MeasuredLatency:
             if self.workdir is not None:
                 self.workdir.mkdir(parents=True, exist_ok=True)
                 return self._latency(archs, self.workdir)
-            with tempfile.TemporaryDirectory(prefix="mnas-latency-") as tmp:
+            with owned_temp_dir("latency") as tmp:
                 return self._latency(archs, Path(tmp))
 
     def _latency(self, archs: list[Arch], folder: Path) -> list[LatencyResult]:
