@@ -10,13 +10,12 @@ the measured rows, so a JSON consumer sees every pair it asked for.
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
 import click
 
-from mnas.cli_util import db_path, echo_json, echo_table, json_option
+from mnas.cli_util import db_path, echo_json, echo_table, json_option, skipped_device
 
 
 def _ms(us: float | None) -> float | None:
@@ -42,11 +41,6 @@ def outcome_row(outcome) -> dict:
     return row
 
 
-# the lines `bench.devices.select_devices` leaves in `unusable` start "device SERIAL: "; a serial
-# holds no whitespace (adb's `host:port` serials hold a colon, hence the non-greedy match up to ": ")
-_UNUSABLE_SERIAL = re.compile(r"^device (\S+?): ")
-
-
 def skipped_rows(unusable: list[str], prepared: list) -> list[dict]:
     """One JSON row per (phone left out at selection, model), so `--json` names every pair.
 
@@ -56,11 +50,11 @@ def skipped_rows(unusable: list[str], prepared: list) -> list[dict]:
     """
     rows = []
     for line in unusable:
-        match = _UNUSABLE_SERIAL.match(line)
+        skipped = skipped_device(line)
         for model in prepared:
-            rows.append({"device_id": match.group(1) if match else None, "model": model.label, "arch": model.arch,
+            rows.append({"device_id": skipped["device_id"], "model": model.label, "arch": model.arch,
                          "resolution": model.resolution, "model_sha256": model.sha256, "stored_id": None,
-                         "reused": False, "error": line})
+                         "reused": False, "error": skipped["error"]})
     return rows
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from mnas.cli_util import db_path, echo_json, echo_table, json_option
+from mnas.cli_util import db_path, echo_json, echo_table, json_option, skipped_device
 from mnas.errors import MnasError
 
 SPACES = ("mnasnet",)
@@ -54,13 +54,22 @@ def _warn(line: str) -> None:
     click.echo(f"mnas: warning: {line}", err=True)
 
 
-def _devices(spec: str, core: int | None, benchmark_binary: str | None, timeout_s: float, retries: int) -> list[Any]:
+class _SkippedDevices(list):
+    """Phones left out at selection: each warned on stderr as it comes and kept as a JSON row."""
+
+    def __call__(self, line: str) -> None:
+        _warn(line)
+        self.append(skipped_device(line))
+
+
+def _devices(spec: str, core: int | None, benchmark_binary: str | None, timeout_s: float, retries: int,
+             skipped: _SkippedDevices | None = None) -> list[Any]:
     from mnas.bench.devices import select_devices
 
     unusable: list[str] = []
     devices = select_devices(spec, unusable=unusable, **_select_options(core, benchmark_binary, timeout_s, retries))
     for line in unusable:
-        _warn(line)
+        (skipped if skipped is not None else _warn)(line)
     return devices
 
 
@@ -195,20 +204,21 @@ def build_cmd(ctx: click.Context, device_spec: str, space_name: str, resolution:
     from mnas.predictor.ray_build import BuildInterrupted, build_table_with_executor
 
     config = _bench_config(runs, warmup, min_secs, core, timeout_s)
+    skipped = _SkippedDevices()
     with _store(ctx) as store:
         try:
             # on Ray the contention guard runs inside each device actor, next to the device
             result = build_table_with_executor(
                 executor_kind, _space(space_name), resolution, device_spec, store, table_name, config,
                 address=address, select_options=_select_options(core, benchmark_binary, timeout_s, retries),
-                on_unusable=_warn, limit=limit, progress=not as_json, space_name=space_name,
+                on_unusable=skipped, limit=limit, progress=not as_json, space_name=space_name,
                 guard=_guard(tries, min_cpu_share))
         except BuildInterrupted as stop:
             click.echo(f"mnas: interrupted: table {stop.table_name!r} holds {stop.stored} layers; every stored layer "
                        "is kept: run the same command again to resume", err=True)
             raise SystemExit(130) from None  # not ctx.exit: mnas.cli.main drops click's exit codes
     payload = {**result.to_dict(), "device": device_spec, "executor": executor_kind, "resolution": resolution,
-               "conditions": config.conditions_key()}
+               "conditions": config.conditions_key(), "skipped_devices": list(skipped)}
     if as_json:
         echo_json(payload)
     else:
@@ -313,7 +323,8 @@ def calibrate_cmd(ctx: click.Context, device_spec: str, samples: int, seed: int,
     from mnas.predictor.selection import device_predictor
 
     config = _bench_config(runs, warmup, min_secs, core, timeout_s)
-    devices = _devices(device_spec, core, benchmark_binary, timeout_s, retries)
+    skipped = _SkippedDevices()
+    devices = _devices(device_spec, core, benchmark_binary, timeout_s, retries, skipped)
     space = _space("mnasnet")
     with _store(ctx) as store:
         predictor = device_predictor(store, devices, resolution, predictor_id, space)
@@ -322,7 +333,7 @@ def calibrate_cmd(ctx: click.Context, device_spec: str, samples: int, seed: int,
                                      with_params=with_params, progress=not as_json,
                                      guard=_guard(tries, min_cpu_share), repeats=repeats)
     payload = {"base_predictor_id": base_id, "device": device_spec, "seed": seed, **report.to_dict(),
-               "networks": [n.to_dict() for n in report.networks]}
+               "networks": [n.to_dict() for n in report.networks], "skipped_devices": list(skipped)}
     if as_json:
         echo_json(payload)
         return
@@ -353,7 +364,8 @@ def eval_cmd(ctx: click.Context, device_spec: str, samples: int, seed: int, reso
     from mnas.predictor.selection import device_predictor
 
     config = _bench_config(runs, warmup, min_secs, core, timeout_s)
-    devices = _devices(device_spec, core, benchmark_binary, timeout_s, retries)
+    skipped = _SkippedDevices()
+    devices = _devices(device_spec, core, benchmark_binary, timeout_s, retries, skipped)
     space = _space("mnasnet")
     with _store(ctx) as store:
         predictor = device_predictor(store, devices, resolution, predictor_id, space)
@@ -362,7 +374,7 @@ def eval_cmd(ctx: click.Context, device_spec: str, samples: int, seed: int, reso
         report = evaluate_on_device(predictor, devices, store, space, samples, seed, config, plot=plot,
                                     progress=not as_json, guard=_guard(tries, min_cpu_share), repeats=repeats)
     payload = {"device": device_spec, "kind": predictor.kind, "calibrated": predictor.calibration_ is not None,
-               **report.to_dict()}
+               **report.to_dict(), "skipped_devices": list(skipped)}
     if as_json:
         echo_json(payload)
         return

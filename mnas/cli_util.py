@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,20 @@ def db_path(ctx: click.Context) -> Path:
     root = ctx.find_root()
     chosen = (root.obj or {}).get("db") if root.obj else None
     return Path(chosen or os.environ.get("MNAS_DB") or DEFAULT_DB)
+
+
+# the lines `bench.devices.select_devices` leaves in `unusable` start "device SERIAL: "; a serial
+# holds no whitespace (adb's `host:port` serials hold a colon, hence the non-greedy match up to ": ")
+_UNUSABLE_SERIAL = re.compile(r"^device (\S+?): ")
+
+
+def skipped_device(line: str) -> dict[str, Any]:
+    """A phone left out at selection as a JSON row: its serial (None if the line names none) and the line.
+
+    `--json` consumers must see that a phone was skipped, not only stderr readers.
+    """
+    match = _UNUSABLE_SERIAL.match(line)
+    return {"device_id": match.group(1) if match else None, "error": line}
 
 
 def echo_json(payload: Any) -> None:

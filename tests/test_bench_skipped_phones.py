@@ -82,3 +82,22 @@ def test_skipped_rows_have_the_outcome_row_keys(tmp_path: Path) -> None:
     assert set(row) == set(measured) and row["device_id"] == "ABC"
     (unnamed,) = skipped_rows(["something without a serial"], [model])
     assert unnamed["device_id"] is None and unnamed["error"] == "something without a serial"
+
+
+def test_table_build_json_names_the_phones_left_out(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """`mnas table build --json` (and calibrate/eval, through the same collector) lists skipped phones."""
+    from mnas.bench.host import HostDevice
+
+    def fake_select(spec, *, unusable=None, **_options):
+        unusable.extend([OFFLINE, FAILED_PROBE])
+        return [HostDevice()]
+
+    monkeypatch.setattr(devices_module, "select_devices", fake_select)
+    main(["--db", str(tmp_path / "r.db"), "table", "build", "--device", "all", "--resolution", "96",
+          "--limit", "0", "--json"])
+    captured = capsys.readouterr()
+    payload = json.loads(captured.out)
+    assert payload["skipped_devices"] == [{"device_id": "192.168.1.7:5555", "error": OFFLINE},
+                                          {"device_id": "P4X", "error": FAILED_PROBE}]
+    assert f"mnas: warning: {OFFLINE}\n" in captured.err
