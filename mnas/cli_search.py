@@ -139,7 +139,7 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
     from mnas.bench.store import ResultsStore
     from mnas.search.run_store import RunStore
 
-    rows = RunStore(ResultsStore(db_path(ctx))).runs()
+    rows = RunStore(ResultsStore(db_path(ctx), create=False)).runs()
     if as_json:
         echo_json(rows)
     else:

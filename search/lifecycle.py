@@ -56,7 +56,7 @@ def open_run(database: Path, run_id: str) -> tuple[RunStore, RunConfig]:
     """The store holding `run_id` and the run's config (an unknown run fails naming the known ones)."""
     from mnas.bench.store import ResultsStore
 
-    runs = RunStore(ResultsStore(database))
+    runs = RunStore(ResultsStore(database, create=False))
     return runs, RunConfig.from_dict(runs.run_config(run_id))
 
 

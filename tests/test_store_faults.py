@@ -253,7 +253,18 @@ def test_table_plan_creates_no_database_and_leaves_a_store_as_it_was(tmp_path: P
     assert (sorted(p.name for p in db.parent.iterdir()), digest(db)) == before
 
 
-class FullAfter:
+@pytest.mark.parametrize("command", [("results", "list"), ("search", "list"), ("search", "report", "r1"),
+                                     ("table", "list"), ("table", "fit"), ("predict", "mnasnet-a1")])
+def test_commands_that_only_read_create_no_database(tmp_path: Path, command: tuple[str, ...]) -> None:
+    db = tmp_path / "sub" / "r.db"
+    out = mnas(db, *command)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [f"mnas: error: {db}: no results database here (nothing measured yet, "
+                                               "or pass --db / set MNAS_DB)"]
+    assert not db.parent.exists()
+
+
+
     """A results store whose disk fills up when the `at`-th write transaction (0-based) begins."""
 
     def __init__(self, store: ResultsStore, at: int) -> None:
