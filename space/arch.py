@@ -35,7 +35,9 @@ class LayerSig:
     squeeze-excite reduced channels (0 = no SE), `skip` the skip *as applied* ("identity",
     "pool" or "none": an identity skip whose condition fails is "none", a pooling skip on a
     same-shape layer is "identity"). For the head, `cout` is the 1x1 conv width and `classes`
-    the classifier size.
+    the classifier size; a head without the 1x1 conv (`Arch.head_filters == 0`, MobileNetV1's
+    official head: global pool + classifier on the last block's output) has `op` "fc" and
+    `cout == cin` (the width the classifier reads).
     """
 
     kind: str
@@ -155,7 +157,12 @@ def block_layers(block: BlockSpec, cin: int, h: int, w: int, act: str) -> list[L
 
 @dataclass(frozen=True)
 class Arch:
-    """Stem + blocks + head; immutable, hashable, with a canonical string."""
+    """Stem + blocks + head; immutable, hashable, with a canonical string.
+
+    `head_filters` is the width of the 1x1 head conv before global pooling and the classifier;
+    0 means no head conv (`head0`: the classifier reads the last block's output, as in
+    MobileNetV1).
+    """
 
     blocks: tuple[BlockSpec, ...]
     stem_filters: int = 32
@@ -168,8 +175,9 @@ class Arch:
             raise MnasError("arch: field 'blocks' is empty: expected at least one block string")
         if self.stem_filters < 1:
             raise MnasError(f"arch: field 'stem' = {self.stem_filters}: expected filters >= 1")
-        if self.head_filters < 1:
-            raise MnasError(f"arch: field 'head' = {self.head_filters}: expected filters >= 1")
+        if self.head_filters < 0:
+            raise MnasError(f"arch: field 'head' = {self.head_filters}: expected filters >= 1, "
+                            "or 0 for no head conv (global pool + classifier only)")
         if self.activation not in ACTIVATIONS:
             raise MnasError(f"arch: field 'activation' = {self.activation!r}: expected one of {ACTIVATIONS}")
         self.layers(32)  # validates channel chaining once, at construction
@@ -223,7 +231,12 @@ class Arch:
             layers = block_layers(block, cin, h, w, self.activation)
             out.extend(layers)
             cin, h, w = layers[-1].cout, layers[-1].out_h, layers[-1].out_w
-        out.append(LayerSig(kind="head", op="head", cin=cin, cout=self.head_filters, h=h, w=w, act=self.activation, classes=num_classes))
+        if self.head_filters:
+            out.append(LayerSig(kind="head", op="head", cin=cin, cout=self.head_filters, h=h, w=w,
+                                act=self.activation, classes=num_classes))
+        else:  # no head conv: global pool + classifier on the last block's `cin` channels
+            out.append(LayerSig(kind="head", op="fc", cin=cin, cout=cin, h=h, w=w, act=self.activation,
+                                classes=num_classes))
         return out
 
     def to_json(self) -> str:

@@ -42,9 +42,10 @@ def layer_cost(layer: LayerSig) -> Cost:
     if layer.kind == "stem":
         return conv_cost(layer.cin, layer.cout, layer.kernel, oh, ow)
     if layer.kind == "head":
-        conv = conv_cost(layer.cin, layer.cout, 1, layer.h, layer.w)
         fc = Cost(layer.cout * layer.classes + layer.classes, layer.cout * layer.classes)
-        return conv + fc
+        if layer.op == "fc":  # no head conv (Arch head0): pool + classifier only
+            return fc
+        return conv_cost(layer.cin, layer.cout, 1, layer.h, layer.w) + fc
     total = ZERO
     se_width = layer.mid
     if layer.op == "conv":

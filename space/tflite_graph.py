@@ -11,7 +11,8 @@ compute exactly the function of `torch_model` (NHWC instead of NCHW):
 * identity skip: ADD; pool skip: AVERAGE_POOL_2D (window = stride, SAME, TFLite averages over
   the in-bounds elements only, like `count_include_pad=False`) when the stride is 2, then a
   1x1 CONV_2D (BN folded, no act) when the channels change, then ADD;
-* head: CONV_2D 1x1 (act) -> MEAN over H,W -> FULLY_CONNECTED; the output is the logits.
+* head: CONV_2D 1x1 (act) -> MEAN over H,W -> FULLY_CONNECTED; the output is the logits
+  (a head of op "fc", `Arch` head0, has no CONV_2D: MEAN -> FULLY_CONNECTED).
 
 Weights arrive already in TFLite layout (`Conv`): CONV_2D filters are (out, kh, kw, in),
 DEPTHWISE_CONV_2D filters (1, kh, kw, channels), FULLY_CONNECTED weights (out, in). Where they
@@ -63,7 +64,8 @@ def weight_shapes(sig: LayerSig) -> dict[str, WeightShape]:
     if sig.kind == "stem":
         shapes["conv"] = conv(sig.cin, sig.cout, sig.kernel)
     elif sig.kind == "head":
-        shapes["conv"] = conv(sig.cin, sig.cout)
+        if sig.op != "fc":
+            shapes["conv"] = conv(sig.cin, sig.cout)
         shapes["fc"] = WeightShape((sig.classes, sig.cout), sig.classes, sig.cout)
     elif sig.op == "conv":
         shapes["conv"] = conv(sig.cin, sig.cout, sig.kernel)
@@ -99,6 +101,10 @@ def check_sig(sig: LayerSig) -> None:
         raise MnasError(f"{where}: field 'kernel' = {sig.kernel}: expected an odd size >= 1")
     if sig.kind == "head" and sig.classes < 1:
         raise MnasError(f"{where}: field 'classes' = {sig.classes}: expected >= 1")
+    if sig.kind == "head" and sig.op not in ("head", "fc"):
+        raise MnasError(f"{where}: field 'op' = {sig.op!r}: expected 'head' or 'fc' (no head conv)")
+    if sig.kind == "head" and sig.op == "fc" and sig.cout != sig.cin:
+        raise MnasError(f"{where}: field 'cout' = {sig.cout}: expected cin = {sig.cin} for a head without conv")
     if sig.kind != "block":
         return
     if sig.op not in ("conv", "dsconv", "mbconv"):
@@ -179,7 +185,9 @@ class _Emitter:
         return out
 
     def head(self, x: int, sig: LayerSig, w: dict[str, Conv], name: str) -> int:
-        y = self.conv(x, w["conv"], f"{name}/conv", (1, sig.h, sig.w, sig.cout), 1, ACTIVATIONS[sig.act])
+        y = x
+        if "conv" in w:
+            y = self.conv(x, w["conv"], f"{name}/conv", (1, sig.h, sig.w, sig.cout), 1, ACTIVATIONS[sig.act])
         pooled = self.g.activation(f"{name}/mean", (1, sig.cout))
         self.g.op(Op.MEAN, (y, self.axes()), (pooled,), keep_dims=False)
         fc = w["fc"]

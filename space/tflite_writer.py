@@ -112,9 +112,10 @@ def _module_layer(sig: LayerSig, module: Any) -> dict[str, Conv]:
             weights = {"conv": _fold_conv_bn(module, depthwise=False)}
         elif sig.kind == "head":
             fc = module.fc
-            weights = {"conv": _fold_conv_bn(module.conv, depthwise=False),
-                       "fc": Conv(np.ascontiguousarray(_numpy(fc.weight), dtype=np.float32),
+            weights = {"fc": Conv(np.ascontiguousarray(_numpy(fc.weight), dtype=np.float32),
                                   _numpy(fc.bias).astype(np.float32))}
+            if sig.op != "fc":
+                weights["conv"] = _fold_conv_bn(module.conv, depthwise=False)
         else:
             weights = {"conv": _fold_conv_bn(module.conv, depthwise=sig.op != "conv")}
             for role in ("expand", "project", "shortcut"):

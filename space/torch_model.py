@@ -115,12 +115,12 @@ class MnasLayer(nn.Module):
 
 
 class Head(nn.Module):
-    """1x1 conv-BN-act -> global average pool -> dropout -> fully connected."""
+    """1x1 conv-BN-act -> global average pool -> dropout -> fully connected (no conv: op "fc")."""
 
     def __init__(self, sig: LayerSig, dropout: float = 0.2) -> None:
         super().__init__()
         self.sig = sig
-        self.conv = ConvBN(sig.cin, sig.cout, 1, act=sig.act)
+        self.conv = ConvBN(sig.cin, sig.cout, 1, act=sig.act) if sig.op != "fc" else nn.Identity()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(sig.cout, sig.classes)
 
