@@ -8,7 +8,10 @@ store needs no cross-thread connection sharing. Ctrl-C stops the workers; every 
 stored is whole, and the layers in flight are simply measured again on the next run.
 The devices are locked for the whole build (`bench.device_lock`) before the table is read,
 so a second build (or `mnas bench`) on the same phone waits instead of timing on the same
-core at once, and then skips what the first stored.
+core at once, and then skips what the first stored. With a `HealPolicy`, a healing pass
+follows the measuring one under the same lock, through the same pool and guard: entries
+flagged contended or throttled and entries the learned layer model calls outliers are
+measured again until the table is stable (`predictor.heal`).
 """
 
 from __future__ import annotations
@@ -26,8 +29,24 @@ from mnas.bench.store import StoreWriteError
 from mnas.bench.tempdirs import owned_temp_dir
 from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement, latency_ms
 from mnas.errors import MeasurementError, MnasError
+from mnas.predictor.heal import (
+    HealPolicy,
+    HealReport,
+    count_reasons,
+    outlier_scores,
+    settle,
+    suspects,
+    table_statistic,
+)
 from mnas.predictor.layers import enumerate_layers
-from mnas.predictor.table import TableEntry, TableMeta, add_entry, open_table, retake_reasons
+from mnas.predictor.table import (
+    TableEntry,
+    TableMeta,
+    add_entry,
+    load_table,
+    open_table,
+    retake_reasons,
+)
 from mnas.space.arch import LayerSig
 from mnas.space.search_space import SearchSpace
 
@@ -55,6 +74,7 @@ class BuildResult:
     per_device: dict[str, int] = field(default_factory=dict)  # device id -> layers stored
     failures: list[str] = field(default_factory=list)  # one line per device that stopped on an error
     retaken: int = 0  # stored entries measured again because they may not be reused (throttled, contended)
+    heal: HealReport | None = None  # the healing pass, when one ran (its re-takes are not in `measured`)
 
     @property
     def seconds_per_layer(self) -> float | None:
@@ -65,7 +85,7 @@ class BuildResult:
                 "already_stored": self.already_stored, "measured": self.measured, "remaining": self.remaining,
                 "elapsed_s": self.elapsed_s, "seconds_per_layer": self.seconds_per_layer,
                 "per_device": dict(self.per_device), "failures": list(self.failures),
-                "retaken": self.retaken}
+                "retaken": self.retaken, "heal": None if self.heal is None else self.heal.to_dict()}
 
 
 def table_meta(table_name: str, profiles: Sequence[DeviceProfile], resolution: int, config: BenchConfig,
@@ -86,7 +106,8 @@ def build_table(space: SearchSpace, resolution: int, devices: Sequence[Device], 
                 config: BenchConfig, limit: int | None = None, writer: LayerWriter = default_writer,
                 progress: bool = True, space_name: str = "mnasnet", num_classes: int = 1000,
                 layers: Sequence[LayerSig] | None = None,
-                guard: ContentionGuard | None = LAYER_GUARD, lock_timeout_s: float | None = None) -> BuildResult:
+                guard: ContentionGuard | None = LAYER_GUARD, lock_timeout_s: float | None = None,
+                heal: HealPolicy | None = None) -> BuildResult:
     """Measure the layers of `space` at `resolution` missing from table `table_name`.
 
     `limit` caps how many layers this call measures (small builds, tests). `layers`
@@ -97,7 +118,9 @@ def build_table(space: SearchSpace, resolution: int, devices: Sequence[Device], 
     half-written remains. A write the store refuses (disk full, read-only) stops the build with
     one StoreWriteError line saying how many layers are stored; a re-run resumes. `guard`
     re-measures (once by default) host layers slower than a scheduler slice that were timed
-    while other processes shared the core (`contention`).
+    while other processes shared the core (`contention`). `heal` (a `HealPolicy`; None: no
+    healing) runs the healing pass on the table once the measuring is done, even when this
+    call measured nothing (`limit=0` heals only); its report is `BuildResult.heal`.
     """
     if not devices:
         raise MnasError("build_table: no devices: expected at least one device to measure on")
@@ -105,13 +128,13 @@ def build_table(space: SearchSpace, resolution: int, devices: Sequence[Device], 
         raise MnasError(f"limit = {limit}: expected a layer count >= 0")
     with hold_devices(devices, lock_timeout_s):  # before the table is read: see the module docstring
         return _build_table(space, resolution, devices, store, table_name, config, limit, writer, progress,
-                            space_name, num_classes, layers, guard)
+                            space_name, num_classes, layers, guard, heal)
 
 
 def _build_table(space: SearchSpace, resolution: int, devices: Sequence[Device], store: Any, table_name: str,
                  config: BenchConfig, limit: int | None, writer: LayerWriter, progress: bool, space_name: str,
                  num_classes: int, layers: Sequence[LayerSig] | None,
-                 guard: ContentionGuard | None) -> BuildResult:
+                 guard: ContentionGuard | None, heal: HealPolicy | None) -> BuildResult:
     started = time.monotonic()
     profiles = [device.profile() for device in devices]
     meta = table_meta(table_name, profiles, resolution, config, space_name, num_classes)
@@ -125,11 +148,7 @@ def _build_table(space: SearchSpace, resolution: int, devices: Sequence[Device],
     result = BuildResult(table_id=table_id, table_name=table_name, total_layers=len(all_layers),
                          already_stored=already, measured=0, remaining=len(all_layers) - already,
                          elapsed_s=0.0, per_device={d.device_id: 0 for d in devices})
-    if not pending:
-        result.elapsed_s = time.monotonic() - started
-        return result
 
-    bar = _progress_bar(len(pending), table_name, progress)
     with owned_temp_dir("table") as tmp:
         workdir = Path(tmp)
 
@@ -142,28 +161,118 @@ def _build_table(space: SearchSpace, resolution: int, devices: Sequence[Device],
             finally:
                 path.unlink(missing_ok=True)
 
-        def keep(layer: LayerSig, device_id: str, measurement: Measurement) -> None:
-            _store_entry(store, table_id, layer, device_id, measurement, result, replace=layer.key in reasons)
-            bar.update(1)
-            bar.set_postfix_str(f"{layer.kind}:{layer.op} {latency_ms(measurement):.3f} ms")
+        working = list(devices)
+        if pending:
+            working = _measure_pass(devices, pending, measure, store, table_id, table_name, reasons, result,
+                                    len(all_layers) - already, progress, started)
+        if heal is not None and working:
+            try:
+                result.heal = _heal_pass(working, measure, store, table_id, table_name, heal, result, progress)
+            except StoreWriteError as exc:
+                raise StoreWriteError(f"{exc}; table {table_name!r}: healing stopped; every stored entry is whole: "
+                                      "fix the cause and re-run to resume", exc.cause) from None
+    result.elapsed_s = time.monotonic() - started
+    return result
 
-        try:
-            pool = run_device_pool(devices, pending, measure, keep, name="table")
-        except StoreWriteError as exc:  # disk full, read-only: every entry stored so far is whole and kept
-            remaining = len(all_layers) - already - result.measured
-            raise StoreWriteError(f"{exc}; table {table_name!r}: {result.measured} layers stored by this build, "
-                                  f"{remaining} remaining: fix the cause and re-run to resume", exc.cause) from None
-        finally:
-            bar.close()
-            result.remaining = len(all_layers) - already - result.measured
-            result.elapsed_s = time.monotonic() - started
+
+def _measure_pass(devices: Sequence[Device], pending: list[LayerSig], measure: Callable[[Device, LayerSig], Measurement],
+                  store: Any, table_id: int, table_name: str, reasons: dict[str, str | None], result: BuildResult,
+                  missing: int, progress: bool, started: float) -> list[Device]:
+    """Measure `pending` through the pool, storing each entry as it arrives; the devices still working."""
+    bar = _progress_bar(len(pending), table_name, progress)
+
+    def keep(layer: LayerSig, device_id: str, measurement: Measurement) -> None:
+        _store_entry(store, table_id, layer, device_id, measurement, result, replace=layer.key in reasons)
+        bar.update(1)
+        bar.set_postfix_str(f"{layer.kind}:{layer.op} {latency_ms(measurement):.3f} ms")
+
+    try:
+        pool = run_device_pool(devices, pending, measure, keep, name="table")
+    except StoreWriteError as exc:  # disk full, read-only: every entry stored so far is whole and kept
+        remaining = missing - result.measured
+        raise StoreWriteError(f"{exc}; table {table_name!r}: {result.measured} layers stored by this build, "
+                              f"{remaining} remaining: fix the cause and re-run to resume", exc.cause) from None
+    finally:
+        bar.close()
+        result.remaining = missing - result.measured
+        result.elapsed_s = time.monotonic() - started
     result.failures.extend(f"device {device_id}: {type(error).__name__}: {error}" for device_id, error in pool.retired)
     if pool.all_retired(devices):
         raise MeasurementError(
             f"latency table {table_name!r}: every device failed (first: {result.failures[0]}); "
             f"{result.measured} layers stored, {result.remaining} remaining: fix the device and re-run to resume"
         ) from pool.retired[0][1]
-    return result
+    retired = {device_id for device_id, _ in pool.retired}
+    return [device for device in devices if device.device_id not in retired]
+
+
+def _heal_pass(devices: list[Device], measure: Callable[[Device, LayerSig], Measurement], store: Any, table_id: int,
+               table_name: str, policy: HealPolicy, result: BuildResult, progress: bool) -> HealReport:
+    """Re-take suspect entries (flagged, outliers) round after round until none is left (see `predictor.heal`)."""
+    report = HealReport()
+    touched: set[str] = set()
+    for round_no in range(1, policy.max_rounds + 1):
+        table = load_table(store, table_id, allow_empty=True)
+        report.table_entries = len(table)
+        if not table.entries:
+            break
+        statistic = table_statistic(table)
+        scores, sd = outlier_scores(table, policy, statistic) if policy.outliers else ({}, None)
+        if report.robust_sd is None:
+            report.robust_sd = sd
+        found = suspects(table, policy, statistic, scores, sd)
+        report.left = len(found)
+        if not found:
+            break
+        counts = count_reasons(found)
+        row = {"round": round_no, "suspects": len(found), "by_reason": counts, "replaced": 0, "confirmed": 0,
+               "robust_sd": sd}
+        report.per_round.append(row)
+        report.rounds = round_no
+        bar = _progress_bar(len(found), f"{table_name} heal {round_no}", progress)
+
+        def keep(layer: LayerSig, device_id: str, measurement: Measurement, table: Any = table,
+                 found: dict[str, str] = found, statistic: str = statistic, row: dict[str, Any] = row,
+                 bar: Any = bar) -> None:
+            reason = found[layer.key]
+            with store.transaction():  # the re-take's evidence and the entry kept: together or neither
+                measurement_id = store.add_measurement(measurement, label=f"layer {layer.key}", force=True)
+                new = TableEntry.from_measurement(layer.key, measurement, measurement_id=measurement_id)
+                kept, replaced, confirmed = settle(table.entries[layer.key], new, reason, statistic, policy.agree)
+                add_entry(store, table_id, kept, replace=True)
+            report.retaken += 1
+            report.by_reason[reason] = report.by_reason.get(reason, 0) + 1
+            touched.add(layer.key)
+            report.entries = len(touched)
+            row["replaced"] += int(replaced)
+            row["confirmed"] += int(confirmed)
+            report.replaced += int(replaced)
+            report.confirmed += int(confirmed)
+            bar.update(1)
+            bar.set_postfix_str(f"{reason} {latency_ms(measurement):.3f} ms")
+
+        jobs = [LayerSig.from_key(key) for key in found]
+        try:
+            pool = run_device_pool(devices, jobs, measure, keep, name="table-heal")
+        finally:
+            bar.close()
+        result.failures.extend(f"device {device_id}: {type(error).__name__}: {error}"
+                               for device_id, error in pool.retired)
+        retired = {device_id for device_id, _ in pool.retired}
+        devices = [device for device in devices if device.device_id not in retired]
+        if not devices:
+            raise MeasurementError(f"latency table {table_name!r}: every device failed while healing "
+                                   f"(first: {result.failures[0]}); {report.retaken} entries re-taken: "
+                                   "fix the device and re-run to resume") from pool.retired[0][1]
+        if row["replaced"] == 0:  # no figure changed: a refit would find these suspects again, less the confirmed
+            report.left = len(found) - row["confirmed"]
+            break
+    else:
+        if policy.max_rounds > 0:  # the cap: are any suspects left?
+            table = load_table(store, table_id, allow_empty=True)
+            report.left = len(suspects(table, policy, table_statistic(table))) if table.entries else 0
+    report.stable = report.left == 0
+    return report
 
 
 DEFAULT_PER_LAYER_S = 2.0  # a phone: push, warm-up and 50 runs of a small model, cool-down
