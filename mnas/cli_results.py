@@ -1,8 +1,11 @@
-"""`mnas results`: look at and export what the results store holds.
+"""`mnas results`: look at, export and import what the results store holds.
 
-`list` shows one row per measurement (newest first); `export` writes every measurement with
+`list` shows one row per measurement (newest first), then the published figures (phone
+latencies others measured and published, imported with `import`; they are flagged, carry
+their source, and are never reused as measurements); `export` writes every measurement with
 all its queryable conditions to CSV or Parquet for analysis elsewhere, atomically so a reader
-never sees half a file. Both only read, so both work on a read-only store.
+never sees half a file. Both only read, so both work on a read-only store. `import` adds a
+CSV of published figures (`mnas.bench.published`): all or nothing, idempotent.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import datetime as dt
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -22,24 +26,43 @@ _FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 @click.group(cls=DefaultGroup, default_command="list")
 def results() -> None:
-    """Stored measurements: `list` (default) and `export`."""
+    """Stored measurements and published figures: `list` (default), `export`, `import`."""
 
 
 def _iso(timestamp: float) -> str:
     return dt.datetime.fromtimestamp(timestamp).isoformat(timespec="seconds")
 
 
+def _published_row(figure: Any) -> dict[str, Any]:
+    return {
+        "id": figure.figure_id, "published": True, "device": figure.device_name, "model": figure.model_name,
+        "family": figure.family, "arch": figure.arch, "multiplier": figure.multiplier,
+        "resolution": figure.resolution, "latency_ms": figure.latency_ms, "source": figure.source,
+        "runtime": figure.runtime, "threads": figure.threads, "column": figure.column, "unit": figure.unit,
+        "imported_at": figure.imported_at, "metadata": figure.metadata,
+    }
+
+
 @results.command("list")
 @json_option
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Newest N measurements.")
+              help="Newest N measurements (and at most N published figures).")
+@click.option("--device", "device", default=None,
+              help="Only this device: its name (pixel1) or id (serial, host).")
 @click.pass_context
-def list_cmd(ctx: click.Context, as_json: bool, limit: int) -> None:
-    """One row per measurement: id, time, device, model, runtime, median_ms, cv, throttled."""
+def list_cmd(ctx: click.Context, as_json: bool, limit: int, device: str | None) -> None:
+    """One row per measurement: id, time, device, model, runtime, median_ms, cv, throttled;
+    then the published figures (not measured here): device, model, latency_ms, source, ..."""
+    from mnas.bench.published import published_figures
     from mnas.bench.store import ResultsStore
 
     with ResultsStore(db_path(ctx), create=False) as store:
-        rows = store.recent_measurements(limit)
+        rows = store.recent_measurements(None if device is not None else limit)
+        if device is not None:
+            rows = [r for r in rows if device in (r["device_name"], r["device_id"])][:limit]
+        figures = published_figures(store, device)
+    more_figures = max(0, len(figures) - limit)
+    figures = figures[:limit]
     payload = [
         {
             "id": row["id"],
@@ -54,24 +77,83 @@ def list_cmd(ctx: click.Context, as_json: bool, limit: int) -> None:
             "median_ms": row["median_ms"],
             "cv": row["cv"],
             "throttled": bool(row["throttled"]),
+            "published": False,
         }
         for row in rows
     ]
+    published = [_published_row(f) for f in figures]
     if as_json:
-        echo_json(payload)
+        echo_json(payload + published)
         return
-    echo_table(
-        [
-            {
-                "id": r["id"], "time": r["time"], "device": r["device"], "model": r["model"],
-                "runtime": r["runtime"], "median_ms": f"{r['median_ms']:.3f}",
-                "cv": "-" if r["cv"] is None else f"{r['cv']:.3f}",
-                "throttled": "yes" if r["throttled"] else "no",
-            }
-            for r in payload
-        ],
-        ["id", "time", "device", "model", "runtime", "median_ms", "cv", "throttled"],
-    )
+    if rows or not published:
+        echo_table(
+            [
+                {
+                    "id": r["id"], "time": r["time"], "device": r["device"], "model": r["model"],
+                    "runtime": r["runtime"], "median_ms": f"{r['median_ms']:.3f}",
+                    "cv": "-" if r["cv"] is None else f"{r['cv']:.3f}",
+                    "throttled": "yes" if r["throttled"] else "no",
+                }
+                for r in payload
+            ],
+            ["id", "time", "device", "model", "runtime", "median_ms", "cv", "throttled"],
+        )
+    if published:
+        click.echo(("\n" if rows else "") + "published figures (measured elsewhere, not here; never reused as "
+                   "measurements):")
+        echo_table(
+            [
+                {
+                    "id": r["id"], "device": r["device"], "model": r["model"], "family": r["family"],
+                    "multiplier": f"{r['multiplier']:g}", "resolution": r["resolution"],
+                    "latency_ms": f"{r['latency_ms']:.3f}", "runtime": r["runtime"] or "-",
+                    "threads": r["threads"] or "-", "source": r["source"],
+                }
+                for r in published
+            ],
+            ["id", "device", "model", "family", "multiplier", "resolution", "latency_ms", "runtime", "threads",
+             "source"],
+        )
+        if more_figures:
+            click.echo(f"({more_figures} more published figures: raise --limit)")
+
+
+@results.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--device", "device", required=True, help="The phone the figures were measured on (e.g. pixel1).")
+@click.option("--source", required=True, help="Where they were published (paper, README, repository file).")
+@click.option("--runtime", default=None, help="Runtime the source states (e.g. 'TFLite float').")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads the source states.")
+@click.option("--column", default=None,
+              help="The latency column (default latency_ms), e.g. latency_ms_pixel1 or 'pixel4|1large|float|mean'.")
+@click.option("--unit", type=click.Choice(["ms", "us"]), default=None,
+              help="Unit of that column (default: from its name: *_ms is ms, phone|cores|type|stat is us).")
+@json_option
+@click.pass_context
+def import_cmd(ctx: click.Context, file: Path, device: str, source: str, runtime: str | None,
+               threads: int | None, column: str | None, unit: str | None, as_json: bool) -> None:
+    """Import published end-to-end latencies from FILE.csv as figures with provenance.
+
+    Columns: model (zoo name, arch string, mobilenet_v1/v2_<m>_<res> or a mapped pytorchcv
+    name), multiplier (or depth_multiplier), resolution, and the latency column; the others
+    are kept as metadata. A model mnas cannot express is skipped with one warning line; a
+    structural error (missing column, bad latency) stores nothing and exits 2. A re-import
+    adds nothing.
+    """
+    from mnas.bench.published import import_published
+    from mnas.bench.store import ResultsStore
+
+    with ResultsStore(db_path(ctx)) as store:
+        report = import_published(store, file, device=device, source=source, runtime=runtime,
+                                  threads=threads, column=column, unit=unit)
+    for row, (name, reason) in zip(report.skipped_rows, report.skipped, strict=True):
+        click.echo(f"mnas: warning: {file}: row {row}: model {name!r} skipped: {reason}", err=True)
+    if as_json:
+        echo_json(report.to_dict())
+        return
+    click.echo(f"imported {report.imported} published figures for {report.device} from {file} "
+               f"(column {report.column}, {report.unit}); {report.already_stored} already stored, "
+               f"{len(report.skipped)} skipped")
 
 
 @results.command("export")
