@@ -424,9 +424,16 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
         echo_json({"tables": tables, "predictors": predictor_rows})
         return
     click.echo("tables:")
-    echo_table([{"id": t["id"], "name": t["name"], "device": t["device"], "runtime": t["runtime"],
+    echo_table([{"id": t["id"], "name": t["name"], "kind": t["kind"], "device": t["device"], "runtime": t["runtime"],
                  "version": t["runtime_version"], "resolution": t["resolution"], "entries": t["entries"],
                  "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(t["created"]))} for t in tables])
+    for t in tables:
+        provenance = t["provenance"]
+        if provenance:
+            unmapped = len(provenance.get("unmapped") or [])
+            click.echo(f"table {t['name']}: {provenance.get('note') or t['kind'] + ', not measured here'}: "
+                       f"{provenance.get('source', '?')} ({provenance.get('source_file', '?')})"
+                       f"{f'; {unmapped} source keys without a mnas layer' if unmapped else ''}")
     click.echo("predictors:")
     echo_table([{k: _fmt(v) for k, v in row.items() if k != "created"} for row in predictor_rows])
 
@@ -452,13 +459,29 @@ def export_cmd(ctx: click.Context, name: str, output: str, as_json: bool) -> Non
 
 @table.command("import")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--name", "new_name", default=None, help="Store under this name (default: the file's).")
+@click.option("--name", "new_name", default=None,
+              help="Store under this name (default: the file's; proxylessnas: <device>-r224-proxylessnas-lut).")
+@click.option("--format", "file_format", type=click.Choice(("mnas", "proxylessnas")), default="mnas",
+              show_default=True,
+              help="mnas: a file written by `mnas table export`; proxylessnas: a published per-block lookup "
+                   "table (YAML, key -> {count, mean, var}), stored as a published table.")
+@click.option("--device", "device_name", default=None,
+              help="proxylessnas: the device the table was measured on (e.g. pixel1); required.")
+@click.option("--source", "source_text", default=None,
+              help="proxylessnas: where the table was published (kept in its provenance).")
 @json_option
 @click.pass_context
-def import_cmd(ctx: click.Context, file: str, new_name: str | None, as_json: bool) -> None:
-    """Add a table file written by `mnas table export` to the store."""
+def import_cmd(ctx: click.Context, file: str, new_name: str | None, file_format: str, device_name: str | None,
+               source_text: str | None, as_json: bool) -> None:
+    """Add a table file to the store: an export of `mnas table export`, or a published lookup table."""
     from mnas.predictor.table import import_table, save_table
 
+    if file_format == "proxylessnas":
+        _import_published(ctx, file, new_name, device_name, source_text, as_json)
+        return
+    for option, value in (("--device", device_name), ("--source", source_text)):
+        if value is not None:
+            raise MnasError(f"{option} {value!r}: expected only with --format proxylessnas (an export names its device)")
     loaded = import_table(file)
     with _store(ctx) as store:
         table_id = save_table(store, loaded, new_name)
@@ -471,6 +494,30 @@ def import_cmd(ctx: click.Context, file: str, new_name: str | None, as_json: boo
     else:
         click.echo(f"imported table {name} (id {table_id}): {len(loaded)} entries, {loaded.meta.device_name}, "
                    f"{loaded.meta.runtime} {loaded.meta.runtime_version}, resolution {loaded.meta.resolution}")
+
+
+def _import_published(ctx: click.Context, file: str, name: str | None, device_name: str | None,
+                      source_text: str | None, as_json: bool) -> None:
+    """`mnas table import --format proxylessnas`: one transaction, unmapped keys listed."""
+    from mnas.predictor.published_lut import import_proxylessnas_lut, parse_proxylessnas_lut
+
+    if device_name is None:
+        raise MnasError("--format proxylessnas: --device missing: expected the device the table was measured on, "
+                        "such as --device pixel1")
+    parse_proxylessnas_lut(file)  # a malformed file is refused before any store is opened or created
+    with _store(ctx) as store:
+        result = import_proxylessnas_lut(store, file, device=device_name, name=name, source=source_text)
+    if as_json:
+        echo_json(result.to_dict())
+        return
+    click.echo(f"imported published table {result.table} (id {result.table_id}): {result.entries} mnas layers "
+               f"from {result.keys} keys of {file}, device {result.device} (published, not measured here)")
+    if result.unmapped:
+        click.echo(f"{len(result.unmapped)} keys have no mnas layer (recorded in the table's provenance):")
+        for key, reason in result.unmapped:
+            click.echo(f"  {key}: {reason}")
+    else:
+        click.echo("every key has a mnas layer")
 
 
 # ------------------------------------------------------------------------------------ predict

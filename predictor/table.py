@@ -160,21 +160,42 @@ class TableEntry:
         )
 
 
+# Where a table's figures come from: "measured" here by `mnas table build`, "published" by
+# others and imported (`mnas table import --format proxylessnas`), or "transferred" from
+# another device's table by a model. Only measured tables may be extended by a build.
+TABLE_KINDS: tuple[str, ...] = ("measured", "published", "transferred")
+
+
 @dataclass(frozen=True)
 class TableMeta:
-    """What a table is valid for."""
+    """What a table is valid for, and where its figures come from.
+
+    `kind` is one of `TABLE_KINDS`; `provenance` (JSON-native) says where a table that was
+    not measured here came from: source file and text, what its statistics mean, and the
+    source's keys that have no mnas layer. Tables stored before these fields existed read
+    back as kind "measured" with no provenance (the metadata is JSON: no migration needed).
+    """
 
     name: str
     device_name: str
     runtime: str
     runtime_version: str
     resolution: int
-    conditions: str  # BenchConfig.conditions_key()
+    conditions: str  # BenchConfig.conditions_key(); a published table: "published:<format>"
     pinned_core: int | None = None
     device_ids: tuple[str, ...] = ()
     space: str = "mnasnet"
     num_classes: int = 1000
     created: float = field(default_factory=time.time)
+    kind: str = "measured"
+    provenance: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in TABLE_KINDS:
+            raise MnasError(f"latency table {self.name!r}: kind {self.kind!r}: expected one of {list(TABLE_KINDS)}")
+        if not isinstance(self.provenance, dict):
+            raise MnasError(f"latency table {self.name!r}: provenance is {type(self.provenance).__name__}: "
+                            "expected an object")
 
     @classmethod
     def from_profile(cls, name: str, profile: DeviceProfile, resolution: int, config: BenchConfig,
@@ -198,13 +219,14 @@ class TableMeta:
         try:
             values = dict(data)
             values["device_ids"] = tuple(values.get("device_ids") or ())
+            values["provenance"] = dict(values.get("provenance") or {})
             return cls(**values)
         except TypeError as exc:
             raise MnasError(f"{source}: {exc}: expected fields {sorted(known)}") from None
 
     def mismatch(self, other: TableMeta) -> str | None:
         """The first field on which a build under `other` may not extend this table, or None."""
-        for name in ("device_name", "runtime", "runtime_version", "resolution", "conditions",
+        for name in ("kind", "device_name", "runtime", "runtime_version", "resolution", "conditions",
                      "pinned_core", "space", "num_classes"):
             mine, theirs = getattr(self, name), getattr(other, name)
             if mine != theirs:
@@ -363,25 +385,47 @@ def load_table(store: Store, table: str | int, *, resolution: int | None = None,
 
 
 def list_tables(store: Store) -> list[dict[str, Any]]:
-    """One row per table: id, name, device, runtime, version, resolution, conditions, entries, created."""
+    """One row per table: id, name, device, runtime, version, resolution, conditions, entries,
+    created, kind ("measured", "published", "transferred") and provenance (an object; empty
+    for a measured table)."""
     ensure_schema(store)
     rows = store.read(
         "SELECT t.id, t.name, t.device, t.runtime, t.version, t.resolution, t.conditions, t.created, "
-        "(SELECT COUNT(*) FROM table_entries e WHERE e.table_id = t.id) FROM latency_tables t ORDER BY t.id")
+        "(SELECT COUNT(*) FROM table_entries e WHERE e.table_id = t.id), t.meta FROM latency_tables t ORDER BY t.id")
     keys = ("id", "name", "device", "runtime", "runtime_version", "resolution", "conditions", "created", "entries")
-    return [dict(zip(keys, row, strict=True)) for row in rows]
+    out = []
+    for row in rows:
+        item = dict(zip(keys, row[:-1], strict=True))
+        meta = json.loads(row[-1])
+        item["kind"] = meta.get("kind", "measured")
+        item["provenance"] = meta.get("provenance") or {}
+        out.append(item)
+    return out
+
+
+def store_table(store: Store, meta: TableMeta, entries: Iterable[TableEntry]) -> int:
+    """Insert a new table named `meta.name` and all its entries in ONE transaction; returns its id.
+
+    Nothing is stored unless everything is: a name already taken, a repeated layer key or a
+    failed write leaves the store as it was.
+    """
+    ensure_schema(store)
+    with store.transaction() as conn:
+        if conn.execute("SELECT 1 FROM latency_tables WHERE name = ?", (meta.name,)).fetchone() is not None:
+            raise MnasError(f"latency table {meta.name!r} already exists in the store: expected a new name")
+        table_id = _insert_table(conn, meta)
+        for entry in entries:
+            if not add_entry(store, table_id, entry):  # joins this transaction
+                raise MnasError(f"latency table {meta.name!r}: layer key {entry.layer_key!r} repeated: "
+                                "expected each key once")
+    return table_id
 
 
 def save_table(store: Store, table: LatencyTable, name: str | None = None) -> int:
-    """Insert a whole table (e.g. an imported file) under `name` (default: its own); returns its id."""
+    """Insert a whole table (e.g. an imported file) under `name` (default: its own), in one
+    transaction (`store_table`); returns its id."""
     meta = replace(table.meta, name=name) if name else table.meta
-    if find_table(store, meta.name) is not None:
-        raise MnasError(f"latency table {meta.name!r} already exists in the store: expected a new name")
-    with store.transaction() as conn:
-        table_id = _insert_table(conn, meta)
-    for entry in table.entries.values():
-        add_entry(store, table_id, entry)
-    return table_id
+    return store_table(store, meta, table.entries.values())
 
 
 # ----------------------------------------------------------------------------------- file I/O
