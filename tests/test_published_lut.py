@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,16 @@ from mnas.predictor.published_lut import (
     import_proxylessnas_lut,
     parse_proxylessnas_lut,
 )
-from mnas.predictor.table import TableMeta, list_tables, load_table, open_table
+from mnas.predictor.table import (
+    TableMeta,
+    export_table,
+    import_table,
+    list_tables,
+    load_table,
+    open_table,
+    save_table,
+    store_table,
+)
 from mnas.space.arch import Arch, LayerSig
 from mnas.space.search_space import KERNELS, mnasnet
 from mnas.space.tflite_writer import layer_to_bytes
@@ -321,6 +331,24 @@ def test_a_build_never_extends_a_published_table(tmp_path: Path) -> None:
             open_table(store, measured)
     assert str(err.value) == (f"latency table {result.table!r}: kind is 'published': expected 'measured' "
                               "(choose another table name)")
+
+
+def test_a_published_table_exports_and_imports_with_its_provenance(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path / "lut.yaml", small_lut())
+    with ResultsStore(tmp_path / "s.db") as store:
+        result = import_proxylessnas_lut(store, path, device="pixel1")
+        original = load_table(store, result.table)
+        exported = export_table(original, tmp_path / "t.json.gz")
+        save_table(store, import_table(exported), "copy")
+        copy = load_table(store, "copy")
+        assert copy.entries == original.entries
+        assert copy.meta == replace(original.meta, name="copy")
+        assert (copy.meta.kind, copy.meta.provenance) == ("published", original.meta.provenance)
+        # a repeated layer key stores nothing of the table
+        entry = next(iter(original.entries.values()))
+        with pytest.raises(MnasError, match="layer key .* repeated: expected each key once"):
+            store_table(store, replace(original.meta, name="twice"), [entry, entry])
+        assert [t["name"] for t in list_tables(store)] == [result.table, "copy"]
 
 
 def test_old_table_metadata_reads_as_measured() -> None:
