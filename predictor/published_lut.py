@@ -40,7 +40,7 @@ import hashlib
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -75,8 +75,9 @@ _FIELD = re.compile(r"([a-z_]+):([^:]*)")
 _SHAPE = re.compile(r"(\d+)x(\d+)x(\d+)")
 
 
-class LutEntry(NamedTuple):
-    """One mnas layer of a published table: `layer, mean_ms, std_ms, count` (+ where it came from).
+@dataclass(frozen=True)
+class LutEntry:
+    """One mnas layer of a published table; unpacks as `layer, mean_ms, std_ms, count`.
 
     `source_keys` are the published keys it was made from (two for the head); `parts` the
     head's published halves as `{key, mean_ms, std_ms, count}`.
@@ -87,7 +88,10 @@ class LutEntry(NamedTuple):
     std_ms: float
     count: int
     source_keys: tuple[str, ...] = ()
-    parts: tuple[dict[str, Any], ...] = ()
+    parts: tuple[dict[str, Any], ...] = field(default=(), hash=False)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.layer, self.mean_ms, self.std_ms, self.count))
 
 
 class LutParse(NamedTuple):

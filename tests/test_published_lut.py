@@ -99,7 +99,7 @@ def test_each_key_maps_to_the_mnas_layer() -> None:
 
 def test_statistics_mean_std_count_and_the_head_sum() -> None:
     got = by_key(parse_proxylessnas_lut(small_lut()).entries)
-    layer, mean, std, count, *_ = got[STEM]
+    layer, mean, std, count = got[STEM]  # unpacks as (LayerSig, mean_ms, std_ms, count)
     assert (mean, std, count) == (4.0, 0.5, 982)
     head = got[HEAD_CONV]
     assert head.mean_ms == pytest.approx(3.5)
@@ -435,7 +435,7 @@ def test_kernel_7_layers_of_a_lut_build_write_and_run(key: str) -> None:
     """A k7 layer from a published key: torch module, .tflite, LiteRT output equal to torch's."""
     from ai_edge_litert.interpreter import Interpreter
 
-    ((sig, *_),), _ = parse_proxylessnas_lut({key: row()})
+    ((sig, _, _, _),), _ = parse_proxylessnas_lut({key: row()})
     assert sig.kernel == 7
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
