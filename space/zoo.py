@@ -133,7 +133,7 @@ _ZOO: dict[str, ZooEntry] = {
         ZooEntry("spnasnet", (
             "r1_k3_s11_e1_i32_o16_noskip", "r1_k3_s22_e3_i16_o24", "r2_k3_s11_e3_i24_o24", "r1_k5_s22_e6_i24_o40",
             "r3_k3_s11_e3_i40_o40", "r1_k5_s22_e6_i40_o80", "r3_k3_s11_e3_i80_o80", "r1_k5_s11_e6_i80_o96",
-            "r3_k5_s11_e3_i96_o96", "r1_k5_s22_e6_i96_o192", "r3_k5_s11_e6_i192_o192",
+            "r3_k5_s11_e3_i96_o96", "r4_k5_s22_e6_i96_o192",
             "r1_k3_s11_e6_i192_o320_noskip"), 32, 224,
             "Single-Path NAS (4.42M params, 333M mult-adds, 79 ms Pixel 1)", family="spnasnet"),
     )
