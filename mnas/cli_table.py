@@ -348,18 +348,33 @@ def calibrate_cmd(ctx: click.Context, device_spec: str, samples: int, seed: int,
 
 @table.command("eval")
 @network_target_options
-@click.option("--samples", type=click.IntRange(min=2), required=True, help="N held-out random networks to measure.")
+@click.option("--samples", type=click.IntRange(min=2), default=None,
+              help="N held-out random networks to measure (required unless --against stored).")
+@click.option("--against", type=click.Choice(("measured", "stored")), default="measured", show_default=True,
+              help="stored: measure nothing; score the predictor on every figure of the device stored by "
+                   "`mnas results import` (published) at each network's own resolution.")
+@click.option("--holdout", "holdout", default=None,
+              help="With --against stored: a family (e.g. mobilenet-v2) whose figures are held out: the "
+                   "network-level calibration is refitted on the other families only and the scores are on it.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Eval stream seed (disjoint from calibration seeds by construction).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Scatter PNG (default: <results>/plots/eval-<predictor>-<seed>-<N>.png).")
 @network_measure_options
 @click.pass_context
-def eval_cmd(ctx: click.Context, device_spec: str, samples: int, seed: int, resolution: int, predictor_id: int | None,
-             plot_path: str | None, runs: int, warmup: int, min_secs: float, repeats: int, tries: int,
-             min_cpu_share: float, core: int | None, benchmark_binary: str | None, timeout_s: float, retries: int,
-             as_json: bool) -> None:
-    """Measure N held-out networks and report RMSE, MAPE, ±5/±10% shares, Kendall tau and a plot."""
+def eval_cmd(ctx: click.Context, device_spec: str, samples: int | None, against: str, holdout: str | None, seed: int,
+             resolution: int, predictor_id: int | None, plot_path: str | None, runs: int, warmup: int,
+             min_secs: float, repeats: int, tries: int, min_cpu_share: float, core: int | None,
+             benchmark_binary: str | None, timeout_s: float, retries: int, as_json: bool) -> None:
+    """Measure N held-out networks (or use stored figures) and report RMSE, MAPE, ±5/±10% shares,
+    Kendall tau and a plot."""
+    if against == "stored":
+        _eval_stored(ctx, device_spec, holdout, resolution, predictor_id, plot_path, as_json)
+        return
+    if holdout is not None:
+        raise MnasError("--holdout: expected --against stored (a measured eval samples fresh networks)")
+    if samples is None:
+        raise MnasError("--samples: expected N held-out networks to measure (or --against stored)")
     from mnas.predictor.evals import evaluate_on_device
     from mnas.predictor.selection import device_predictor
 
@@ -393,6 +408,125 @@ def eval_cmd(ctx: click.Context, device_spec: str, samples: int, seed: int, reso
         c = report.coverage
         click.echo(f"layers: {c['from_table']} from the table, {c['from_fallback']} from the learned fallback")
     click.echo(f"plot: {report.plot}")
+
+
+def _eval_stored(ctx: click.Context, device_spec: str, holdout: str | None, resolution: int,
+                 predictor_id: int | None, plot_path: str | None, as_json: bool) -> None:
+    """`mnas table eval --against stored [--holdout FAMILY]`: nothing is measured."""
+    from mnas.predictor.evals import evaluate_against_figures, stored_figures
+    from mnas.predictor.selection import load_device_predictor, resolve_device_name, runtime_filter
+
+    with _store(ctx, create=False) as store:
+        device_name = resolve_device_name(device_spec, store)
+        predictor = load_device_predictor(store, device_name, resolution, runtime_filter(device_name), predictor_id,
+                                          _space("mnasnet"))
+        figures = stored_figures(store, device_name)
+        tag = f"-holdout-{holdout}" if holdout else ""
+        plot = Path(plot_path) if plot_path else (
+            db_path(ctx).parent / "plots" / f"eval-p{predictor.predictor_id}-{device_name}-stored{tag}.png")
+        report = evaluate_against_figures(predictor, figures, holdout=holdout, plot=plot,
+                                          store=store if predictor.predictor_id is not None else None,
+                                          device_name=device_name)
+    payload = {"predictor_id": predictor.predictor_id, "kind": predictor.kind, "against": "stored", **report}
+    if as_json:
+        echo_json(payload)
+        return
+    where = f"held-out family {holdout} ({report['n']} figures; calibration refitted on " \
+            f"{report['calibration']['refitted_on']} others)" if holdout else f"{report['n']} stored figures"
+    click.echo(f"predictor {predictor.predictor_id} ({predictor.kind}) on {device_name}: {where}")
+    echo_table([{"metric": k, "value": _fmt(report[k], 4)} for k in
+                ("rmse_ms", "mae_ms", "mape_pct", "max_error_pct", "within_5pct_share", "within_10pct_share",
+                 "kendall_tau")], ["metric", "value"])
+    if report["seen_in_calibration"]:
+        click.echo(f"warning: {report['seen_in_calibration']} of these figures were in the predictor's calibration "
+                   "set (use --holdout FAMILY for figures it never saw)")
+    click.echo(f"plot: {report['plot']}")
+
+
+@table.command("transfer")
+@click.option("--from", "source_name", required=True, help="The complete source table (e.g. this host's).")
+@click.option("--device", "device_name", required=True, help="Target device name (e.g. pixel1).")
+@click.option("--evidence", "evidence_tables", multiple=True,
+              help="The target's partial table(s) (default: every stored published table of the device).")
+@click.option("--figures/--no-figures", "use_figures", default=True, show_default=True,
+              help="Calibrate on the device's stored end-to-end figures (`mnas results import`).")
+@click.option("--holdout", default=None, help="Leave this family's figures out of the calibration.")
+@click.option("--measure/--no-measure", default=True, show_default=True,
+              help="Measure on this host the layers of the evidence and of the figure networks that the source "
+                   "table lacks (else the learned model fitted on the source answers them).")
+@click.option("--name", "table_name", default=None, help="Table name (default: <device>-r<res>-transfer).")
+@click.option("--export", "export_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the table, its provenance and calibration to FILE.json.gz (as shipped in "
+                   "device_configs/tables/).")
+@click.option("--resolutions", default="96,128,160,192,224", show_default=True,
+              help="Store a predictor for each of these resolutions (same entries).")
+@json_option
+@click.pass_context
+def transfer_cmd(ctx: click.Context, source_name: str, device_name: str, evidence_tables: tuple[str, ...],
+                 use_figures: bool, holdout: str | None, measure: bool, table_name: str | None,
+                 export_path: str | None, resolutions: str, as_json: bool) -> None:
+    """Build a complete table of DEVICE from a complete table of another device plus the target's
+    partial evidence (a partial layer table and/or end-to-end figures)."""
+    from mnas.predictor.evals import stored_figures
+    from mnas.predictor.table import list_tables, load_table
+    from mnas.predictor.transfer_store import (
+        figure_layers,
+        measure_extra,
+        run_transfer,
+        save_transfer,
+        source_latency,
+        write_transfer_file,
+    )
+    from mnas.space.arch import LayerSig
+
+    wanted = [int(r) for r in resolutions.split(",") if r.strip()]
+    with _store(ctx, create=False) as store:
+        source = load_table(store, source_name)
+        names = list(evidence_tables) or [t["name"] for t in list_tables(store)
+                                          if t["device"] == device_name and t.get("kind") == "published"]
+        evidence: dict[str, float] = {}
+        for name in names:
+            evidence.update(load_table(store, name).latencies("median"))
+        figures = stored_figures(store, device_name) if use_figures else []
+        if holdout:
+            figures = [f for f in figures if f.family != holdout]
+        if not evidence and not figures:
+            raise MnasError(f"device {device_name!r}: no evidence: expected a published table of it (`mnas table "
+                            "import --format proxylessnas FILE --device NAME`) or end-to-end figures "
+                            "(`mnas results import FILE --device NAME --source TEXT`)")
+        measured = 0
+        if measure:
+            needed = figure_layers(figures) + [LayerSig.from_key(k) for k in evidence]
+            measured = measure_extra(store, source, needed, progress=not as_json)
+        label = ", ".join(names) if names else ""
+        result = run_transfer(source_latency(store, source), source, device_name, name=table_name,
+                              layer_evidence=evidence, figures=figures, evidence_label=label)
+        rows = save_transfer(store, result, resolutions=wanted)
+    written = None
+    if export_path:
+        written = write_transfer_file(result, export_path, {"made_by": "mnas table transfer --from "
+                                                            f"{source_name} --device {device_name}"})
+    payload = {"table": result.table.meta.name, "device": device_name, "source_table": source_name,
+               "entries": len(result.table), "evidence_tables": names, "evidence_layers": len(evidence),
+               "figures": len(figures), "host_layers_measured": measured, "stored": rows,
+               "ratio_model": result.ratio_model.to_dict(),
+               "calibration": result.provenance.get("calibration"),
+               "source_of_entries": result.provenance.get("source_of_entries"),
+               "export": None if written is None else {"path": str(written), "size_bytes": written.stat().st_size}}
+    if as_json:
+        echo_json(payload)
+        return
+    click.echo(f"table {payload['table']}: {payload['entries']} transferred entries for {device_name} from "
+               f"{source_name} ({len(evidence)} evidence layers from {label or 'no table'}, {len(figures)} figures)")
+    model = result.ratio_model
+    click.echo(f"per-layer ratio: global {model.to_dict()['global_ratio']:.3g}x, fitted on {model.n} layers "
+               f"(alpha {model.alpha}, cross-validated log RMSE {_fmt(model.loo_rmse_log)})")
+    calibration = payload["calibration"]
+    click.echo(f"calibration: {calibration['formula'] + ' [' + calibration['form'] + ']' if calibration else 'none'}")
+    for row in rows:
+        click.echo(f"  resolution {row['resolution']}: table {row['table']}, predictor {row['predictor_id']}")
+    if written is not None:
+        click.echo(f"written {written} ({payload['export']['size_bytes']} bytes)")
 
 
 @table.command("list")
@@ -538,10 +672,15 @@ def predict(ctx: click.Context, archs: tuple[str, ...], device_spec: str, resolu
     from mnas.space.resolve import resolve_arch
 
     resolved = [(text, resolve_arch(text, multiplier)) for text in archs]
-    with _store(ctx, create=False) as store:
-        device_name = resolve_device_name(device_spec, store)
-        predictor = load_device_predictor(store, device_name, resolution, runtime_filter(device_name), predictor_id,
-                                          _space("mnasnet"))
+    if not db_path(ctx).exists() and predictor_id is None and device_spec != "host":
+        # no results store yet (a fresh clone): a table shipped for the device still answers
+        device_name = resolve_device_name(device_spec, None)
+        predictor = load_device_predictor(None, device_name, resolution, None, None, _space("mnasnet"))
+    else:
+        with _store(ctx, create=False) as store:
+            device_name = resolve_device_name(device_spec, store)
+            predictor = load_device_predictor(store, device_name, resolution, runtime_filter(device_name),
+                                              predictor_id, _space("mnasnet"))
     rows = prediction_rows(predictor, resolved)
     if as_json:
         echo_json(rows)

@@ -176,3 +176,99 @@ def list_evals(store: ReadStore, predictor_id: int | None = None) -> list[dict[s
         args = (predictor_id,)
     return read_records(store, sql + " ORDER BY id", args,
                         ("id", "predictor_id", "device_id", "seed", "samples", "conditions", "metrics", "plot", "created"))
+
+
+# ------------------------------------------------------------------------------ stored figures
+
+def stored_figures(store: Any, device_name: str, family: str | None = None) -> list[Any]:
+    """Every published figure of `device_name` in the store (`mnas results import`), as
+    `transfer.NetworkFigure`s (arch, resolution, latency, family, model name)."""
+    from mnas.bench.published import published_figures
+    from mnas.predictor.transfer import NetworkFigure
+    from mnas.space.arch import Arch
+
+    return [NetworkFigure(Arch.parse(f.arch), int(f.resolution), float(f.latency_ms), family=f.family,
+                          name=f.model_name)
+            for f in published_figures(store, device_name=device_name, family=family)]
+
+
+@dataclass
+class _Conditions:
+    key: str
+
+    def conditions_key(self) -> str:
+        return self.key
+
+
+def evaluate_against_figures(predictor: AdditivePredictor, figures: Sequence[Any], *, holdout: str | None = None,
+                             plot: Path | None = None, store: Store | None = None,
+                             device_name: str = "") -> dict[str, Any]:
+    """Score `predictor` on stored whole-network figures, measuring nothing.
+
+    Each network is summed layer by layer at its own resolution. Without `holdout` the
+    predictor's own calibration is applied, and figures it was calibrated on are counted
+    (`seen_in_calibration`) and the metrics also given without them (`unseen`). With
+    `holdout` (a family), the network-level calibration is fitted again on every figure of
+    the other families only (`transfer.fit_network_calibration`: scale or affine, by
+    leave-one-out inside them) and the metrics are computed on the held-out family alone, so
+    the reported accuracy never saw its test points.
+    """
+    from mnas.predictor.calibration import calibrated
+    from mnas.predictor.features import layer_mparams
+    from mnas.predictor.transfer import fit_network_calibration, network_sums
+
+    if not figures:
+        raise MnasError(f"no stored figures for device {device_name!r}: expected some imported with "
+                        "`mnas results import FILE --device NAME --source TEXT`")
+    figures = list(figures)
+    measured = np.asarray([f.latency_ms for f in figures])
+    sums = network_sums(predictor.predict_layers_ms, figures)
+    per = [f.arch.layers(f.resolution, f.num_classes) for f in figures]
+    counts = np.asarray([len(layers) for layers in per], dtype=np.float64)
+    mparams = np.asarray([float(layer_mparams(layers).sum()) for layers in per])
+    seen = calibration_hashes(predictor)
+    out: dict[str, Any] = {"device": device_name, "figures": len(figures), "holdout": holdout,
+                           "families": sorted({f.family for f in figures})}
+    if holdout is None:
+        predicted = calibrated(predictor.calibration_, sums, counts, mparams)
+        test = np.ones(len(figures), dtype=bool)
+        out["calibration"] = "the predictor's own" if predictor.calibration_ is not None else "none (raw layer sums)"
+    else:
+        test = np.asarray([f.family == holdout for f in figures])
+        if not test.any():
+            raise MnasError(f"--holdout {holdout!r}: no stored figure of that family for {device_name!r}: expected one "
+                            f"of {', '.join(out['families'])}")
+        train = ~test
+        provenance = (predictor.metrics or {}).get("transfer") or {}
+        networks = (provenance.get("evidence") or {}).get("networks") or []
+        ratio_n = int((provenance.get("ratio_model") or {}).get("n") or 0)
+        if not train.any() and ratio_n == 0 and any(n.get("family") == holdout for n in networks):
+            raise MnasError(f"--holdout {holdout!r}: no other family to calibrate on, and the table's global ratio "
+                            "was fitted on this family's figures: expected figures of another family")
+        calibration, info = fit_network_calibration(sums[train], measured[train])
+        predicted = sums if calibration is None else calibration.apply(sums, counts)
+        out["calibration"] = {"refitted_on": int(train.sum()), **info,
+                              **({} if calibration is None else calibration.to_dict())}
+    test_seen = np.asarray([f.arch.hash in seen for f in figures]) & test
+    out.update(evaluate(predicted[test], measured[test]))
+    out["seen_in_calibration"] = int(test_seen.sum())
+    unseen = test & ~test_seen
+    out["unseen"] = evaluate(predicted[unseen], measured[unseen]) if holdout is None and unseen.any() and \
+        test_seen.any() else None
+    out["networks"] = [{"name": f.name, "family": f.family, "arch": str(f.arch), "arch_hash": f.arch.hash,
+                        "resolution": f.resolution, "measured_ms": float(m), "predicted_ms": float(p),
+                        "error_pct": float(100.0 * (p - m) / m), "layer_sum_ms": float(s),
+                        "in_calibration_set": bool(h)}
+                       for f, m, p, s, h, t in zip(figures, measured, predicted, sums, test_seen, test, strict=True) if t]
+    if plot is not None:
+        title = (f"predictor {predictor.predictor_id} on {int(test.sum())} stored figures of {device_name}"
+                 + (f" (holdout {holdout})" if holdout else ""))
+        out["plot"] = str(scatter_png(predicted[test], measured[test], plot, title))
+    if store is not None and predictor.predictor_id is not None:
+        metrics = {k: out[k] for k in ("n", "rmse_ms", "mae_ms", "mape_pct", "max_error_pct", "within_5pct_share",
+                                       "within_10pct_share", "kendall_tau")}
+        metrics.update({"against": "stored", "holdout": holdout})
+        out["eval_id"] = save_eval(store, predictor.predictor_id, device_name, 0,
+                                   _Conditions(f"stored-figures:holdout={holdout or '-'}"), metrics, out["networks"],
+                                   None if plot is None else Path(out["plot"]))
+    return out

@@ -25,7 +25,9 @@ __all__ = [
     "host_runtime",
     "load_device_predictor",
     "resolve_device_name",
+    "ensure_shipped_predictor",
     "runtime_filter",
+    "shipped_device_predictor",
     "table_name_for",
 ]
 
@@ -179,9 +181,17 @@ def load_device_predictor(store: Any, device_name: str, resolution: int, runtime
     """
     from mnas.predictor.registry import load_predictor
 
-    predictor = load_predictor(store, predictor_id, device=None if predictor_id else device_name,
-                               resolution=None if predictor_id else resolution,
-                               runtime=None if predictor_id else runtime, space=space)
+    try:
+        if store is None:
+            raise MnasError(f"no results store: no stored predictor for {device_name!r}")
+        predictor = load_predictor(store, predictor_id, device=None if predictor_id else device_name,
+                                   resolution=None if predictor_id else resolution,
+                                   runtime=None if predictor_id else runtime, space=space)
+    except MnasError:
+        shipped = shipped_device_predictor(device_name, resolution) if predictor_id is None else None
+        if shipped is None:
+            raise
+        predictor = shipped
     if predictor.resolution != resolution:
         raise MnasError(f"predictor {predictor.predictor_id} is for resolution {predictor.resolution}: "
                         f"expected {resolution}")
@@ -195,3 +205,44 @@ def device_predictor(store: Any, devices: Sequence[Device], resolution: int, pre
         raise MnasError("predictor: no devices: expected at least one device to choose the predictor for")
     profile = devices[0].profile()
     return load_device_predictor(store, profile.device_name, resolution, profile.runtime, predictor_id, space)
+
+
+# ------------------------------------------------------------------------------ shipped tables
+
+def shipped_device_predictor(device_name: str, resolution: int, directory: Any = None) -> Any:
+    """The calibrated predictor of the table shipped in `device_configs/tables/<device>.json.gz`
+    (a transferred table: `mnas table transfer`), read directly from the file; None when none is shipped."""
+    if device_name == "host":
+        return None
+    from mnas.predictor.transfer_store import shipped_predictor
+
+    return shipped_predictor(device_name, resolution, directory)
+
+
+def ensure_shipped_predictor(store: Any, device_name: str, resolution: int, directory: Any = None) -> int | None:
+    """On first use, store the shipped table of `device_name` (at `resolution`) and its calibrated
+    predictor, so a search can pin a predictor id; returns that id, or None when the store already
+    has a predictor for (device, resolution) or nothing is shipped for the device."""
+    if device_name == "host":
+        return None
+    from mnas.predictor.registry import load_predictor
+    from mnas.predictor.transfer_store import TransferResult, save_transfer, shipped_table
+
+    try:
+        load_predictor(store, device=device_name, resolution=resolution)
+        return None
+    except MnasError:
+        pass
+    shipped = shipped_table(device_name, directory)
+    if shipped is None:
+        return None
+    base = shipped.table.meta.name
+    name = base if shipped.table.meta.resolution == resolution else f"{base}@r{resolution}"
+    from mnas.predictor.table import find_table
+
+    if find_table(store, name) is not None:
+        return None  # stored by an earlier use (its predictor was fitted then)
+    result = TransferResult(table=shipped.table, ratio_model=None, calibration=shipped.calibration,  # type: ignore[arg-type]
+                            provenance={**shipped.transfer, "shipped_file": str(shipped.path)})
+    rows = save_transfer(store, result, resolutions=(resolution,), only=resolution)
+    return rows[0]["predictor_id"]

@@ -12,8 +12,10 @@ another device (the source, e.g. this host's) plus that evidence into a table of
    same layers). The features are standardised and the intercept is not penalised, so the
    regulariser pulls every feature's effect toward zero, i.e. toward ONE global ratio: a kind
    of layer the evidence never shows (squeeze-excite, when the target table has none) gets
-   the global ratio, not an extrapolation. The strength is chosen by leave-one-out
-   cross-validation inside the evidence (`RidgeCV`), never by looking at held-out figures.
+   the global ratio, not an extrapolation. The strength is chosen by cross-validation inside
+   the evidence (leave one input size out: the table is used at sizes it never measured),
+   never by looking at held-out figures, and each feature is clipped to the range the
+   evidence spans, so a layer smaller or wider than any measured one is not extrapolated.
    Without layer evidence the ratio is one global constant (the network-level step sets it).
 2. **Per network**: the existing calibration idea (measured ~ a + b x layer sum) fitted on the
    K end-to-end figures given. With K = 6 the four-parameter calibration would fit noise, so
@@ -98,7 +100,9 @@ class RatioModel:
     scale: tuple[float, ...] = ()
     alpha: float | None = None
     n: int = 0  # layers it was fitted on
-    loo_rmse_log: float | None = None  # leave-one-out RMSE of the log ratio (the CV score that chose alpha)
+    loo_rmse_log: float | None = None  # cross-validated RMSE of the log ratio (the score that chose alpha)
+    low: tuple[float, ...] = ()  # each feature's range in the evidence: features are clipped to it
+    high: tuple[float, ...] = ()
     feature_names: tuple[str, ...] = RATIO_FEATURES
 
     @classmethod
@@ -111,7 +115,10 @@ class RatioModel:
             if tuple(self.feature_names) != RATIO_FEATURES:
                 raise MnasError("transfer ratio model: its features differ from this version's: expected one "
                                 "fitted by this mnas version (run `mnas table transfer` again)")
-            x = (ratio_features(layers) - np.asarray(self.mean)) / np.asarray(self.scale)
+            x = ratio_features(layers)
+            if self.low and self.high:  # never extrapolate past what the evidence showed
+                x = np.clip(x, np.asarray(self.low), np.asarray(self.high))
+            x = (x - np.asarray(self.mean)) / np.asarray(self.scale)
             out = out + x @ np.asarray(self.coef)
         return out
 
@@ -120,7 +127,7 @@ class RatioModel:
 
     def to_dict(self) -> dict[str, Any]:
         return {"intercept": self.intercept, "coef": list(self.coef), "mean": list(self.mean),
-                "scale": list(self.scale), "alpha": self.alpha, "n": self.n, "loo_rmse_log": self.loo_rmse_log,
+                "scale": list(self.scale), "low": list(self.low), "high": list(self.high), "alpha": self.alpha, "n": self.n, "loo_rmse_log": self.loo_rmse_log,
                 "feature_names": list(self.feature_names), "global_ratio": math.exp(self.intercept)}
 
     @classmethod
@@ -129,6 +136,8 @@ class RatioModel:
             return cls(intercept=float(data["intercept"]), coef=tuple(float(c) for c in data.get("coef") or ()),
                        mean=tuple(float(c) for c in data.get("mean") or ()),
                        scale=tuple(float(c) for c in data.get("scale") or ()),
+                       low=tuple(float(c) for c in data.get("low") or ()),
+                       high=tuple(float(c) for c in data.get("high") or ()),
                        alpha=None if data.get("alpha") is None else float(data["alpha"]), n=int(data.get("n", 0)),
                        loo_rmse_log=None if data.get("loo_rmse_log") is None else float(data["loo_rmse_log"]),
                        feature_names=tuple(data.get("feature_names") or RATIO_FEATURES))
@@ -139,8 +148,13 @@ class RatioModel:
     @classmethod
     def fit(cls, layers: Sequence[LayerSig], source_ms: Sequence[float] | np.ndarray,
             target_ms: Sequence[float] | np.ndarray, alphas: Sequence[float] = RIDGE_ALPHAS) -> RatioModel:
-        """Ridge on standardised features (intercept unpenalised); alpha by leave-one-out CV."""
-        from sklearn.linear_model import RidgeCV
+        """Ridge on standardised features (intercept unpenalised); alpha by leave-one-group-out CV.
+
+        The groups are the layers' input spatial sizes: the table is used at sizes it never
+        measured (other resolutions), so the CV asks how well a size left out is predicted
+        (plain leave-one-out, where every left-out key has near-twins, shrinks too little).
+        """
+        from sklearn.linear_model import Ridge
 
         src = np.asarray(source_ms, dtype=np.float64)
         tgt = np.asarray(target_ms, dtype=np.float64)
@@ -156,13 +170,24 @@ class RatioModel:
         mean = x.mean(axis=0)
         scale = x.std(axis=0)
         scale[scale < 1e-12] = 1.0  # a constant feature: centred to 0, so its coefficient is 0
+        low, high = x.min(axis=0), x.max(axis=0)
         z = (x - mean) / scale
-        model = RidgeCV(alphas=tuple(alphas), fit_intercept=True, store_cv_results=True).fit(z, y)
-        cv = np.asarray(model.cv_results_)  # [n, n_alphas] squared LOO errors
-        best = int(np.argmin(cv.mean(axis=0)))
+        groups = np.asarray([layer.h for layer in layers])
+        folds = [groups == g for g in np.unique(groups)] if len(np.unique(groups)) >= 3 else \
+            [np.arange(y.size) == i for i in range(y.size)]
+        cv = np.zeros(len(alphas))
+        for a, alpha in enumerate(alphas):
+            errors = []
+            for test in folds:
+                model = Ridge(alpha=alpha).fit(z[~test], y[~test])
+                errors.append((model.predict(z[test]) - y[test]) ** 2)
+            cv[a] = float(np.mean(np.concatenate(errors)))
+        best = int(np.argmin(cv))
+        model = Ridge(alpha=alphas[best]).fit(z, y)
         return cls(intercept=float(model.intercept_), coef=tuple(float(c) for c in model.coef_),
                    mean=tuple(float(m) for m in mean), scale=tuple(float(s) for s in scale),
-                   alpha=float(model.alpha_), n=int(y.size), loo_rmse_log=float(math.sqrt(cv[:, best].mean())))
+                   alpha=float(alphas[best]), n=int(y.size), loo_rmse_log=float(math.sqrt(cv[best])),
+                   low=tuple(float(v) for v in low), high=tuple(float(v) for v in high))
 
 
 # ------------------------------------------------------------------------------ source side
@@ -354,7 +379,7 @@ def transfer_table(source: SourceLatency, layers: Sequence[LayerSig], *, device_
                      resolution=resolution or source_meta.resolution,
                      conditions=f"transferred from {source_meta.name} ({source_meta.conditions})",
                      pinned_core=None, device_ids=(), space=source_meta.space, num_classes=source_meta.num_classes,
-                     created=created)
+                     created=created, kind="transferred")
     table = LatencyTable(meta=meta, entries=entries)
     result = TransferResult(table=table, ratio_model=model, calibration=None)
     calibration_info: dict[str, Any] = {"form": None, "n": 0}
@@ -375,6 +400,8 @@ def transfer_table(source: SourceLatency, layers: Sequence[LayerSig], *, device_
             **result.calibration.to_dict(), **calibration_info},
         "created": created,
     }
+    # the table carries its provenance too (the stored predictor and a shipped file keep all of it)
+    table.meta = replace(meta, provenance={k: v for k, v in result.provenance.items() if k != "source_meta"})
     return result
 
 

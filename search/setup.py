@@ -88,7 +88,10 @@ def build_latency(config: LatencyConfig, seed: int, store: Any, workdir: Path,
     predicted = measured = None
     if config.predicts:
         from mnas.predictor.registry import load_predictor
+        from mnas.predictor.selection import ensure_shipped_predictor
 
+        if not config.predictor_id:  # a device with a table shipped in device_configs/tables: stored on first use
+            ensure_shipped_predictor(store, config.device_name, config.resolution)
         predictor = load_predictor(store, config.predictor_id,
                                    device=None if config.predictor_id else config.device_name,
                                    resolution=config.resolution)

@@ -1,0 +1,267 @@
+"""How well this host's latency table transfers to real phones (issue 12 point 7).
+
+For Pixel 1 and Pixel 4 it prints the accuracy (within ±10%, MAPE, Kendall tau) of
+(a) the baseline: one power law from this host's whole-network latency (measured end to end
+    here), fitted on the same calibration networks, and
+(b) the transfer predictor (`mnas.predictor.transfer`): this host's table x a per-layer ratio
+    learned from the phone's partial table (Pixel 1: the ProxylessNAS lookup table; Pixel 4:
+    none) x a network-level calibration on K end-to-end figures,
+on figures the predictor never saw:
+
+* Pixel 1 acceptance split: K = 6 of the 22 published MobileNetV2 networks (a seeded random
+  choice; mean over `--choices` choices) plus the Pixel-1 lookup table, scored on the other 16.
+* Leave-one-family-out: calibrate on every other family's figures, score the held-out family
+  (for Pixel 1 with MobileNetV2 its only family, that is the lookup table alone, K = 0).
+* The learning curve: accuracy on the held-out networks against K.
+
+Host side: the layers of every figure network and of the lookup table are measured on this
+host (`--measure`, stored as `<source>-extra`), and every figure network end to end (for
+the baseline); both are reused from `--db` on later runs. The published figures are read from
+/work/shared/data/phones (unchanged), never used to set a constant by hand.
+
+    python benchmarks/phone_transfer.py --db results/transfer.db [--measure] [--choices 20] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnas.predictor.metrics import evaluate
+from mnas.predictor.transfer import (
+    NetworkFigure,
+    SourceLatency,
+    TransferResult,
+    fit_network_calibration,
+    network_sums,
+    power_law_baseline,
+    transfer_table,
+)
+from mnas.predictor.transfer_store import figure_layers, measure_extra, source_latency
+from mnas.space import zoo
+
+PHONES = Path("/work/shared/data/phones")
+PIXEL4_COLUMN = "pixel4|1large|float|mean"  # microseconds, one thread on the prime core
+
+
+# ------------------------------------------------------------------------------ figures
+
+def pixel1_figures(path: Path = PHONES / "mobilenet_v2_pixel1.csv") -> list[NetworkFigure]:
+    out = []
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            multiplier, resolution = float(row["depth_multiplier"]), int(row["resolution"])
+            out.append(NetworkFigure(zoo.get("mobilenet-v2", multiplier), resolution, float(row["latency_ms_pixel1"]),
+                                     family="mobilenet-v2", name=row["model"]))
+    return out
+
+
+def pixel4_figures(path: Path = PHONES / "mobile_ml_benchmark_tflite_e2e.csv",
+                   column: str = PIXEL4_COLUMN) -> list[NetworkFigure]:
+    out = []
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            try:
+                family, _, arch = zoo.pytorchcv_arch(row["model"])
+            except Exception:
+                continue
+            value = row.get(column) or ""
+            if not value:
+                continue
+            family = "proxylessnas" if family.startswith("proxylessnas") else family
+            out.append(NetworkFigure(arch, 224, float(value) / 1000.0, family=family, name=row["model"]))
+    return out
+
+
+def pixel1_lut(path: Path = PHONES / "proxylessnas_pixel1_lut.yaml") -> dict[str, float]:
+    from mnas.predictor.published_lut import parse_proxylessnas_lut
+
+    return {entry.layer.key: entry.mean_ms for entry in parse_proxylessnas_lut(path).entries}
+
+
+# ------------------------------------------------------------------------------ host side
+
+def host_network_ms(store: Any, figures: list[NetworkFigure], measure: bool, repeats: int = 3) -> np.ndarray:
+    """This host's whole-network latency (min statistic, median of `repeats` processes) of each figure."""
+    from mnas.bench.devices import select_devices
+    from mnas.bench.types import BenchConfig
+    from mnas.predictor.endtoend import measure_networks
+
+    config = BenchConfig(warmup_runs=3, num_runs=30, min_secs=0.2, core=None, timeout_s=600.0)
+    devices = select_devices("host")
+    out = np.full(len(figures), math.nan)
+    by_res: dict[int, list[int]] = {}
+    for i, figure in enumerate(figures):
+        by_res.setdefault(figure.resolution, []).append(i)
+    for resolution, idx in sorted(by_res.items()):
+        archs = list({str(figures[i].arch): figures[i].arch for i in idx}.values())
+        if not measure:
+            raise SystemExit("host whole-network latencies are needed for the baseline: pass --measure")
+        nets = measure_networks(archs, devices, store, config, resolution, "phone-transfer", progress=False,
+                                statistic="min", repeats=repeats)
+        ms = {str(n.arch): n.measured_ms for n in nets}
+        for i in idx:
+            out[i] = ms[str(figures[i].arch)]
+    return out
+
+
+# ------------------------------------------------------------------------------ scoring
+
+def score(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
+    m = evaluate(predicted, measured)
+    return {"within_10pct": m["within_10pct_share"], "mape_pct": m["mape_pct"], "kendall_tau": m["kendall_tau"],
+            "n": m["n"]}
+
+
+def mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
+    keys = ("within_10pct", "mape_pct", "kendall_tau")
+    return {k: float(np.mean([r[k] for r in rows if r[k] is not None])) for k in keys} | {"choices": len(rows)}
+
+
+class Phone:
+    """One phone's evidence and the precomputed per-network sums (the ratio model does not depend on K)."""
+
+    def __init__(self, name: str, figures: list[NetworkFigure], source: SourceLatency, source_meta: Any,
+                 host_ms: np.ndarray, lut: dict[str, float] | None) -> None:
+        self.name, self.figures, self.host_ms, self.lut = name, figures, host_ms, lut
+        self.measured = np.asarray([f.latency_ms for f in figures])
+        self.source, self.source_meta = source, source_meta
+        layers = figure_layers(figures)
+        self.with_lut: TransferResult = transfer_table(source, layers, device_name=name, name=f"{name}-bench",
+                                                       source_meta=source_meta, layer_evidence=lut or {})
+        self.sums = network_sums(lambda ls: self.with_lut.layer_ms(ls, source), figures)
+        self.host_sums = network_sums(lambda ls: source.layers_ms(ls)[0], figures)
+
+    def transfer_predict(self, train: np.ndarray, test: np.ndarray) -> np.ndarray:
+        """Per-layer sums (ratio from the lookup table, or one global ratio) calibrated on `train`."""
+        if train.size == 0:
+            return self.sums[test]
+        if not self.lut:
+            # no layer evidence: the ratio is one constant from the training networks (as transfer_table does)
+            ratio = float(np.exp(np.median(np.log(self.measured[train] / self.host_sums[train]))))
+            sums = self.host_sums * ratio
+        else:
+            sums = self.sums
+        calibration, _ = fit_network_calibration(sums[train], self.measured[train])
+        assert calibration is not None
+        return calibration.apply(sums[test], np.zeros(test.size))
+
+    def baseline_predict(self, train: np.ndarray, test: np.ndarray) -> np.ndarray | None:
+        if train.size == 0:
+            return None
+        return power_law_baseline(self.host_ms[train], self.measured[train])(self.host_ms[test])
+
+    def split_scores(self, train: np.ndarray, test: np.ndarray) -> dict[str, Any]:
+        out: dict[str, Any] = {"transfer": score(self.transfer_predict(train, test), self.measured[test])}
+        base = self.baseline_predict(train, test)
+        out["baseline"] = None if base is None else score(base, self.measured[test])
+        return out
+
+
+def random_splits(phone: Phone, k: int, choices: int, seed: int, pool: np.ndarray | None = None):
+    pool = np.arange(len(phone.figures)) if pool is None else pool
+    for c in range(choices):
+        rng = np.random.default_rng([seed, k, c])
+        train = np.sort(rng.choice(pool, size=k, replace=False)) if k else np.zeros(0, dtype=int)
+        test = np.setdiff1d(pool, train)
+        yield train, test
+
+
+def repeated(phone: Phone, k: int, choices: int, seed: int, pool: np.ndarray | None = None) -> dict[str, Any]:
+    rows = [phone.split_scores(train, test) for train, test in random_splits(phone, k, choices, seed, pool)]
+    base = [r["baseline"] for r in rows if r["baseline"] is not None]
+    return {"k": k, "transfer": mean_scores([r["transfer"] for r in rows]),
+            "baseline": mean_scores(base) if base else None}
+
+
+def leave_one_family_out(phone: Phone) -> dict[str, Any]:
+    families = sorted({f.family for f in phone.figures})
+    out = {}
+    for family in families:
+        test = np.asarray([i for i, f in enumerate(phone.figures) if f.family == family])
+        train = np.asarray([i for i, f in enumerate(phone.figures) if f.family != family], dtype=int)
+        out[family] = {"calibrated_on": int(train.size), **phone.split_scores(train, test)}
+    return out
+
+
+def fmt(s: dict[str, Any] | None) -> str:
+    if s is None:
+        return "n/a (no calibration network)"
+    tau = s.get("kendall_tau")
+    return (f"within ±10% {100 * s['within_10pct']:5.1f}%  MAPE {s['mape_pct']:5.1f}%  "
+            f"tau {'-' if tau is None or (isinstance(tau, float) and math.isnan(tau)) else f'{tau:.3f}'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", default="results/transfer.db")
+    parser.add_argument("--source", default=None, help="host table (default: the host's largest at 224)")
+    parser.add_argument("--measure", action="store_true", help="measure missing host layers and networks")
+    parser.add_argument("--choices", type=int, default=20)
+    parser.add_argument("--k", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--curve", default="0,1,2,3,4,6,8,11")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    from mnas.bench.store import ResultsStore
+    from mnas.predictor.selection import choose_table
+
+    store = ResultsStore(Path(args.db))
+    source_table = choose_table(store, "host", 224, args.source)
+    phones = {"pixel1": (pixel1_figures(), pixel1_lut()), "pixel4": (pixel4_figures(), None)}
+    if args.measure:
+        layers = [layer for figures, lut in phones.values() for layer in figure_layers(figures)]
+        from mnas.space.arch import LayerSig
+
+        layers += [LayerSig.from_key(k) for k in phones["pixel1"][1]]
+        for name in ("mnasnet-a1", "mnasnet-b1"):
+            layers += figure_layers([NetworkFigure(zoo.get(name), 224, 1.0),
+                                     NetworkFigure(zoo.get(name, 0.75), 192, 1.0)])
+        measured = measure_extra(store, source_table, layers, progress=not args.json)
+        print(f"measured {measured} extra host layers", file=sys.stderr)
+    source = source_latency(store, source_table)
+    report: dict[str, Any] = {"source_table": source_table.meta.name, "phones": {}}
+    for name, (figures, lut) in phones.items():
+        host_ms = host_network_ms(store, figures, args.measure)
+        phone = Phone(name, figures, source, source_table.meta, host_ms, lut)
+        entry: dict[str, Any] = {"figures": len(figures), "families": sorted({f.family for f in figures}),
+                                 "lut_layers": len(lut or {}),
+                                 "ratio_model": phone.with_lut.ratio_model.to_dict() if lut else None,
+                                 "leave_one_family_out": leave_one_family_out(phone)}
+        if name == "pixel1":
+            entry["acceptance"] = repeated(phone, args.k, args.choices, args.seed)
+        ks = [int(k) for k in args.curve.split(",") if int(k) < len(figures)]
+        entry["learning_curve"] = [repeated(phone, k, args.choices, args.seed) for k in ks]
+        report["phones"][name] = entry
+    if args.json:
+        print(json.dumps(report, indent=1, default=float))
+        return 0
+    print(f"source table: {report['source_table']}")
+    for name, entry in report["phones"].items():
+        print(f"\n== {name}: {entry['figures']} published figures, families {', '.join(entry['families'])}, "
+              f"{entry['lut_layers']} lookup-table layers")
+        if "acceptance" in entry:
+            acc = entry["acceptance"]
+            print(f"acceptance (K={acc['k']} MobileNetV2 + LUT, mean of {acc['transfer']['choices']} choices):")
+            print(f"  transfer: {fmt(acc['transfer'])}")
+            print(f"  baseline: {fmt(acc['baseline'])}")
+        print("leave one family out:")
+        for family, row in entry["leave_one_family_out"].items():
+            print(f"  {family:14s} (calibrated on {row['calibrated_on']:2d}) transfer: {fmt(row['transfer'])}")
+            print(f"  {'':14s}                    baseline: {fmt(row['baseline'])}")
+        print("learning curve (held-out networks, mean over choices):")
+        for row in entry["learning_curve"]:
+            print(f"  K={row['k']:2d} transfer: {fmt(row['transfer'])} | baseline: {fmt(row['baseline'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
