@@ -191,12 +191,17 @@ def save_transfer(store: Any, result: TransferResult, *, resolutions: Sequence[i
     out = []
     base = result.table
     wanted = [base.meta.resolution, *[r for r in resolutions if r != base.meta.resolution]]
+    fallback = None  # one learned fallback (fitted once, on the transferred entries) for every resolution
     for resolution in wanted if only is None else [only]:
         name = base.meta.name if resolution == base.meta.resolution else f"{base.meta.name}@r{resolution}"
         table = with_resolution(base, resolution)
         table_id = save_table(store, table, name)
         table = load_table(store, table_id)
-        predictor = transferred_predictor(table, result.calibration, lazy=False)
+        predictor = transferred_predictor(table, result.calibration, lazy=fallback is not None)
+        if fallback is None:
+            fallback = predictor.fallback
+        else:
+            predictor.fallback = fallback
         metrics = {"statistic": TARGET_STATISTIC, "table": name, "table_entries": len(table), "transfer": result.provenance,
                    "calibration_samples": None if result.calibration is None else result.calibration.n,
                    "calibration_set": [{"arch_hash": _hash(f["arch"]), **f}

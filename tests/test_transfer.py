@@ -127,3 +127,46 @@ def test_no_layer_evidence_takes_the_ratio_from_networks(space_layers: list[Laye
     figure = NetworkFigure(arch, 224, 7.0 * sum(source_ms(layer) for layer in layers))
     result = transfer_table(source, layers, device_name="phone", name="p", source_meta=_meta(), figures=[figure])
     assert math.exp(result.ratio_model.intercept) == pytest.approx(7.0)
+
+
+def test_shipped_table_answers_without_a_store_and_is_stored_on_first_use(tmp_path, monkeypatch) -> None:
+    import json as _json
+
+    from click.testing import CliRunner
+
+    from mnas.bench.store import ResultsStore
+    from mnas.cli import cli
+    from mnas.predictor import transfer_store
+    from mnas.predictor.registry import load_predictor
+    from mnas.predictor.selection import ensure_shipped_predictor
+    from mnas.predictor.transfer_store import read_transfer_file, write_transfer_file
+
+    a1 = zoo.get("mnasnet-a1", 0.75)
+    layers = list({layer.key: layer for r in (192, 224) for layer in a1.layers(r)}.values())
+    figures = [NetworkFigure(zoo.get("mnasnet-a1", m), r, 1.2 * sum(target_ms(x) for x in zoo.get("mnasnet-a1", m).layers(r)))
+               for m in (0.75, 1.0) for r in (192, 224)]
+    layers += [x for f in figures for x in f.arch.layers(f.resolution)]
+    evidence = {x.key: target_ms(x) for x in layers[:30]}
+    result = transfer_table(_source(layers), layers, device_name="pixel1", name="pixel1-r224-transfer",
+                            source_meta=_meta(), layer_evidence=evidence, figures=figures)
+    path = write_transfer_file(result, tmp_path / "tables" / "pixel1.json.gz")
+    shipped = read_transfer_file(path)
+    assert len(shipped.table) == len(result.table) and shipped.table.meta.kind == "transferred"
+    assert shipped.calibration == result.calibration
+    assert shipped.transfer["ratio_model"]["n"] == len(evidence)
+    monkeypatch.setattr(transfer_store, "SHIPPED_DIR", tmp_path / "tables")
+    transfer_store._SHIPPED_CACHE.clear()
+    want = float(result.calibration.apply(np.array([sum(result.table.entries[x.key].median_ms
+                                                        for x in a1.layers(192))]), np.zeros(1))[0])
+    db = tmp_path / "none.db"
+    out = CliRunner().invoke(cli, ["--db", str(db), "predict", "mnasnet-a1", "--device", "pixel1", "--resolution", "192",
+                                   "--multiplier", "0.75", "--json"])
+    assert out.exit_code == 0, out.output
+    assert _json.loads(out.output)[0]["predicted_ms"] == pytest.approx(want, rel=1e-4)
+    assert not db.exists()  # predicting created no store
+    store = ResultsStore(tmp_path / "r.db")
+    predictor_id = ensure_shipped_predictor(store, "pixel1", 192)
+    assert predictor_id is not None and ensure_shipped_predictor(store, "pixel1", 192) is None
+    stored = load_predictor(store, device="pixel1", resolution=192)
+    assert stored.predictor_id == predictor_id
+    assert float(stored.predict_ms([a1])[0]) == pytest.approx(want, rel=1e-4)
