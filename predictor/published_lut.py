@@ -112,10 +112,13 @@ class LutImport:
     keys: int  # published keys read
     entries: int  # mnas layers stored
     unmapped: list[tuple[str, str]] = field(default_factory=list)
+    sha256: str = ""  # of the source file
+    source: str = ""  # where it was published
 
     def to_dict(self) -> dict[str, Any]:
         return {"table_id": self.table_id, "table": self.table, "device": self.device, "kind": "published",
-                "format": "proxylessnas", "source_file": self.source_file, "keys": self.keys,
+                "format": "proxylessnas", "source_file": self.source_file, "source_sha256": self.sha256,
+                "source": self.source, "keys": self.keys,
                 "entries": self.entries, "unmapped": [{"key": k, "reason": r} for k, r in self.unmapped]}
 
 
@@ -125,8 +128,8 @@ class _SafeLoader(yaml.SafeLoader):
     """PyYAML's safe loader (plain data only), used node by node so keys keep their lines."""
 
 
-def _read_yaml(path: Path) -> tuple[Any, dict[str, int]]:
-    """The file's data (safe_load) and the 1-based line of each top-level key."""
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes (at most `MAX_LUT_FILE_BYTES`)."""
     source = f"ProxylessNAS LUT {str(path)!r}"
     try:
         with open(path, "rb") as handle:
@@ -136,6 +139,11 @@ def _read_yaml(path: Path) -> tuple[Any, dict[str, int]]:
     if len(raw) > MAX_LUT_FILE_BYTES:
         raise MnasError(f"{source}: more than {MAX_LUT_FILE_BYTES // (1024 * 1024)} MiB: expected a lookup "
                         "table of a few hundred keys")
+    return raw
+
+
+def _read_yaml(raw: bytes, source: str) -> tuple[Any, dict[str, int]]:
+    """The data of a YAML document (safe loader) and the 1-based line of each top-level key."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -282,11 +290,18 @@ def parse_proxylessnas_lut(source: str | Path | Mapping[str, Any], *, act: str =
     was expected. The entries come in the file's order (the head where `Conv_1` stands).
     """
     if isinstance(source, Mapping):
-        data, lines, name = source, {}, "ProxylessNAS LUT"
-    else:
-        path = Path(source)
-        data, lines = _read_yaml(path)
-        name = f"ProxylessNAS LUT {str(path)!r}"
+        return _parse(source, {}, "ProxylessNAS LUT", act)
+    path = Path(source)
+    return _parse_bytes(_read_bytes(path), path, act)
+
+
+def _parse_bytes(raw: bytes, path: Path, act: str) -> LutParse:
+    name = f"ProxylessNAS LUT {str(path)!r}"
+    data, lines = _read_yaml(raw, name)
+    return _parse(data, lines, name, act)
+
+
+def _parse(data: Any, lines: Mapping[Any, int], name: str, act: str) -> LutParse:
     if not isinstance(data, Mapping) or not data:
         have = "empty" if not data else f"a {type(data).__name__}"
         raise MnasError(f"{name}: the document is {have}: expected a mapping of layer keys to {{count, mean, var}}")
@@ -439,15 +454,17 @@ def import_proxylessnas_lut(store: Store, path: str | Path, *, device: str, name
     if name is not None and not name.strip():
         raise MnasError(f"--name {name!r}: expected a table name")
     path = Path(path)
-    parse = parse_proxylessnas_lut(path)
+    raw = _read_bytes(path)  # parsed and hashed from the same bytes
+    parse = _parse_bytes(raw, path, ACTIVATION)
     if not parse.entries:
         raise MnasError(f"ProxylessNAS LUT {str(path)!r}: none of its {len(parse.unmapped)} keys has a mnas layer "
                         f"(first: {parse.unmapped[0][0]!r}: {parse.unmapped[0][1]}): expected a ProxylessNAS table")
-    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    sha256 = hashlib.sha256(raw).hexdigest()
     keys = len({k for k, _ in parse.unmapped} | {k for e in parse.entries for k in e.source_keys})
     table_name = name or default_table_name(device, _resolution(parse.entries))
     meta, entries = lut_table(parse, device=device, name=table_name, source_file=str(path.resolve()),
                               sha256=sha256, source=source, keys=keys)
     table_id = store_table(store, meta, entries)
     return LutImport(table_id=table_id, table=table_name, device=device, source_file=str(path.resolve()),
-                     keys=keys, entries=len(entries), unmapped=list(parse.unmapped))
+                     keys=keys, entries=len(entries), unmapped=list(parse.unmapped), sha256=sha256,
+                     source=meta.provenance["source"])

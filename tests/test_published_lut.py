@@ -218,6 +218,9 @@ def test_malformed_files(tmp_path: Path) -> None:
     path.write_text("!!python/object/apply:os.system ['true']\n")  # safe_load: never runs code
     with pytest.raises(MnasError, match="not valid YAML"):
         parse_proxylessnas_lut(path)
+    path.write_bytes(b"\xff\xfe" + STEM.encode())
+    with pytest.raises(MnasError, match=r"not UTF-8 text \(byte 0\): expected a YAML lookup table"):
+        parse_proxylessnas_lut(path)
     with pytest.raises(MnasError, match="No such file or directory: expected a readable .yaml file"):
         parse_proxylessnas_lut(tmp_path / "missing.yaml")
 
@@ -388,6 +391,7 @@ def test_cli_import_list_and_errors(tmp_path: Path, capsys: pytest.CaptureFixtur
                          "--name", "again", "--source", "a paper", "--json")
     payload = json.loads(out)
     assert (payload["table"], payload["kind"], payload["entries"], payload["keys"]) == ("again", "published", 5, 7)
+    assert (payload["source"], len(payload["source_sha256"])) == ("a paper", 64)
     assert payload["unmapped"] == [{"key": "Pool-input:7x7x1280-output:1x1x1280",
                                     "reason": "no mnas layer: layer type 'Pool' (mnas maps Conv, expanded_conv, "
                                               "Conv_1, Logits)"}]
