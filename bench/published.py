@@ -266,7 +266,7 @@ def _number(text: str, what: str, where: str) -> float | None:
     return value
 
 
-def _read_rows(path: Path, column: str, divisor: float) -> tuple[list[_Row], str]:
+def _read_rows(path: Path, column: str, divisor: float) -> list[_Row]:
     try:
         handle = path.open(newline="", encoding="utf-8-sig")
     except FileNotFoundError:
@@ -336,7 +336,7 @@ def _read_rows(path: Path, column: str, divisor: float) -> tuple[list[_Row], str
             raise MnasError(f"{path}: not a readable CSV ({exc}): expected comma-separated values") from None
         except UnicodeDecodeError as exc:
             raise MnasError(f"{path}: not UTF-8 text ({exc.reason}): expected a CSV file") from None
-    return rows, mult_column or ""
+    return rows
 
 
 def _now() -> str:
@@ -362,7 +362,7 @@ def import_published(store: Store, path: str | Path, *, device: str, source: str
     column = _check_text(column, "--column") if column is not None else DEFAULT_COLUMN
     chosen_unit = column_unit(column, unit)
     path = Path(path)
-    rows, _ = _read_rows(path, column, UNITS[chosen_unit])
+    rows = _read_rows(path, column, UNITS[chosen_unit])
     report = ImportReport(path=str(path), device=device, column=column, unit=chosen_unit, rows=len(rows))
     keyed: dict[tuple[str, int], _Row] = {}
     for row in rows:
