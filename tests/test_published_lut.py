@@ -97,6 +97,15 @@ def test_each_key_maps_to_the_mnas_layer() -> None:
     assert [p["key"] for p in head.parts] == [HEAD_CONV, LOGITS]
 
 
+def test_stem_and_head_are_the_layers_arch_layers_makes() -> None:
+    got = by_key(parse_proxylessnas_lut(small_lut()).entries)
+    layers = Arch.parse("stem32,r1_k3_s11_e1_i32_o16_noskip,r1_k3_s22_e6_i16_o320,head1280,relu6").layers(224)
+    assert layers[0] == got[STEM].layer
+    assert layers[1] == got[FIRST_BLOCK].layer
+    assert layers[-1] == replace(got[HEAD_CONV].layer, h=layers[-1].h, w=layers[-1].w)
+    assert (layers[-1].h, got[HEAD_CONV].layer.h) == (56, 7)
+
+
 def test_statistics_mean_std_count_and_the_head_sum() -> None:
     got = by_key(parse_proxylessnas_lut(small_lut()).entries)
     layer, mean, std, count = got[STEM]  # unpacks as (LayerSig, mean_ms, std_ms, count)
