@@ -29,6 +29,7 @@ import csv
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +37,17 @@ import numpy as np
 
 from mnas.predictor.metrics import evaluate
 from mnas.predictor.transfer import (
+    EVIDENCE_WEIGHT,
+    MIN_SHRINK_NETWORKS,
+    SHRINK_GRID,
     NetworkFigure,
     SourceLatency,
     TransferResult,
+    _target_ms,
     fit_network_calibration,
     network_sums,
     power_law_baseline,
+    select_shrink,
     transfer_table,
 )
 from mnas.predictor.transfer_store import figure_layers, measure_extra, source_latency
@@ -136,17 +142,31 @@ class Phone:
         layers = figure_layers(figures)
         self.with_lut: TransferResult = transfer_table(source, layers, device_name=name, name=f"{name}-bench",
                                                        source_meta=source_meta, layer_evidence=lut or {})
-        self.sums = network_sums(lambda ls: self.with_lut.layer_ms(ls, source), figures)
+        model = self.with_lut.ratio_model
+        # the network sums under each shrink of the per-layer model (transfer_table chooses one on the K networks)
+        def sums_at(shrink: float) -> np.ndarray:
+            shrunk = replace(model, shrink=shrink)
+            return network_sums(lambda ls: _target_ms(shrunk, ls, source.layers_ms(ls)[0], lut or {},
+                                                      EVIDENCE_WEIGHT), figures)
+
+        self.sums_by_shrink = {shrink: sums_at(shrink) for shrink in SHRINK_GRID}
+        self.sums = self.sums_by_shrink[1.0]
         self.host_sums = network_sums(lambda ls: source.layers_ms(ls)[0], figures)
+        self.shrinks: list[float] = []
 
     def transfer_predict(self, train: np.ndarray, test: np.ndarray) -> np.ndarray:
-        """Per-layer sums (ratio from the lookup table, or one global ratio) calibrated on `train`."""
+        """Per-layer sums (ratio from the lookup table, or one global ratio) calibrated on `train`,
+        exactly as `transfer_table` does with those networks as figures."""
         if train.size == 0:
             return self.sums[test]
         if not self.lut:
             # no layer evidence: the ratio is one constant from the training networks (as transfer_table does)
             ratio = float(np.exp(np.median(np.log(self.measured[train] / self.host_sums[train]))))
             sums = self.host_sums * ratio
+        elif train.size >= MIN_SHRINK_NETWORKS and self.with_lut.ratio_model.coef:
+            shrink, _ = select_shrink({k: v[train] for k, v in self.sums_by_shrink.items()}, self.measured[train])
+            self.shrinks.append(shrink)
+            sums = self.sums_by_shrink[shrink]
         else:
             sums = self.sums
         calibration, _ = fit_network_calibration(sums[train], self.measured[train])

@@ -17,6 +17,9 @@ another device (the source, e.g. this host's) plus that evidence into a table of
    never by looking at held-out figures, and each feature is clipped to the range the
    evidence spans, so a layer smaller or wider than any measured one is not extrapolated.
    Without layer evidence the ratio is one global constant (the network-level step sets it).
+   When K >= 3 end-to-end figures are given, how much of the per-layer deviation from the
+   global ratio to keep (`shrink`, 0..1) is chosen by leave-one-network-out error on them:
+   layer evidence at one resolution and a few widths may not carry over to other networks.
 2. **Per network**: the existing calibration idea (measured ~ a + b x layer sum) fitted on the
    K end-to-end figures given. With K = 6 the four-parameter calibration would fit noise, so
    only `scale` (b) and `affine` (a + b) are candidates, chosen by leave-one-out error inside
@@ -56,6 +59,8 @@ TRANSFER_FORMAT = "mnas-transfer"
 EVIDENCE_WEIGHT = 0.5
 RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-2, 4, 25))
 CALIBRATION_FORMS = ("scale", "affine")
+SHRINK_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+MIN_SHRINK_NETWORKS = 3  # below this a leave-one-out choice on networks is noise: keep the layer model
 
 RATIO_FEATURES: tuple[str, ...] = (
     "log_mult_adds", "log_memory_bytes", "log_intensity", "log_hw", "log_cin", "log_cout", "log_mid",
@@ -103,6 +108,7 @@ class RatioModel:
     loo_rmse_log: float | None = None  # cross-validated RMSE of the log ratio (the score that chose alpha)
     low: tuple[float, ...] = ()  # each feature's range in the evidence: features are clipped to it
     high: tuple[float, ...] = ()
+    shrink: float = 1.0  # share of the per-layer deviation from the global ratio kept (chosen on networks)
     feature_names: tuple[str, ...] = RATIO_FEATURES
 
     @classmethod
@@ -119,7 +125,7 @@ class RatioModel:
             if self.low and self.high:  # never extrapolate past what the evidence showed
                 x = np.clip(x, np.asarray(self.low), np.asarray(self.high))
             x = (x - np.asarray(self.mean)) / np.asarray(self.scale)
-            out = out + x @ np.asarray(self.coef)
+            out = out + self.shrink * (x @ np.asarray(self.coef))
         return out
 
     def ratio(self, layers: Sequence[LayerSig]) -> np.ndarray:
@@ -127,7 +133,7 @@ class RatioModel:
 
     def to_dict(self) -> dict[str, Any]:
         return {"intercept": self.intercept, "coef": list(self.coef), "mean": list(self.mean),
-                "scale": list(self.scale), "low": list(self.low), "high": list(self.high), "alpha": self.alpha, "n": self.n, "loo_rmse_log": self.loo_rmse_log,
+                "scale": list(self.scale), "low": list(self.low), "high": list(self.high), "alpha": self.alpha, "shrink": self.shrink, "n": self.n, "loo_rmse_log": self.loo_rmse_log,
                 "feature_names": list(self.feature_names), "global_ratio": math.exp(self.intercept)}
 
     @classmethod
@@ -140,6 +146,7 @@ class RatioModel:
                        high=tuple(float(c) for c in data.get("high") or ()),
                        alpha=None if data.get("alpha") is None else float(data["alpha"]), n=int(data.get("n", 0)),
                        loo_rmse_log=None if data.get("loo_rmse_log") is None else float(data["loo_rmse_log"]),
+                       shrink=float(data.get("shrink", 1.0)),
                        feature_names=tuple(data.get("feature_names") or RATIO_FEATURES))
         except (KeyError, TypeError, ValueError) as exc:
             raise MnasError(f"transfer ratio model: malformed ({type(exc).__name__}: {exc}): expected one written "
@@ -334,6 +341,50 @@ def network_sums(layer_ms: Callable[[Sequence[LayerSig]], np.ndarray],
     return np.add.reduceat(values, starts)
 
 
+def _target_ms(model: RatioModel, layers: Sequence[LayerSig], src: np.ndarray, evidence: Mapping[str, float],
+               evidence_weight: float) -> np.ndarray:
+    """source x ratio, blended with a layer's own evidence where there is some (log space)."""
+    out = src * np.exp(model.log_ratio(layers))
+    for i, layer in enumerate(layers):
+        seen = evidence.get(layer.key)
+        if seen is not None:
+            out[i] = math.exp(evidence_weight * math.log(seen) + (1.0 - evidence_weight) * math.log(out[i]))
+    return out
+
+
+def choose_shrink(model: RatioModel, source: SourceLatency, figures: Sequence[NetworkFigure],
+                  evidence: Mapping[str, float], evidence_weight: float = EVIDENCE_WEIGHT,
+                  forms: Sequence[str] = CALIBRATION_FORMS) -> tuple[RatioModel, dict[str, float]]:
+    """How much of the per-layer model to keep (`shrink` in `SHRINK_GRID`: 0 = one global ratio),
+    by leave-one-network-out error of the calibrated sums on the given figures only.
+
+    The layer evidence says how layers differ at the sizes and widths it covers; whether that
+    carries over to the networks at hand (other resolutions, widths) is a question only the
+    networks can answer, so the K calibration networks answer it (with the calibration refitted
+    inside each fold, as `fit_network_calibration` does). Ties go to the smaller shrink.
+    """
+    per = [f.arch.layers(f.resolution, f.num_classes) for f in figures]
+    flat = [layer for layers in per for layer in layers]
+    src, _ = source.layers_ms(flat)
+    starts = np.cumsum([0] + [len(layers) for layers in per[:-1]])
+    sums = {shrink: np.add.reduceat(_target_ms(replace(model, shrink=shrink), flat, src, evidence, evidence_weight),
+                                    starts) for shrink in SHRINK_GRID}
+    best, scores = select_shrink(sums, [f.latency_ms for f in figures], forms)
+    return replace(model, shrink=best), scores
+
+
+def select_shrink(sums_by_shrink: Mapping[float, np.ndarray], measured: Sequence[float] | np.ndarray,
+                  forms: Sequence[str] = CALIBRATION_FORMS) -> tuple[float, dict[str, float]]:
+    """The shrink whose network sums calibrate best by leave-one-out (see `choose_shrink`)."""
+    scores: dict[str, float] = {}
+    for shrink, sums in sums_by_shrink.items():
+        _, info = fit_network_calibration(sums, measured, forms)
+        loo = info.get("loo_mape_pct") or {}
+        scores[f"{shrink:g}"] = float(min((v for v in loo.values() if math.isfinite(v)), default=math.inf))
+    best = min(sums_by_shrink, key=lambda v: (round(scores[f"{v:g}"], 6), v))
+    return float(best), scores
+
+
 def transfer_table(source: SourceLatency, layers: Sequence[LayerSig], *, device_name: str, name: str,
                    source_meta: TableMeta, layer_evidence: Mapping[str, float] | None = None,
                    figures: Sequence[NetworkFigure] = (), evidence_weight: float = EVIDENCE_WEIGHT,
@@ -359,6 +410,10 @@ def transfer_table(source: SourceLatency, layers: Sequence[LayerSig], *, device_
         src_sums = network_sums(lambda ls: source.layers_ms(ls)[0], figures)
         measured = np.asarray([f.latency_ms for f in figures])
         model = RatioModel.constant(float(np.median(np.log(measured / src_sums))))
+
+    shrink_scores: dict[str, float] = {}
+    if ev_layers and model.coef and len(figures) >= MIN_SHRINK_NETWORKS:
+        model, shrink_scores = choose_shrink(model, source, figures, evidence, evidence_weight, calibration_forms)
 
     all_layers = list({layer.key: layer for layer in [*layers, *ev_layers]}.values())
     src_ms, where = source.layers_ms(all_layers)
@@ -396,7 +451,7 @@ def transfer_table(source: SourceLatency, layers: Sequence[LayerSig], *, device_
         "evidence": {"label": evidence_label, "layers": len(evidence), "evidence_weight": evidence_weight,
                      "networks": [{"name": f.name, "family": f.family, "arch": str(f.arch), "resolution": f.resolution,
                                    "latency_ms": f.latency_ms} for f in figures]},
-        "ratio_model": model.to_dict(), "calibration": None if result.calibration is None else {
+        "ratio_model": model.to_dict(), "shrink_loo_mape_pct": shrink_scores, "calibration": None if result.calibration is None else {
             **result.calibration.to_dict(), **calibration_info},
         "created": created,
     }
