@@ -265,6 +265,7 @@ def test_commands_that_only_read_create_no_database(tmp_path: Path, command: tup
 
 
 
+class FullAfter:
     """A results store whose disk fills up when the `at`-th write transaction (0-based) begins."""
 
     def __init__(self, store: ResultsStore, at: int) -> None:
