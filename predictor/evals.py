@@ -242,6 +242,11 @@ def evaluate_against_figures(predictor: AdditivePredictor, figures: Sequence[Any
         provenance = (predictor.metrics or {}).get("transfer") or {}
         networks = (provenance.get("evidence") or {}).get("networks") or []
         ratio_n = int((provenance.get("ratio_model") or {}).get("n") or 0)
+        if ratio_n and any(n.get("family") == holdout for n in networks):
+            # the per-layer model's shrink was chosen on these networks: the score would have seen them
+            raise MnasError(f"--holdout {holdout!r}: predictor {predictor.predictor_id} was transferred with this "
+                            "family's figures among its evidence: expected a transfer that never saw them "
+                            f"(`mnas table transfer ... --holdout {holdout}`)")
         if not train.any() and ratio_n == 0 and any(n.get("family") == holdout for n in networks):
             raise MnasError(f"--holdout {holdout!r}: no other family to calibrate on, and the table's global ratio "
                             "was fitted on this family's figures: expected figures of another family")

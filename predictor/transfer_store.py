@@ -245,6 +245,7 @@ def write_transfer_file(result: TransferResult, path: str | Path, extra: dict[st
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, 0o644)  # a file to ship and share, not a private temp file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
