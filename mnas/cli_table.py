@@ -258,7 +258,7 @@ def fit_cmd(ctx: click.Context, device_spec: str, table_name: str | None, resolu
     from mnas.predictor.registry import save_predictor
     from mnas.predictor.selection import choose_table, resolve_device_name
 
-    with _store(ctx, create=False) as store:
+    with _store(ctx) as store:
         device_name = resolve_device_name(device_spec, store)
         loaded = choose_table(store, device_name, resolution, table_name)
         predictor, metrics = fit_predictor(loaded, kind=kind, model=model_name, fallback=not no_fallback, seed=seed,
@@ -326,7 +326,7 @@ def calibrate_cmd(ctx: click.Context, device_spec: str, samples: int, seed: int,
     skipped = _SkippedDevices()
     devices = _devices(device_spec, core, benchmark_binary, timeout_s, retries, skipped)
     space = _space("mnasnet")
-    with _store(ctx, create=False) as store:
+    with _store(ctx) as store:
         predictor = device_predictor(store, devices, resolution, predictor_id, space)
         base_id = predictor.predictor_id
         report = calibrate_on_device(predictor, devices, store, space, samples, seed, config,
@@ -382,7 +382,7 @@ def eval_cmd(ctx: click.Context, device_spec: str, samples: int | None, against:
     skipped = _SkippedDevices()
     devices = _devices(device_spec, core, benchmark_binary, timeout_s, retries, skipped)
     space = _space("mnasnet")
-    with _store(ctx, create=False) as store:
+    with _store(ctx) as store:
         predictor = device_predictor(store, devices, resolution, predictor_id, space)
         plot = Path(plot_path) if plot_path else (
             db_path(ctx).parent / "plots" / f"eval-p{predictor.predictor_id}-s{seed}-n{samples}.png")

@@ -254,7 +254,7 @@ def test_table_plan_creates_no_database_and_leaves_a_store_as_it_was(tmp_path: P
 
 
 @pytest.mark.parametrize("command", [("results", "list"), ("search", "list"), ("search", "report", "r1"),
-                                     ("table", "list"), ("table", "fit"), ("predict", "mnasnet-a1")])
+                                     ("table", "list"), ("predict", "mnasnet-a1")])
 def test_commands_that_only_read_create_no_database(tmp_path: Path, command: tuple[str, ...]) -> None:
     db = tmp_path / "sub" / "r.db"
     out = mnas(db, *command)
