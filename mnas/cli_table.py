@@ -191,17 +191,31 @@ def plan_cmd(ctx: click.Context, space_name: str, resolution: int, device_spec: 
               help="ray: measure on every phone of the Ray cluster whose node offers resource device:DEVICE.")
 @click.option("--address", default="auto", show_default=True,
               help="Ray cluster: auto (the one `ray start` runs here), HOST:PORT, ray://..., or local.")
+@click.option("--heal/--no-heal", default=True, show_default=True,
+              help="After measuring, re-measure entries flagged contended/throttled and outliers of the learned "
+                   "layer model until the table is stable.")
+@click.option("--heal-only", is_flag=True, help="Measure no missing layer: only the healing pass.")
+@click.option("--heal-rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Most healing rounds (refit, find suspects, re-measure).")
 @timing_options(runs=30, warmup=3, min_secs=0.2)
 @guard_options(tries=2)
 @device_options
 @json_option
 @click.pass_context
 def build_cmd(ctx: click.Context, device_spec: str, space_name: str, resolution: int, table_name: str | None,
-              limit: int | None, executor_kind: str, address: str, runs: int, warmup: int, min_secs: float, tries: int,
+              limit: int | None, executor_kind: str, address: str, heal: bool, heal_only: bool, heal_rounds: int,
+              runs: int, warmup: int, min_secs: float, tries: int,
               min_cpu_share: float, core: int | None, benchmark_binary: str | None, timeout_s: float, retries: int,
               as_json: bool) -> None:
-    """Measure every layer of the space on DEVICE (resumable: a re-run skips stored layers)."""
+    """Measure every layer of the space on DEVICE (resumable: a re-run skips stored layers), then heal the table."""
+    from mnas.predictor.heal import HealPolicy
     from mnas.predictor.ray_build import BuildInterrupted, build_table_with_executor
+
+    if heal_only and not heal:
+        raise MnasError("--heal-only with --no-heal: expected one of them")
+    policy = HealPolicy(max_rounds=heal_rounds) if heal else None
+    if heal_only:
+        limit = 0
 
     config = _bench_config(runs, warmup, min_secs, core, timeout_s)
     skipped = _SkippedDevices()
@@ -212,7 +226,7 @@ def build_cmd(ctx: click.Context, device_spec: str, space_name: str, resolution:
                 executor_kind, _space(space_name), resolution, device_spec, store, table_name, config,
                 address=address, select_options=_select_options(core, benchmark_binary, timeout_s, retries),
                 on_unusable=skipped, limit=limit, progress=not as_json, space_name=space_name,
-                guard=_guard(tries, min_cpu_share))
+                guard=_guard(tries, min_cpu_share), heal=policy)
         except BuildInterrupted as stop:
             click.echo(f"mnas: interrupted: table {stop.table_name!r} holds {stop.stored} layers; every stored layer "
                        "is kept: run the same command again to resume", err=True)
@@ -227,12 +241,24 @@ def build_cmd(ctx: click.Context, device_spec: str, space_name: str, resolution:
                    f"{result.already_stored} were stored before; {result.remaining} of {result.total_layers} remain")
         if result.retaken:
             click.echo(f"{result.retaken} of them replaced stored entries flagged contended or throttled")
+        if result.heal is not None:
+            click.echo(_heal_line(result.heal))
         if result.remaining:
             click.echo("run the same command again to continue")
     for line in result.failures:
         click.echo(f"mnas: error: {line}", err=True)
     if result.failures:
         raise SystemExit(1)
+
+
+def _heal_line(heal: Any) -> str:
+    if not heal.retaken:
+        return f"healing: nothing to re-measure ({heal.table_entries} entries)"
+    reasons = ", ".join(f"{name} {count}" for name, count in sorted(heal.by_reason.items()))
+    state = "stable" if heal.stable else f"{heal.left} suspects left (run again to go on)"
+    return (f"healing: re-measured {heal.entries} of {heal.table_entries} entries ({100 * (heal.share or 0):.1f}%) "
+            f"in {heal.rounds} round{'s' if heal.rounds != 1 else ''} ({reasons}): {heal.replaced} replaced, "
+            f"{heal.confirmed} confirmed; {state}")
 
 
 @table.command("fit")

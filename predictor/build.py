@@ -78,7 +78,8 @@ class BuildResult:
 
     @property
     def seconds_per_layer(self) -> float | None:
-        return self.elapsed_s / self.measured if self.measured else None
+        measuring = self.elapsed_s - (self.heal.elapsed_s if self.heal is not None else 0.0)
+        return measuring / self.measured if self.measured else None
 
     def to_dict(self) -> dict[str, Any]:
         return {"table_id": self.table_id, "table_name": self.table_name, "total_layers": self.total_layers,
@@ -209,6 +210,7 @@ def _measure_pass(devices: Sequence[Device], pending: list[LayerSig], measure: C
 def _heal_pass(devices: list[Device], measure: Callable[[Device, LayerSig], Measurement], store: Any, table_id: int,
                table_name: str, policy: HealPolicy, result: BuildResult, progress: bool) -> HealReport:
     """Re-take suspect entries (flagged, outliers) round after round until none is left (see `predictor.heal`)."""
+    started = time.monotonic()
     report = HealReport()
     touched: set[str] = set()
     for round_no in range(1, policy.max_rounds + 1):
@@ -272,6 +274,7 @@ def _heal_pass(devices: list[Device], measure: Callable[[Device, LayerSig], Meas
             table = load_table(store, table_id, allow_empty=True)
             report.left = len(suspects(table, policy, table_statistic(table))) if table.entries else 0
     report.stable = report.left == 0
+    report.elapsed_s = time.monotonic() - started
     return report
 
 

@@ -96,6 +96,7 @@ class HealReport:
     per_round: list[dict[str, Any]] = field(default_factory=list)
     robust_sd: float | None = None  # of the out-of-fold log residuals, first round
     table_entries: int = 0
+    elapsed_s: float = 0.0
 
     @property
     def share(self) -> float | None:
@@ -106,7 +107,8 @@ class HealReport:
         return {"rounds": self.rounds, "retaken": self.retaken, "entries": self.entries,
                 "by_reason": dict(self.by_reason), "replaced": self.replaced, "confirmed": self.confirmed,
                 "stable": self.stable, "left": self.left, "per_round": list(self.per_round),
-                "robust_sd": self.robust_sd, "table_entries": self.table_entries, "share": self.share}
+                "robust_sd": self.robust_sd, "table_entries": self.table_entries, "share": self.share,
+                "elapsed_s": self.elapsed_s}
 
 
 def entry_flag(entry: TableEntry) -> str | None:

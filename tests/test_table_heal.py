@@ -196,3 +196,20 @@ def test_policy_is_checked() -> None:
 
 def test_layer_keys_round_trip() -> None:
     assert all(LayerSig.from_key(key).key == key for key in PLANTED)
+
+
+def test_cli_build_heals_by_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`mnas table build` on the host: heal on by default (here every entry is flagged: --min-cpu-share 1),
+    --no-heal skips it, --heal-only measures nothing new, --heal-only --no-heal is one line."""
+    from test_cli_table import TINY, Cli
+
+    mnas = Cli(tmp_path / "mnas.db", capsys)
+    common = ("table", "build", "--device", "host", "--resolution", "32", *TINY, "--min-cpu-share", "1")
+    plain = mnas.json(*common, "--limit", "3", "--no-heal")
+    assert plain["measured"] == 3 and plain["heal"] is None
+    healed = mnas.json(*common, "--heal-only", "--heal-rounds", "1")
+    assert healed["measured"] == 0
+    assert (healed["heal"]["rounds"], healed["heal"]["retaken"], healed["heal"]["by_reason"]) == (1, 3, {"contended": 3})
+    code, out, _ = mnas(*common, "--limit", "2", "--heal-rounds", "1")
+    assert code == 0 and "healing: re-measured" in out and "in 1 round (contended " in out
+    assert mnas.error(*common, "--heal-only", "--no-heal") == "mnas: error: --heal-only with --no-heal: expected one of them"
