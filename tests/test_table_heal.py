@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from loopback_fixtures import isolated_adb_server, loopback_phones, requires_adb
 from predictor_fakes import SyntheticDevice, write_key
 
 from mnas.bench.store import ResultsStore
@@ -23,7 +24,7 @@ from mnas.errors import MnasError
 from mnas.predictor.build import build_table
 from mnas.predictor.heal import HEAL_KEY, HealPolicy, heal_record, settle, unhealed_table
 from mnas.predictor.layers import enumerate_layers
-from mnas.predictor.table import TableEntry, load_table
+from mnas.predictor.table import TableEntry, add_entry, load_table
 from mnas.space.arch import LayerSig
 from mnas.space.search_space import SearchSpace
 
@@ -213,3 +214,35 @@ def test_cli_build_heals_by_default(tmp_path: Path, capsys: pytest.CaptureFixtur
     code, out, _ = mnas(*common, "--limit", "2", "--heal-rounds", "1")
     assert code == 0 and "healing: re-measured" in out and "in 1 round (contended " in out
     assert mnas.error(*common, "--heal-only", "--no-heal") == "mnas: error: --heal-only with --no-heal: expected one of them"
+
+
+@pytest.mark.adb
+@requires_adb
+def test_loopback_phone_table_is_healed(tmp_path: Path) -> None:
+    """A phone (loopback Pixel 4, real LiteRT timings through adb): an entry planted 3x too slow in a built
+    table is found by `mnas table build --heal-only` and replaced by a re-take on the phone (median statistic)."""
+    from test_phone_integration import cli_env, fake_binary, run_cli
+
+    with isolated_adb_server(tmp_path / "adb") as adb, \
+            loopback_phones(adb, tmp_path / "phones", "pixel4", count=1) as phones:
+        env, serial = cli_env(adb, tmp_path / "phones"), phones[0].serial
+        db = str(tmp_path / "mnas.db")
+        common = ("--db", db, "table", "build", "--device", serial, "--resolution", "32", "--runs", "3",
+                  "--warmup", "1", "--min-secs", "0", "--benchmark-binary", str(fake_binary(tmp_path)), "--json")
+        built = run_cli(env, *common, "--limit", "24", "--no-heal", timeout_s=300)
+        assert built.rc == 0, built.describe()
+        name = built.json()["table_name"]
+        with ResultsStore(db) as store:
+            table = load_table(store, name)
+            key, entry = list(table.entries.items())[10]
+            planted = replace(entry, median_ms=3.0 * entry.median_ms)
+            add_entry(store, table.table_id, planted, replace=True)
+        healed = run_cli(env, *common, "--heal-only", "--heal-rounds", "2", timeout_s=300)
+        assert healed.rc == 0, healed.describe()
+        heal = healed.json()["heal"]
+        assert heal["retaken"] >= 1 and heal["by_reason"].get("outlier", 0) >= 1
+        with ResultsStore(db) as store:
+            after = load_table(store, name).entries[key]
+        record = heal_record(after)
+        assert record["reasons"][0] == "outlier" and record["first"]["median_ms"] == pytest.approx(planted.median_ms)
+        assert after.median_ms < 2.0 * entry.median_ms  # the phone's figure again, not the planted one
