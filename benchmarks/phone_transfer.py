@@ -38,20 +38,21 @@ import numpy as np
 from mnas.predictor.metrics import evaluate
 from mnas.predictor.transfer import (
     EVIDENCE_WEIGHT,
+    FEATURE_SETS,
     MIN_SHRINK_NETWORKS,
     SHRINK_GRID,
     NetworkFigure,
+    RatioModel,
     SourceLatency,
-    TransferResult,
     _target_ms,
     fit_network_calibration,
     network_sums,
     power_law_baseline,
-    select_shrink,
-    transfer_table,
+    select_candidate,
 )
 from mnas.predictor.transfer_store import figure_layers, measure_extra, source_latency
 from mnas.space import zoo
+from mnas.space.arch import LayerSig
 
 PHONES = Path("/work/shared/data/phones")
 PIXEL4_COLUMN = "pixel4|1large|float|mean"  # microseconds, one thread on the prime core
@@ -132,43 +133,45 @@ def mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 class Phone:
-    """One phone's evidence and the precomputed per-network sums (the ratio model does not depend on K)."""
+    """One phone's evidence and the precomputed per-network sums of every candidate ratio model
+    (the models are fitted on layer evidence only, so they do not depend on the split)."""
 
     def __init__(self, name: str, figures: list[NetworkFigure], source: SourceLatency, source_meta: Any,
-                 host_ms: np.ndarray, lut: dict[str, float] | None) -> None:
-        self.name, self.figures, self.host_ms, self.lut = name, figures, host_ms, lut
+                 host_ms: np.ndarray, lut: dict[str, float] | None, prior: dict[str, float] | None = None) -> None:
+        self.name, self.figures, self.host_ms, self.lut, self.prior = name, figures, host_ms, lut, prior
         self.measured = np.asarray([f.latency_ms for f in figures])
         self.source, self.source_meta = source, source_meta
-        layers = figure_layers(figures)
-        self.with_lut: TransferResult = transfer_table(source, layers, device_name=name, name=f"{name}-bench",
-                                                       source_meta=source_meta, layer_evidence=lut or {})
-        model = self.with_lut.ratio_model
-        # the network sums under each shrink of the per-layer model (transfer_table chooses one on the K networks)
-        def sums_at(shrink: float) -> np.ndarray:
-            shrunk = replace(model, shrink=shrink)
-            return network_sums(lambda ls: _target_ms(shrunk, ls, source.layers_ms(ls)[0], lut or {},
+        shape = lut or prior or {}
+        layers = [LayerSig.from_key(k) for k in shape]
+        self.models = [RatioModel.fit(layers, source.layers_ms(layers)[0], [shape[k] for k in shape], features=f)
+                       for f in FEATURE_SETS] if shape else []
+        if not lut:  # a prior gives the shape only: the level comes from the networks
+            self.models = [replace(m, intercept=0.0) for m in self.models]
+
+        def sums_at(model: RatioModel) -> np.ndarray:
+            return network_sums(lambda ls: _target_ms(model, ls, source.layers_ms(ls)[0], lut or {},
                                                       EVIDENCE_WEIGHT), figures)
 
-        self.sums_by_shrink = {shrink: sums_at(shrink) for shrink in SHRINK_GRID}
-        self.sums = self.sums_by_shrink[1.0]
+        self.sums_by_candidate = {(i, shrink): sums_at(replace(m, shrink=shrink))
+                                  for i, m in enumerate(self.models) for shrink in SHRINK_GRID}
         self.host_sums = network_sums(lambda ls: source.layers_ms(ls)[0], figures)
-        self.shrinks: list[float] = []
+        self.chosen: list[str] = []
 
     def transfer_predict(self, train: np.ndarray, test: np.ndarray) -> np.ndarray:
-        """Per-layer sums (ratio from the lookup table, or one global ratio) calibrated on `train`,
-        exactly as `transfer_table` does with those networks as figures."""
-        if train.size == 0:
-            return self.sums[test]
-        if not self.lut:
-            # no layer evidence: the ratio is one constant from the training networks (as transfer_table does)
-            ratio = float(np.exp(np.median(np.log(self.measured[train] / self.host_sums[train]))))
-            sums = self.host_sums * ratio
-        elif train.size >= MIN_SHRINK_NETWORKS and self.with_lut.ratio_model.coef:
-            shrink, _ = select_shrink({k: v[train] for k, v in self.sums_by_shrink.items()}, self.measured[train])
-            self.shrinks.append(shrink)
-            sums = self.sums_by_shrink[shrink]
+        """What `transfer_table` does with the `train` networks as figures, scored on `test`."""
+        if self.models:
+            key = (0, 1.0)
+            if train.size >= MIN_SHRINK_NETWORKS:
+                key, _ = select_candidate({k: v[train] for k, v in self.sums_by_candidate.items()},
+                                          self.measured[train])
+                self.chosen.append(f"{self.models[key[0]].features}@{key[1]:g}")
+            sums = self.sums_by_candidate[key]
         else:
-            sums = self.sums
+            sums = self.host_sums
+        if train.size == 0:
+            return sums[test]
+        if not self.lut:  # no layer evidence of its own: one level from the training networks
+            sums = sums * float(np.exp(np.median(np.log(self.measured[train] / sums[train]))))
         calibration, _ = fit_network_calibration(sums[train], self.measured[train])
         assert calibration is not None
         return calibration.apply(sums[test], np.zeros(test.size))
@@ -236,11 +239,10 @@ def main(argv: list[str] | None = None) -> int:
 
     store = ResultsStore(Path(args.db))
     source_table = choose_table(store, "host", 224, args.source)
-    phones = {"pixel1": (pixel1_figures(), pixel1_lut()), "pixel4": (pixel4_figures(), None)}
+    # Pixel 4 has no layer table: it borrows the shape of Pixel 1's (its level and shrink from its own networks)
+    phones = {"pixel1": (pixel1_figures(), pixel1_lut(), None), "pixel4": (pixel4_figures(), None, pixel1_lut())}
     if args.measure:
-        layers = [layer for figures, lut in phones.values() for layer in figure_layers(figures)]
-        from mnas.space.arch import LayerSig
-
+        layers = [layer for figures, _, _ in phones.values() for layer in figure_layers(figures)]
         layers += [LayerSig.from_key(k) for k in phones["pixel1"][1]]
         for name in ("mnasnet-a1", "mnasnet-b1"):
             layers += figure_layers([NetworkFigure(zoo.get(name), 224, 1.0),
@@ -249,15 +251,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"measured {measured} extra host layers", file=sys.stderr)
     source = source_latency(store, source_table)
     report: dict[str, Any] = {"source_table": source_table.meta.name, "phones": {}}
-    for name, (figures, lut) in phones.items():
+    for name, (figures, lut, prior) in phones.items():
         host_ms = host_network_ms(store, figures, args.measure)
-        phone = Phone(name, figures, source, source_table.meta, host_ms, lut)
+        phone = Phone(name, figures, source, source_table.meta, host_ms, lut, prior)
         entry: dict[str, Any] = {"figures": len(figures), "families": sorted({f.family for f in figures}),
-                                 "lut_layers": len(lut or {}),
-                                 "ratio_model": phone.with_lut.ratio_model.to_dict() if lut else None,
+                                 "lut_layers": len(lut or {}), "prior_layers": len(prior or {}),
+                                 "ratio_models": [m.to_dict() for m in phone.models],
                                  "leave_one_family_out": leave_one_family_out(phone)}
         if name == "pixel1":
+            phone.chosen = []
             entry["acceptance"] = repeated(phone, args.k, args.choices, args.seed)
+            entry["acceptance"]["chosen_models"] = {c: phone.chosen.count(c) for c in sorted(set(phone.chosen))}
         ks = [int(k) for k in args.curve.split(",") if int(k) < len(figures)]
         entry["learning_curve"] = [repeated(phone, k, args.choices, args.seed) for k in ks]
         report["phones"][name] = entry
@@ -267,12 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"source table: {report['source_table']}")
     for name, entry in report["phones"].items():
         print(f"\n== {name}: {entry['figures']} published figures, families {', '.join(entry['families'])}, "
-              f"{entry['lut_layers']} lookup-table layers")
+              f"{entry['lut_layers']} lookup-table layers of its own, {entry['prior_layers']} of another phone")
         if "acceptance" in entry:
             acc = entry["acceptance"]
             print(f"acceptance (K={acc['k']} MobileNetV2 + LUT, mean of {acc['transfer']['choices']} choices):")
             print(f"  transfer: {fmt(acc['transfer'])}")
             print(f"  baseline: {fmt(acc['baseline'])}")
+            print(f"  ratio models chosen on the K networks: {acc['chosen_models']}")
         print("leave one family out:")
         for family, row in entry["leave_one_family_out"].items():
             print(f"  {family:14s} (calibrated on {row['calibrated_on']:2d}) transfer: {fmt(row['transfer'])}")

@@ -474,6 +474,10 @@ def _eval_stored(ctx: click.Context, device_spec: str, holdout: str | None, reso
 @click.option("--device", "device_name", required=True, help="Target device name (e.g. pixel1).")
 @click.option("--evidence", "evidence_tables", multiple=True,
               help="The target's partial table(s) (default: every stored published table of the device).")
+@click.option("--prior", "prior_tables", multiple=True,
+              help="Another device's partial table(s) whose per-layer ratio SHAPE is borrowed when DEVICE has no "
+                   "layer table of its own (e.g. pixel1-r224-proxylessnas-lut for pixel4); the level and how much "
+                   "of the shape to keep come from DEVICE's figures.")
 @click.option("--figures/--no-figures", "use_figures", default=True, show_default=True,
               help="Calibrate on the device's stored end-to-end figures (`mnas results import`).")
 @click.option("--holdout", default=None, help="Leave this family's figures out of the calibration.")
@@ -489,7 +493,7 @@ def _eval_stored(ctx: click.Context, device_spec: str, holdout: str | None, reso
 @json_option
 @click.pass_context
 def transfer_cmd(ctx: click.Context, source_name: str, device_name: str, evidence_tables: tuple[str, ...],
-                 use_figures: bool, holdout: str | None, measure: bool, table_name: str | None,
+                 prior_tables: tuple[str, ...], use_figures: bool, holdout: str | None, measure: bool, table_name: str | None,
                  export_path: str | None, resolutions: str, as_json: bool) -> None:
     """Build a complete table of DEVICE from a complete table of another device plus the target's
     partial evidence (a partial layer table and/or end-to-end figures)."""
@@ -513,6 +517,9 @@ def transfer_cmd(ctx: click.Context, source_name: str, device_name: str, evidenc
         evidence: dict[str, float] = {}
         for name in names:
             evidence.update(load_table(store, name).latencies("median"))
+        prior: dict[str, float] = {}
+        for name in prior_tables:
+            prior.update(load_table(store, name).latencies("median"))
         figures = stored_figures(store, device_name) if use_figures else []
         if holdout:
             figures = [f for f in figures if f.family != holdout]
@@ -522,11 +529,12 @@ def transfer_cmd(ctx: click.Context, source_name: str, device_name: str, evidenc
                             "(`mnas results import FILE --device NAME --source TEXT`)")
         measured = 0
         if measure:
-            needed = figure_layers(figures) + [LayerSig.from_key(k) for k in evidence]
+            needed = figure_layers(figures) + [LayerSig.from_key(k) for k in [*evidence, *prior]]
             measured = measure_extra(store, source, needed, progress=not as_json)
         label = ", ".join(names) if names else ""
         result = run_transfer(source_latency(store, source), source, device_name, name=table_name,
-                              layer_evidence=evidence, figures=figures, evidence_label=label)
+                              layer_evidence=evidence, figures=figures, evidence_label=label,
+                              prior_evidence=prior, prior_label=", ".join(prior_tables))
         rows = save_transfer(store, result, resolutions=wanted)
     written = None
     if export_path:
@@ -546,7 +554,9 @@ def transfer_cmd(ctx: click.Context, source_name: str, device_name: str, evidenc
                f"{source_name} ({len(evidence)} evidence layers from {label or 'no table'}, {len(figures)} figures)")
     model = result.ratio_model
     click.echo(f"per-layer ratio: global {model.to_dict()['global_ratio']:.3g}x, fitted on {model.n} layers "
-               f"(alpha {model.alpha}, cross-validated log RMSE {_fmt(model.loo_rmse_log)})")
+               f"({'of ' + ', '.join(prior_tables) + ' (shape only), ' if prior and not evidence else ''}"
+               f"features {model.features}, shrink {model.shrink:g}, alpha {model.alpha}, "
+               f"cross-validated log RMSE {_fmt(model.loo_rmse_log)})")
     calibration = payload["calibration"]
     click.echo(f"calibration: {calibration['formula'] + ' [' + calibration['form'] + ']' if calibration else 'none'}")
     for row in rows:

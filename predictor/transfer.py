@@ -17,9 +17,12 @@ another device (the source, e.g. this host's) plus that evidence into a table of
    never by looking at held-out figures, and each feature is clipped to the range the
    evidence spans, so a layer smaller or wider than any measured one is not extrapolated.
    Without layer evidence the ratio is one global constant (the network-level step sets it).
-   When K >= 3 end-to-end figures are given, how much of the per-layer deviation from the
-   global ratio to keep (`shrink`, 0..1) is chosen by leave-one-network-out error on them:
+   When K >= 3 end-to-end figures are given, which features to use (all, or only the kind of
+   layer: op, kernel, stride, SE, skip) and how much of the per-layer deviation from the
+   global ratio to keep (`shrink`, 0..1) are chosen by leave-one-network-out error on them:
    layer evidence at one resolution and a few widths may not carry over to other networks.
+   A target with no layer table may borrow the ratio *shape* of another phone's table
+   (`prior_evidence`); its level and the shrink then come from its own networks.
 2. **Per network**: the existing calibration idea (measured ~ a + b x layer sum) fitted on the
    K end-to-end figures given. With K = 6 the four-parameter calibration would fit noise, so
    only `scale` (b) and `affine` (a + b) are candidates, chosen by leave-one-out error inside
@@ -69,6 +72,16 @@ RATIO_FEATURES: tuple[str, ...] = (
 )
 
 
+# The per-layer model's candidate feature sets: every feature, or only what kind of layer it is
+# (op, kernel, stride, squeeze-excite, skip: no size or width, so nothing to extrapolate). Which
+# one a transfer keeps is chosen on the target's calibration networks (`choose_ratio_model`).
+FEATURE_SETS: dict[str, tuple[str, ...]] = {
+    "all": RATIO_FEATURES,
+    "kind": ("kernel3", "kernel5", "kernel7", "stride2", "se", "op_stem", "op_head", "op_conv", "op_dsconv",
+             "op_mbconv", "skip_identity"),
+}
+
+
 def _ratio_row(layer: LayerSig) -> list[float]:
     cost = layer_cost(layer)
     flops = max(float(cost.mult_adds), 1.0)
@@ -109,6 +122,7 @@ class RatioModel:
     low: tuple[float, ...] = ()  # each feature's range in the evidence: features are clipped to it
     high: tuple[float, ...] = ()
     shrink: float = 1.0  # share of the per-layer deviation from the global ratio kept (chosen on networks)
+    features: str = "all"  # the `FEATURE_SETS` entry it was fitted on (the others have coefficient 0)
     feature_names: tuple[str, ...] = RATIO_FEATURES
 
     @classmethod
@@ -133,7 +147,7 @@ class RatioModel:
 
     def to_dict(self) -> dict[str, Any]:
         return {"intercept": self.intercept, "coef": list(self.coef), "mean": list(self.mean),
-                "scale": list(self.scale), "low": list(self.low), "high": list(self.high), "alpha": self.alpha, "shrink": self.shrink, "n": self.n, "loo_rmse_log": self.loo_rmse_log,
+                "scale": list(self.scale), "low": list(self.low), "high": list(self.high), "alpha": self.alpha, "shrink": self.shrink, "features": self.features, "n": self.n, "loo_rmse_log": self.loo_rmse_log,
                 "feature_names": list(self.feature_names), "global_ratio": math.exp(self.intercept)}
 
     @classmethod
@@ -146,7 +160,7 @@ class RatioModel:
                        high=tuple(float(c) for c in data.get("high") or ()),
                        alpha=None if data.get("alpha") is None else float(data["alpha"]), n=int(data.get("n", 0)),
                        loo_rmse_log=None if data.get("loo_rmse_log") is None else float(data["loo_rmse_log"]),
-                       shrink=float(data.get("shrink", 1.0)),
+                       shrink=float(data.get("shrink", 1.0)), features=str(data.get("features", "all")),
                        feature_names=tuple(data.get("feature_names") or RATIO_FEATURES))
         except (KeyError, TypeError, ValueError) as exc:
             raise MnasError(f"transfer ratio model: malformed ({type(exc).__name__}: {exc}): expected one written "
@@ -154,7 +168,8 @@ class RatioModel:
 
     @classmethod
     def fit(cls, layers: Sequence[LayerSig], source_ms: Sequence[float] | np.ndarray,
-            target_ms: Sequence[float] | np.ndarray, alphas: Sequence[float] = RIDGE_ALPHAS) -> RatioModel:
+            target_ms: Sequence[float] | np.ndarray, alphas: Sequence[float] = RIDGE_ALPHAS,
+            features: str = "all") -> RatioModel:
         """Ridge on standardised features (intercept unpenalised); alpha by leave-one-group-out CV.
 
         The groups are the layers' input spatial sizes: the table is used at sizes it never
@@ -173,7 +188,10 @@ class RatioModel:
         y = np.log(tgt / src)
         if src.size < 3:
             return cls.constant(float(np.mean(y)) if y.size else 0.0, int(y.size))
+        if features not in FEATURE_SETS:
+            raise MnasError(f"transfer: feature set {features!r}: expected one of {sorted(FEATURE_SETS)}")
         x = ratio_features(layers)
+        x[:, [i for i, name in enumerate(RATIO_FEATURES) if name not in FEATURE_SETS[features]]] = 0.0
         mean = x.mean(axis=0)
         scale = x.std(axis=0)
         scale[scale < 1e-12] = 1.0  # a constant feature: centred to 0, so its coefficient is 0
@@ -194,7 +212,7 @@ class RatioModel:
         return cls(intercept=float(model.intercept_), coef=tuple(float(c) for c in model.coef_),
                    mean=tuple(float(m) for m in mean), scale=tuple(float(s) for s in scale),
                    alpha=float(alphas[best]), n=int(y.size), loo_rmse_log=float(math.sqrt(cv[best])),
-                   low=tuple(float(v) for v in low), high=tuple(float(v) for v in high))
+                   low=tuple(float(v) for v in low), high=tuple(float(v) for v in high), features=features)
 
 
 # ------------------------------------------------------------------------------ source side
@@ -352,6 +370,36 @@ def _target_ms(model: RatioModel, layers: Sequence[LayerSig], src: np.ndarray, e
     return out
 
 
+def choose_ratio_model(models: Sequence[RatioModel], source: SourceLatency, figures: Sequence[NetworkFigure],
+                       evidence: Mapping[str, float], evidence_weight: float = EVIDENCE_WEIGHT,
+                       forms: Sequence[str] = CALIBRATION_FORMS) -> tuple[RatioModel, dict[str, float]]:
+    """The (feature set, shrink) whose calibrated network sums predict the given figures best by
+    leave-one-network-out (see `choose_shrink`); ties go to the larger shrink (when the networks
+    cannot tell, the layer evidence decides), then to the earlier model."""
+    per = [f.arch.layers(f.resolution, f.num_classes) for f in figures]
+    flat = [layer for layers in per for layer in layers]
+    src, _ = source.layers_ms(flat)
+    starts = np.cumsum([0] + [len(layers) for layers in per[:-1]])
+    sums = {(i, shrink): np.add.reduceat(_target_ms(replace(m, shrink=shrink), flat, src, evidence, evidence_weight),
+                                         starts)
+            for i, m in enumerate(models) for shrink in SHRINK_GRID}
+    (index, shrink), scores = select_candidate(sums, [f.latency_ms for f in figures], forms)
+    named = {f"{models[i].features}@{v:g}": score for (i, v), score in scores.items()}
+    return replace(models[index], shrink=shrink), named
+
+
+def select_candidate(sums_by_candidate: Mapping[tuple[int, float], np.ndarray], measured: Sequence[float] | np.ndarray,
+                     forms: Sequence[str] = CALIBRATION_FORMS) -> tuple[tuple[int, float], dict[tuple[int, float], float]]:
+    """The (model index, shrink) whose sums calibrate best by leave-one-out; ties: larger shrink, earlier model."""
+    scores: dict[tuple[int, float], float] = {}
+    for key, sums in sums_by_candidate.items():
+        _, info = fit_network_calibration(sums, measured, forms)
+        loo = info.get("loo_mape_pct") or {}
+        scores[key] = float(min((v for v in loo.values() if math.isfinite(v)), default=math.inf))
+    best = min(scores, key=lambda k: (round(scores[k], 6), -k[1], k[0]))
+    return best, scores
+
+
 def choose_shrink(model: RatioModel, source: SourceLatency, figures: Sequence[NetworkFigure],
                   evidence: Mapping[str, float], evidence_weight: float = EVIDENCE_WEIGHT,
                   forms: Sequence[str] = CALIBRATION_FORMS) -> tuple[RatioModel, dict[str, float]]:
@@ -389,8 +437,14 @@ def transfer_table(source: SourceLatency, layers: Sequence[LayerSig], *, device_
                    source_meta: TableMeta, layer_evidence: Mapping[str, float] | None = None,
                    figures: Sequence[NetworkFigure] = (), evidence_weight: float = EVIDENCE_WEIGHT,
                    resolution: int | None = None, evidence_label: str = "",
-                   calibration_forms: Sequence[str] = CALIBRATION_FORMS) -> TransferResult:
+                   calibration_forms: Sequence[str] = CALIBRATION_FORMS,
+                   prior_evidence: Mapping[str, float] | None = None, prior_label: str = "") -> TransferResult:
     """A table of `layers` for `device_name` from the source's latencies and the target's evidence.
+
+    `prior_evidence`: a partial table of ANOTHER device (e.g. Pixel 1's for a Pixel 4 that has
+    only whole-network figures): used only when the target has no layer evidence, for the
+    shape of the per-layer ratio (how kernels, strides, op kinds differ between the source and
+    a phone), its level and how much of the shape to keep set by the target's own networks.
 
     `layer_evidence`: target ms by layer key (a partial table); `figures`: whole networks on
     the target. Every entry is marked transferred; keys with evidence blend it with the model
@@ -400,20 +454,27 @@ def transfer_table(source: SourceLatency, layers: Sequence[LayerSig], *, device_
     if not 0.0 <= evidence_weight <= 1.0:
         raise MnasError(f"evidence weight {evidence_weight}: expected a value in [0, 1]")
     ev_layers = [LayerSig.from_key(key) for key in evidence]
-    if ev_layers:
-        ev_src, _ = source.layers_ms(ev_layers)
-        model = RatioModel.fit(ev_layers, ev_src, [evidence[k] for k in evidence])
+    prior = dict(prior_evidence or {})
+    # the layers whose ratio shape is learned: the target's own, else another device's (a prior)
+    shape = evidence if ev_layers else prior
+    shape_layers = [LayerSig.from_key(key) for key in shape]
+    if shape_layers:
+        shape_src, _ = source.layers_ms(shape_layers)
+        models = [RatioModel.fit(shape_layers, shape_src, [shape[k] for k in shape], features=name)
+                  for name in FEATURE_SETS]
+        model = models[0]
     else:
-        model = RatioModel.constant(0.0)
-    # without layer evidence the global ratio comes from the networks (sum of source x ratio vs measured)
-    if not ev_layers and figures:
-        src_sums = network_sums(lambda ls: source.layers_ms(ls)[0], figures)
-        measured = np.asarray([f.latency_ms for f in figures])
-        model = RatioModel.constant(float(np.median(np.log(measured / src_sums))))
-
+        models, model = [], RatioModel.constant(0.0)
     shrink_scores: dict[str, float] = {}
-    if ev_layers and model.coef and len(figures) >= MIN_SHRINK_NETWORKS:
-        model, shrink_scores = choose_shrink(model, source, figures, evidence, evidence_weight, calibration_forms)
+    if models and len(figures) >= MIN_SHRINK_NETWORKS:
+        model, shrink_scores = choose_ratio_model(models, source, figures, evidence, evidence_weight,
+                                                  calibration_forms)
+    if not ev_layers and figures:
+        # no layer evidence of the target: its global ratio comes from the networks (measured vs source x shape)
+        shaped = replace(model, intercept=0.0)
+        sums = network_sums(lambda ls: source.layers_ms(ls)[0] * shaped.ratio(ls), figures)
+        measured = np.asarray([f.latency_ms for f in figures])
+        model = replace(shaped, intercept=float(np.median(np.log(measured / sums))))
 
     all_layers = list({layer.key: layer for layer in [*layers, *ev_layers]}.values())
     src_ms, where = source.layers_ms(all_layers)
@@ -449,9 +510,10 @@ def transfer_table(source: SourceLatency, layers: Sequence[LayerSig], *, device_
         "format": TRANSFER_FORMAT, "source_table": source_meta.name, "source_meta": source_meta.to_dict(),
         "source_tables": [label for label, _ in source.tables], "source_of_entries": by_source,
         "evidence": {"label": evidence_label, "layers": len(evidence), "evidence_weight": evidence_weight,
+                     "prior": {"label": prior_label, "layers": len(prior)} if prior and not ev_layers else None,
                      "networks": [{"name": f.name, "family": f.family, "arch": str(f.arch), "resolution": f.resolution,
                                    "latency_ms": f.latency_ms} for f in figures]},
-        "ratio_model": model.to_dict(), "shrink_loo_mape_pct": shrink_scores, "calibration": None if result.calibration is None else {
+        "ratio_model": model.to_dict(), "model_choice_loo_mape_pct": shrink_scores, "calibration": None if result.calibration is None else {
             **result.calibration.to_dict(), **calibration_info},
         "created": created,
     }

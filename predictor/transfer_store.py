@@ -135,7 +135,8 @@ def source_latency(store: Any, source: LatencyTable, *, model: str = "gbr", seed
 def run_transfer(source: SourceLatency, source_table: LatencyTable, device_name: str, *, name: str | None = None,
                  layer_evidence: dict[str, float] | None = None, figures: Sequence[NetworkFigure] = (),
                  coverage: Sequence[LayerSig] | None = None, evidence_label: str = "",
-                 calibration_forms: Sequence[str] = CALIBRATION_FORMS) -> TransferResult:
+                 calibration_forms: Sequence[str] = CALIBRATION_FORMS, prior_evidence: dict[str, float] | None = None,
+                 prior_label: str = "") -> TransferResult:
     """Transfer the source table plus `coverage` (default: the zoo's range) and the figures' layers."""
     layers = [LayerSig.from_key(key) for key in source_table.entries]
     layers += list(zoo_layers() if coverage is None else coverage)
@@ -143,7 +144,8 @@ def run_transfer(source: SourceLatency, source_table: LatencyTable, device_name:
     name = name or f"{device_name}-r{source_table.meta.resolution}-transfer"
     return transfer_table(source, layers, device_name=device_name, name=name, source_meta=source_table.meta,
                           layer_evidence=layer_evidence, figures=figures, evidence_label=evidence_label,
-                          calibration_forms=calibration_forms)
+                          calibration_forms=calibration_forms, prior_evidence=prior_evidence,
+                          prior_label=prior_label)
 
 
 # ------------------------------------------------------------------------------ predictors
