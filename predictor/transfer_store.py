@@ -103,19 +103,25 @@ def measure_extra(store: Any, source: LatencyTable, layers: Sequence[LayerSig], 
     if source.meta.device_name != "host":
         raise MnasError(f"source table {source.meta.name!r} is of device {source.meta.device_name!r}: expected a "
                         "host table to measure its missing layers on this host (or pass --no-measure)")
+    wanted_any = any(layer.key not in source.entries for layer in layers)
+    if not wanted_any:
+        return 0
     devices = select_devices("host")
     profile = devices[0].profile()
     if (profile.runtime, profile.runtime_version) != (source.meta.runtime, source.meta.runtime_version):
         raise MnasError(f"source table {source.meta.name!r} was measured with {source.meta.runtime} "
                         f"{source.meta.runtime_version}: this host runs {profile.runtime} {profile.runtime_version} "
                         "(pass --no-measure to use the learned model instead)")
-    wanted = [layer for layer in layers if layer.key not in source.entries]
+    extra = extra_table_name(source.meta.name)
+    stored = load_table(store, extra, allow_empty=True).entries if find_table(store, extra) is not None else {}
+    wanted = list({layer.key: layer for layer in layers
+                   if layer.key not in source.entries and layer.key not in stored}.values())
     if not wanted:
-        return 0
+        return 0  # nothing to measure: the host is not even locked
     if config is None:
         config = BenchConfig(warmup_runs=3, num_runs=30, min_secs=0.2, core=None, timeout_s=600.0)
-    result = build_table(mnasnet(), source.meta.resolution, devices, store, extra_table_name(source.meta.name),
-                         config, layers=wanted, progress=progress)
+    result = build_table(mnasnet(), source.meta.resolution, devices, store, extra, config, layers=wanted,
+                         progress=progress)
     return result.measured
 
 
