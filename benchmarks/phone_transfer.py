@@ -231,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--curve", default="0,1,2,3,4,6,8,11")
+    parser.add_argument("--host-networks", choices=("measured", "layer-sums"), default="measured",
+                        help="the baseline's host whole-network latency: measured end to end here (needs --measure "
+                             "once), or the sum of this host's measured layer latencies (when the host is busy)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -250,9 +253,13 @@ def main(argv: list[str] | None = None) -> int:
         measured = measure_extra(store, source_table, layers, progress=not args.json)
         print(f"measured {measured} extra host layers", file=sys.stderr)
     source = source_latency(store, source_table)
-    report: dict[str, Any] = {"source_table": source_table.meta.name, "phones": {}}
+    report: dict[str, Any] = {"source_table": source_table.meta.name, "baseline_host_latency": args.host_networks,
+                              "choices": args.choices, "k": args.k, "seed": args.seed, "phones": {}}
     for name, (figures, lut, prior) in phones.items():
-        host_ms = host_network_ms(store, figures, args.measure)
+        if args.host_networks == "measured":
+            host_ms = host_network_ms(store, figures, args.measure)
+        else:
+            host_ms = network_sums(lambda ls: source.layers_ms(ls)[0], figures)
         phone = Phone(name, figures, source, source_table.meta, host_ms, lut, prior)
         entry: dict[str, Any] = {"figures": len(figures), "families": sorted({f.family for f in figures}),
                                  "lut_layers": len(lut or {}), "prior_layers": len(prior or {}),
@@ -268,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report, indent=1, default=float))
         return 0
-    print(f"source table: {report['source_table']}")
+    print(f"source table: {report['source_table']}; baseline from host whole networks {args.host_networks}")
     for name, entry in report["phones"].items():
         print(f"\n== {name}: {entry['figures']} published figures, families {', '.join(entry['families'])}, "
               f"{entry['lut_layers']} lookup-table layers of its own, {entry['prior_layers']} of another phone")
