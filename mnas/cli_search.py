@@ -13,7 +13,7 @@ from mnas.cli_util import DefaultGroup, db_path, echo_json, echo_table, json_opt
 
 @click.group(cls=DefaultGroup, default_command="run")
 def search() -> None:
-    """The MnasNet search (PPO controller) and its baselines; `mnas search --help-run` for options."""
+    """The MnasNet search (PPO controller) and its baselines; `mnas search run --help` for a run's options."""
 
 
 @search.command("run")
@@ -35,6 +35,10 @@ def search() -> None:
               help="fashion-mnist, digits, an ImageFolder tree, a CIFAR-10 python folder (its pickles are read by a "
                    "restricted unpickler that refuses anything but the real batches' arrays) or an .npz.")
 @click.option("--proxy-resolution", type=int, default=32, show_default=True)
+@click.option("--proxy-strides", type=click.Choice(["auto", "reduced", "full"]), default="auto", show_default=True,
+              help="reduced: the proxy trains with the stem and the first stride-2 block at stride 1 (total stride "
+                   "8), so late blocks see feature maps of their timed sizes (4x4 at 32 px); full: the timed "
+                   "strides; auto: reduced below 64 px.")
 @click.option("--epochs", type=float, default=1.0, show_default=True)
 @click.option("--steps", type=int, default=None, help="Training steps per child (overrides --epochs).")
 @click.option("--batch-size", type=int, default=128, show_default=True)
@@ -42,6 +46,9 @@ def search() -> None:
 @click.option("--val-samples", type=int, default=2000, show_default=True,
               help="Held-out images each child is scored on (cap).")
 @click.option("--runs", type=int, default=20, show_default=True, help="Measured latency: timed runs.")
+@click.option("--keep-models", is_flag=True,
+              help="Measured latency: keep every timed .tflite in results/runs/RUN/models (default: each is deleted "
+                   "once its latency is stored; ~15 MB per child at 224 px).")
 @click.option("--warmup", type=int, default=3, show_default=True)
 @click.option("--min-secs", type=float, default=0.5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -71,8 +78,9 @@ def search() -> None:
 @click.pass_context
 def run_cmd(ctx: click.Context, latency_kind: str, device: str, predictor_id: int | None, share: float, algorithm: str,
             samples: int, target_ms: float, reward_preset: str, alpha: float | None, beta: float | None,
-            latency_resolution: int, accuracy_kind: str, dataset: str, proxy_resolution: int, epochs: float,
-            steps: int | None, batch_size: int, train_samples: int, val_samples: int, runs: int, warmup: int,
+            latency_resolution: int, accuracy_kind: str, dataset: str, proxy_resolution: int, proxy_strides: str,
+            epochs: float, steps: int | None, batch_size: int, train_samples: int, val_samples: int, runs: int,
+            keep_models: bool, warmup: int,
             min_secs: float, seed: int, threads: int, benchmark_binary: str | None, run_name: str | None, resume_id: str | None,
             executor_kind: str, address: str, cpus_per_child: float, gpus_per_child: float, workers: int,
             window: int | None, max_retries: int, as_json: bool) -> None:
@@ -96,7 +104,8 @@ def run_cmd(ctx: click.Context, latency_kind: str, device: str, predictor_id: in
                 latency_resolution=latency_resolution, runs=runs, warmup=warmup, min_secs=min_secs,
                 benchmark_binary=benchmark_binary, accuracy=accuracy_kind, dataset=dataset,
                 proxy_resolution=proxy_resolution, epochs=epochs, steps=steps, batch_size=batch_size,
-                train_samples=train_samples, val_samples=val_samples, threads=threads)
+                train_samples=train_samples, val_samples=val_samples, threads=threads, keep_models=keep_models,
+                proxy_strides=proxy_strides)
             summary = start_run(database, config, run_id=run_name, executor=executor, window=window, threads=threads,
                                 progress=not as_json)
     except RunInterrupted as stop:
@@ -176,13 +185,26 @@ def report_cmd(ctx: click.Context, run_id: str, top: int, out_dir: str | None, a
                f"{report['share_under_target'] * 100:.0f}% under target, hypervolume {report['hypervolume']:.4f}")
     sources = ", ".join(f"{kind} {n}" for kind, n in report["latency_sources"].items())
     click.echo(f"latency sources: {sources or 'none'}")
+    if report["ranking"] == "finalized":
+        first = report["top"][0] if report["top"] else {"seeds": [], "steps": 0}
+        click.echo(f"ranking: finalized (mean of {len(first['seeds'])} seed(s) x {first['steps']} steps, "
+                   f"`mnas search finalize`); {report['accuracy_label']}")
+    else:
+        click.echo(f"ranking: search (one training per child; `mnas search finalize {run_id}` re-trains the best); "
+                   f"{report['accuracy_label']}")
     error = report["latency_error"]
     if error["n"]:
         click.echo(f"predicted vs measured latency ({error['n']} measured archs): MAPE {error['mape_pct']:.1f}%, "
                    f"max {error['max_ape_pct']:.1f}%, bias {error['bias_pct']:+.1f}%")
-    echo_table([{"idx": r["idx"], "reward": f"{r['reward']:.4f}", "accuracy": f"{r['accuracy']:.4f}",
-                 "latency_ms": f"{r['latency_ms']:.2f}", "source": r["latency_source"], "arch": r["arch_hash"]}
-                for r in report["top"]])
+    if report["ranking"] == "finalized":
+        echo_table([{"idx": r["idx"], "reward": f"{r['reward']:.4f}+-{r['reward_sd']:.4f}",
+                     "accuracy": f"{r['accuracy']:.4f}+-{r['accuracy_sd']:.4f}", "seeds": len(r["seeds"]),
+                     "search_reward": f"{r['search_reward']:.4f}", "latency_ms": f"{r['latency_ms']:.2f}",
+                     "source": r["latency_source"], "arch": r["arch_hash"]} for r in report["top"]])
+    else:
+        echo_table([{"idx": r["idx"], "reward": f"{r['reward']:.4f}", "accuracy": f"{r['accuracy']:.4f}",
+                     "latency_ms": f"{r['latency_ms']:.2f}", "source": r["latency_source"], "arch": r["arch_hash"]}
+                    for r in report["top"]])
     for name, path in report["plots"].items():
         click.echo(f"{name}: {path}")
 
@@ -203,9 +225,57 @@ def export_cmd(ctx: click.Context, run_id: str, top: int, out_dir: str | None, a
     if as_json:
         echo_json(rows)
     else:
+        if rows:
+            click.echo("ranking: finalized (mean final reward over seeds)" if rows[0]["ranking"] == "finalized"
+                       else "ranking: search (one training per child)")
         for r in rows:
-            kept = (f"\n   {r['weights']} (build_model(arch, {r['num_classes']}))" if r["weights"]
-                    else "\n   (no trained weights kept for this child)")
+            kept = (f"\n   {r['weights']} (the search's proxy: ProxyTask.model(arch, {r['num_classes']}))"
+                    if r["weights"] else "\n   (no trained weights kept for this child)")
             trained = f"\n   {r['trained_tflite']}" if r["trained_tflite"] else ""
-            click.echo(f"#{r['rank']} reward {r['reward']:.4f}: {r['arch']}\n   {r['blocks_txt']}\n   {r['tflite']}"
+            spread = f" +- {r['reward_sd']:.4f} ({len(r['seeds'])} seeds)" if r["ranking"] == "finalized" else ""
+            click.echo(f"#{r['rank']} reward {r['reward']:.4f}{spread}: {r['arch']}\n   {r['blocks_txt']}\n   {r['tflite']}"
                        + kept + trained)
+
+
+@search.command("finalize")
+@click.argument("run_id")
+@click.option("--top", type=int, default=5, show_default=True, help="Distinct children to re-train (best search reward).")
+@click.option("--seeds", type=int, default=3, show_default=True, help="Trainings per child (seeds 0 .. S-1).")
+@click.option("--steps", type=int, default=None,
+              help="Training steps of each final training (default: 4x the search's steps per child).")
+@click.option("--device", "train_device", default=None, help="Proxy training device (cpu, cuda[:N]; default: the run's).")
+@json_option
+@click.pass_context
+def finalize_cmd(ctx: click.Context, run_id: str, top: int, seeds: int, steps: int | None, train_device: str | None,
+                 as_json: bool) -> None:
+    """Re-train the top children of RUN longer under several seeds and rank them by mean reward.
+
+    Every training is stored as it finishes; running the same command again (after Ctrl-C or a
+    kill) trains only what is missing. `search report` and `search export` then use this ranking.
+    """
+    from mnas.search.finalize import check_finalize_options, finalize_run
+    from mnas.search.lifecycle import open_run
+
+    check_finalize_options(top, seeds, steps)
+    runs_store, config = open_run(db_path(ctx), run_id)
+    try:
+        summary = finalize_run(runs_store, run_id, config, top=top, seeds=seeds, steps=steps, device=train_device,
+                               progress=not as_json)
+    except KeyboardInterrupt:
+        done = len(runs_store.finals(run_id))
+        click.echo(f"mnas: finalize {run_id} interrupted ({done} final training(s) stored in all): run the same "
+                   "command again to train only what is missing", err=True)
+        raise SystemExit(130) from None
+    payload = {"run_id": summary.run_id, "children": summary.children, "seeds": summary.seeds, "steps": summary.steps,
+               "trained": summary.trained, "reused": summary.reused, "accuracy_kind": config.accuracy.kind,
+               "ranking": summary.ranking}
+    if as_json:
+        echo_json(payload)
+        return
+    click.echo(f"finalize {run_id}: {summary.children} children x {summary.seeds} seeds x {summary.steps} steps "
+               f"({summary.trained} trained now, {summary.reused} already stored)"
+               + ("; cheap stand-in: NOT accuracies" if config.accuracy.kind == "cheap" else ""))
+    echo_table([{"rank": r["rank"], "reward": f"{r['reward']:.4f}", "reward_sd": f"{r['reward_sd']:.4f}",
+                 "accuracy": f"{r['accuracy_mean']:.4f}", "accuracy_sd": f"{r['accuracy_sd']:.4f}",
+                 "seeds": len(r["seeds"]), "search_reward": f"{r['search_reward']:.4f}",
+                 "latency_ms": f"{r['latency_ms']:.2f}", "arch": r["arch_hash"]} for r in summary.ranking])

@@ -11,8 +11,11 @@ TF1's RMSProp (decay 0.9, momentum 0.9, epsilon 1e-3; see `TFRMSprop` for why to
 RMSprop differs), learning rate `base_lr x batch / 256` (official base 0.016 per 256 images,
 i.e. 0.256 at batch 4096), linear warm-up from 0, then the official staircase decay x0.97
 every 2.4 epochs (or cosine / constant), weight decay 1e-5 on every non-BN weight, label
-smoothing 0.1, dropout 0.2, BN momentum 0.99 (in the builder). Proxy-specific choices, all
-fields of `ProxyTask` (measurements in its docstring): warm-up as a fraction of the run
+smoothing 0.1, dropout 0.2, BN momentum 0.99 and the official initialisers (conv kernels
+normal with sd sqrt(2 / fan_out), the classifier uniform +-1/sqrt(classes); both in the
+builder, `space/torch_model.py`). Proxy-specific choices, all
+fields of `ProxyTask` (measurements in its docstring): reduced early strides below 64 px
+(so late blocks see feature maps of their timed sizes), warm-up as a fraction of the run
 (the official 5 epochs of 350 is ~1.4%; a 1-epoch proxy needs a fraction), cosine decay by
 default (the official staircase x0.97 / 2.4 epochs is flat over one epoch; both scored the
 same), no data augmentation, and BN statistics recomputed on training images before
@@ -46,9 +49,13 @@ from mnas.search import datasets
 from mnas.search.optim import learning_rate_at, make_optimizer
 from mnas.space.arch import Arch
 from mnas.space.cost import arch_cost
-from mnas.space.torch_model import build_model
+from mnas.space.torch_model import INITS, build_model
 
-PROXY_VERSION = 1  # bump when the training code changes what an accuracy means
+PROXY_VERSION = 2  # bump when the training code changes what an accuracy means
+# version 1: torch's default initialisers, full strides; its keys are still read (and written
+# for such a task) so that runs started before version 2 resume with the training they began
+LEGACY_VERSION = 1
+SMALL_INPUT_PX = 64  # below this proxy resolution, `reduced_strides` defaults to True
 OPTIMIZERS = ("rmsprop", "sgd")
 LR_SCHEDULES = ("exponential", "cosine", "constant")
 EXECUTION_FIELDS = ("device", "threads")  # change speed, not the task: left out of the key
@@ -113,6 +120,17 @@ class ProxyTask:
     training several children in parallel instead. On CPU, results are reproducible for a
     fixed thread count.
 
+    `reduced_strides` (None = True when `resolution` < 64 px): train with the stem and the
+    first stride-2 block at stride 1 (`space.torch_model`), the usual small-image adaptation
+    of MobileNetV2, so the late blocks see feature maps of the sizes they have in the timed
+    network at its scale (MnasNet space: total stride 8, so 4x4 maps after the last stride-2
+    block at 32 px, against 7x7 at 224 px; with the full strides a 32 px input is 1x1 there,
+    where 5x5 kernels and squeeze-excite see one pixel). The architecture (blocks, kernels,
+    SE, skips, widths) is the timed one either way; the option is part of the key, so
+    accuracies of the two settings are never mixed. `init`: "official" (the MnasNet
+    initialisers) or "torch" (torch's defaults; only version-1 keys, written before the
+    official initialisers, ask for it).
+
     `dataset`: 'fashion-mnist', 'digits' or a path (made absolute). `steps`, when set,
     overrides `epochs`. `max_train_samples` / `max_val_samples` None = no cap. `seed` drives
     init, dropout and batch order; `split_seed` the held-out split (kept apart so that several
@@ -142,6 +160,8 @@ class ProxyTask:
     bn_recalibration_samples: int = 1024
     seed: int = 0
     split_seed: int = 0
+    reduced_strides: bool | None = None
+    init: str = "official"
     device: str = "auto"
     threads: int | None = 1
 
@@ -149,6 +169,8 @@ class ProxyTask:
         self._coerce_numbers()
         datasets.check_spec(self.dataset)
         object.__setattr__(self, "dataset", datasets.normalize_spec(self.dataset))
+        if self.reduced_strides is None:
+            object.__setattr__(self, "reduced_strides", self.resolution < SMALL_INPUT_PX)
         checks: list[tuple[str, bool, str]] = [
             ("resolution", self.resolution >= 8, "an integer >= 8 pixels"),
             ("epochs", self.epochs > 0, "a number > 0"),
@@ -173,6 +195,8 @@ class ProxyTask:
             ("device", self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
              "'auto', 'cpu' or 'cuda[:N]'"),
             ("threads", self.threads is None or self.threads >= 1, "None or an integer >= 1"),
+            ("reduced_strides", isinstance(self.reduced_strides, bool), "true, false or None (auto)"),
+            ("init", self.init in INITS, f"one of {INITS}"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -205,8 +229,19 @@ class ProxyTask:
         """Peak learning rate: base_lr scaled linearly with the batch (per 256 images, as the official code)."""
         return self.base_lr * self.batch_size / 256.0
 
+    def model(self, arch: Arch, num_classes: int) -> nn.Module:
+        """The network this task trains for `arch` (its strides and initialisers); load stored weights into it."""
+        return build_model(arch, num_classes, self.dropout, reduced_strides=bool(self.reduced_strides), init=self.init)
+
+    @property
+    def legacy(self) -> bool:
+        """A version-1 task: torch's default initialisers and the full strides."""
+        return self.init == "torch" and not self.reduced_strides
+
     def key_fields(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in EXECUTION_FIELDS}
+        if self.legacy:  # exactly the key version 1 wrote
+            return {"proxy": LEGACY_VERSION, **{k: v for k, v in values.items() if k not in ("reduced_strides", "init")}}
         return {"proxy": PROXY_VERSION, **values}
 
     def key(self) -> str:
@@ -220,9 +255,14 @@ class ProxyTask:
             values = json.loads(key)
         except json.JSONDecodeError as exc:
             raise MnasError(f"proxy task key: {exc.msg} at position {exc.pos}: expected the JSON of ProxyTask.key()") from None
-        if not isinstance(values, dict) or values.pop("proxy", None) != PROXY_VERSION:
+        version = values.pop("proxy", None) if isinstance(values, dict) else None
+        if version not in (LEGACY_VERSION, PROXY_VERSION):
             raise MnasError(f"proxy task key: version missing or not {PROXY_VERSION}: expected a key written by this mnas")
         known = {f.name for f in dataclasses.fields(cls)}
+        if version == LEGACY_VERSION:
+            if {"reduced_strides", "init"} & set(values):
+                raise MnasError("proxy task key: version 1 with reduced_strides/init: expected a key written by this mnas")
+            values.update(reduced_strides=False, init="torch")
         unknown = sorted(set(values) - known)
         if unknown:
             raise MnasError(f"proxy task key: unknown field(s) {', '.join(unknown)}: expected ProxyTask fields")
@@ -318,11 +358,14 @@ class ProxyTrainer:
     """
 
     def __init__(self, task: ProxyTask | None = None,
-                 on_trained: Callable[[Arch, nn.Module, AccuracyResult], None] | None = None) -> None:
+                 on_trained: Callable[[Arch, nn.Module, AccuracyResult], None] | None = None, *,
+                 data: ProxyData | None = None) -> None:
         self.task = task if task is not None else ProxyTask()
         self.on_trained = on_trained
         self.device = resolve_device(self.task.device)
-        self.data = prepare_data(self.task)
+        # `data`: tensors another trainer prepared for a task with the same data fields (a
+        # finalize re-trains one child under several seeds on the same images)
+        self.data = data if data is not None else prepare_data(self.task)
         self._on_device: ProxyData | None = None
 
     @property
@@ -364,9 +407,15 @@ class ProxyTrainer:
             self.on_trained(arch, model, result)
         return dataclasses.replace(result, model=model) if return_model else result
 
+    def total_steps(self) -> int:
+        """Training steps of one child: `steps`, else `epochs` x full batches per epoch."""
+        n = int(self.data.y_train.shape[0])
+        steps_per_epoch = max(1, n // min(self.task.batch_size, n))
+        return self.task.steps if self.task.steps is not None else max(1, int(round(self.task.epochs * steps_per_epoch)))
+
     def _train(self, arch: Arch) -> tuple[nn.Module, AccuracyResult]:
         task, data = self.task, self._data()
-        model = build_model(arch, self.num_classes, task.dropout).to(self.device)
+        model = task.model(arch, self.num_classes).to(self.device)
         optimizer = make_optimizer(task, model)
         n = int(data.y_train.shape[0])
         batch = min(task.batch_size, n)

@@ -8,6 +8,12 @@ Every searcher checkpoints exactly: `state_dict()` holds its RNG state (numpy
 `bit_generator.state`, torch `Generator.get_state()`) and everything it has learned, so a
 search restored from a checkpoint asks for the very samples an uninterrupted one would.
 `tell` accepts sequences the searcher did not propose (e.g. known architectures seeded in).
+
+"Uniform" means uniform over distinct networks, not over token sequences: some token
+sequences give the same network (one-layer blocks: layer choices n-1 and n, identity and none
+skips), and random search and evolution's initial population draw every distinct network
+equally often, as its canonical tokens (`mnas.search.distinct`). A mutation may still land
+on another token sequence of the same network.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import torch
 
 from mnas.errors import MnasError
 from mnas.search.controller import Controller
+from mnas.search.distinct import DistinctSampler
 from mnas.search.ppo import PPOTrainer, UpdateStats
 from mnas.search.types import Tokens, check_ask, check_tell
 from mnas.space.search_space import SearchSpace
@@ -44,19 +51,20 @@ def _require(state: dict[str, Any], keys: Sequence[str], who: str) -> None:
 
 
 class RandomSearch:
-    """Uniform samples of the space; `tell` only counts and remembers the best."""
+    """Uniform samples over the space's distinct networks; `tell` only counts and remembers the best."""
 
     name = "random"
 
     def __init__(self, space: SearchSpace, seed: int = 0) -> None:
         self.space = space
+        self.sampler = DistinctSampler(space)
         self.rng = np.random.default_rng(seed)
         self.told = 0
         self.best: tuple[Tokens, float] | None = None
 
     def ask(self, n: int) -> list[Tokens]:
         check_ask(n)
-        return [self.space.sample_tokens(self.rng) for _ in range(n)]
+        return [self.sampler.sample_tokens(self.rng) for _ in range(n)]
 
     def tell(self, tokens_list: Sequence[Sequence[int]], rewards: Sequence[float]) -> None:
         check_tell(tokens_list, rewards)
@@ -80,7 +88,7 @@ class RandomSearch:
 class RegularizedEvolution:
     """Aging evolution (Real et al. 2019).
 
-    The first `population` asks are uniform samples. After that each ask draws `sample_size`
+    The first `population` asks are uniform samples of the distinct networks. After that each ask draws `sample_size`
     members of the population uniformly (with replacement, as in the paper's algorithm),
     takes the one with the highest reward as parent and returns it with one decision changed
     to a different value (decision and value uniform). Each `tell` appends to the population
@@ -97,6 +105,7 @@ class RegularizedEvolution:
         if not isinstance(sample_size, int) or not 1 <= sample_size <= population:
             raise MnasError(f"RegularizedEvolution: sample_size = {sample_size!r}: expected an integer in [1, {population}]")
         self.space = space
+        self.sampler = DistinctSampler(space)
         self.population_size = population
         self.sample_size = sample_size
         self.rng = np.random.default_rng(seed)
@@ -128,7 +137,7 @@ class RegularizedEvolution:
         out = []
         for _ in range(n):
             if self.asked < self.population_size or not self.population:
-                out.append(self.space.sample_tokens(self.rng))
+                out.append(self.sampler.sample_tokens(self.rng))
             else:
                 out.append(self.mutate(self._select_parent()))
             self.asked += 1

@@ -32,7 +32,14 @@ from mnas.bench.measure import ModelWriter, PreparedModel, find_reusable, write_
 from mnas.bench.pool import FailurePolicy, run_device_pool
 from mnas.bench.store import DuplicateMeasurement
 from mnas.bench.tempdirs import owned_temp_dir
-from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement, latency_ms
+from mnas.bench.types import (
+    BenchConfig,
+    Device,
+    DeviceProfile,
+    Measurement,
+    headline_statistic,
+    latency_ms,
+)
 from mnas.errors import MeasurementError, MnasError
 from mnas.search.types import LatencyResult, LatencySource
 from mnas.space.arch import Arch
@@ -50,14 +57,17 @@ class MeasuredLatency:
     `store` (a `ResultsStore`) makes measurements persistent and reusable across runs; the
     arch's canonical string goes with each stored measurement (`arch=str(arch)`). Within one
     object, an architecture measured once is not timed again (source "cache:<device>").
-    `workdir` keeps the written models (default: a temporary folder per call, removed after).
+    `workdir`: where the models are written (default: a temporary folder per call, removed
+    after). Each model file is deleted once its latency is known and stored (a MnasNet-space
+    model at 224 px is ~15 MB: 8,000 children would leave ~120 GB), unless `keep_models`.
     """
 
     name = "measured"
 
     def __init__(self, devices: Sequence[Device], resolution: int, bench_config: BenchConfig,
                  model_writer: ModelWriter, store: Any = None, *,
-                 label: str = "search", workdir: Path | None = None, lock_timeout_s: float | None = None) -> None:
+                 label: str = "search", workdir: Path | None = None, lock_timeout_s: float | None = None,
+                 keep_models: bool = False) -> None:
         if not devices:
             raise MnasError("measured latency: no devices: expected at least one device to time models on")
         if not isinstance(resolution, int) or resolution < 8:
@@ -72,6 +82,7 @@ class MeasuredLatency:
         self.store = store
         self.label = label
         self.workdir = workdir
+        self.keep_models = keep_models
         self.lock_timeout_s = lock_timeout_s
         self._profiles: dict[str, DeviceProfile] = {}
         self._memo: dict[tuple[str, str], LatencyResult] = {}  # (device id, model sha256)
@@ -114,19 +125,26 @@ class MeasuredLatency:
     def _latency(self, archs: list[Arch], folder: Path) -> list[LatencyResult]:
         by_key: dict[str, LatencyResult] = {}
         to_measure: dict[str, tuple[Arch, PreparedModel]] = {}
-        for arch in archs:
-            key = str(arch)
-            if key in by_key or key in to_measure:
-                continue
-            model = write_arch_model(arch, self.resolution, folder / f"{arch.hash}_r{self.resolution}.tflite",
-                                     self.model_writer)
-            known = self._known(model.sha256)
-            if known is not None:
-                by_key[key] = known
-            else:
-                to_measure[key] = (arch, model)
-        if to_measure:
-            by_key.update(self._measure(list(to_measure.values())))
+        written: list[Path] = []
+        try:
+            for arch in archs:
+                key = str(arch)
+                if key in by_key or key in to_measure:
+                    continue
+                path = folder / f"{arch.hash}_r{self.resolution}.tflite"
+                written.append(path)
+                model = write_arch_model(arch, self.resolution, path, self.model_writer)
+                known = self._known(model.sha256)
+                if known is not None:
+                    by_key[key] = known
+                else:
+                    to_measure[key] = (arch, model)
+            if to_measure:
+                by_key.update(self._measure(list(to_measure.values())))
+        finally:  # measured and stored (or failed: it is written again on the next try)
+            if not self.keep_models:
+                for path in written:
+                    path.unlink(missing_ok=True)
         return [by_key[str(arch)] for arch in archs]
 
     def _measure(self, jobs: list[tuple[Arch, PreparedModel]]) -> dict[str, LatencyResult]:
@@ -162,6 +180,27 @@ class MeasuredLatency:
                                device_id=m.device_id, model_sha256=sha, measurement_id=row)
         self._memo[(m.device_id, sha)] = result
         return result
+
+
+def check_hybrid_statistic(predicted: LatencySource, measured: LatencySource) -> None:
+    """Refuse a predictor fitted on another statistic than the measured devices' headline one.
+
+    A measured latency is the device's headline statistic (`bench.types.headline_statistic`:
+    min of the timed runs on the host, median on phones); a predictor fitted on the other one
+    predicts a different quantity, and a hybrid search would rank children by a mix of both.
+    """
+    statistic = getattr(getattr(predicted, "predictor", None), "statistic", None)
+    devices = getattr(measured, "devices", None)
+    if statistic is None or not devices or not hasattr(measured, "profile"):
+        return
+    for device in devices:
+        name = measured.profile(device).device_name
+        expected = headline_statistic(name)
+        if statistic != expected:
+            who = getattr(predicted, "predictor_id", "the predictor")
+            raise MnasError(f"hybrid latency: {who} predicts the {statistic} of timed runs but {device.device_id} "
+                            f"({name}) is measured by its {expected}: expected a predictor fitted with --statistic "
+                            f"{expected} (mnas table fit --statistic {expected}), or --latency predicted/measured")
 
 
 class PredictedLatency:

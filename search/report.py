@@ -7,7 +7,6 @@ reference point (latency = 2 x T, accuracy = 0), in units of ms x accuracy, norm
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,7 +42,12 @@ def hypervolume(latency_ms: Sequence[float], accuracy: Sequence[float], referenc
     return area / reference_ms
 
 
-def _plots(samples: list[SampleRow], target_ms: float, folder: Path) -> dict[str, str]:
+def accuracy_label(config: RunConfig) -> str:
+    """What the run's ACC is, for axes and tables: a trained proxy's accuracy or the cheap stand-in."""
+    return "proxy accuracy" if config.accuracy.kind == "proxy" else "cheap stand-in score (NOT an accuracy)"
+
+
+def _plots(samples: list[SampleRow], target_ms: float, folder: Path, acc_label: str = "proxy accuracy") -> dict[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,8 +65,8 @@ def _plots(samples: list[SampleRow], target_ms: float, folder: Path) -> dict[str
     ax.plot(lat[front], acc[front], "r.-", label="Pareto front")
     ax.axvline(target_ms, color="gray", ls="--", label=f"T = {target_ms:g} ms")
     ax.set_xlabel("latency (ms)")
-    ax.set_ylabel("proxy accuracy")
-    ax.set_title("accuracy vs latency")
+    ax.set_ylabel(acc_label)
+    ax.set_title(f"{acc_label.split(' (')[0]} vs latency")
     ax.legend()
     fig.tight_layout()
     paths["pareto_png"] = str(folder / "pareto.png")
@@ -146,43 +150,72 @@ def summarise(samples: list[SampleRow], target_ms: float, top: int) -> dict[str,
 
 
 def make_report(runs: RunStore, run_id: str, config: RunConfig, folder: Path, top: int) -> dict[str, Any]:
+    """The run's summary; `top` is the finalized ranking when the run has one (`ranking` says which)."""
+    from mnas.search.finalize import finalized_ranking
+
     samples = runs.samples(run_id)
     target = config.reward.target_ms
-    report = {"run_id": run_id, **summarise(samples, target, top), "updates": len(runs.updates(run_id)), "plots": {}}
+    report = {"run_id": run_id, **summarise(samples, target, top), "updates": len(runs.updates(run_id)),
+              "accuracy_label": accuracy_label(config), "ranking": "search", "plots": {}}
+    finalized = finalized_ranking(runs, run_id, config)
+    if finalized:
+        report["ranking"] = "finalized"
+        report["top"] = [{"idx": r["idx"], "reward": r["reward"], "reward_sd": r["reward_sd"],
+                          "accuracy": r["accuracy_mean"], "accuracy_sd": r["accuracy_sd"], "seeds": r["seeds"],
+                          "steps": r["steps"], "search_reward": r["search_reward"],
+                          "search_accuracy": r["search_accuracy"], "latency_ms": r["latency_ms"],
+                          "latency_source": r["latency_source"], "arch_hash": r["arch_hash"], "arch": r["arch"]}
+                         for r in finalized[:top]]
     if samples:
-        report["plots"] = _plots(samples, target, folder)
+        report["plots"] = _plots(samples, target, folder, report["accuracy_label"])
     return report
 
 
 def export_top(runs: RunStore, run_id: str, config: RunConfig, folder: Path, top: int, weights_dir: Path) -> list[dict]:
-    """Write the top-K children by reward.
+    """Write the top-K children by reward: the finalized ranking when the run has one
+    (`mnas search finalize`: mean final reward over seeds), else the search's; each row says
+    which (`ranking`), and with the finalized one carries its mean, spread and seeds.
 
     Per child: `topN-HASH.txt` (one block string a line, then the canonical arch), `.tflite`
     (at the latency resolution, 1000 classes, seeded weights: the model that was timed) and,
     when the run trained children and kept this one's weights, `.pt` (the trained proxy's
-    `state_dict`, loadable into `build_model(arch, num_classes)`) and `-trained.tflite` (the
-    same trained network at the proxy resolution; it expects inputs normalised as the proxy
-    task normalised them).
+    `state_dict`, loadable into `ProxyTask.model(arch, num_classes)`: the strides it trained
+    with) and, when the proxy trained with the timed strides, `-trained.tflite` (the same
+    trained network at the proxy resolution; it expects inputs normalised as the proxy task
+    normalised them; a reduced-stride proxy has no .tflite form).
     """
     import torch
 
     from mnas.errors import MnasError
     from mnas.space.arch import Arch
     from mnas.space.tflite_writer import write_arch
-    from mnas.space.torch_model import build_model
 
     if top < 1:
         raise MnasError(f"--top {top}: expected an integer >= 1")
+    from mnas.search.finalize import finalized_ranking
+
     samples = sorted(runs.samples(run_id), key=lambda s: s.reward, reverse=True)[:top]
     if not samples:
         raise MnasError(f"search run {run_id!r}: no stored children yet: expected a run with samples to export")
+    finalized = finalized_ranking(runs, run_id, config)
+    figures: list[dict[str, Any]] = [{"ranking": "search"} for _ in samples]
+    if finalized:
+        by_idx = {s.idx: s for s in runs.samples(run_id)}
+        samples = [by_idx[r["idx"]] for r in finalized[:top]]
+        figures = [{"ranking": "finalized", "reward": r["reward"], "accuracy": r["accuracy_mean"],
+                    "reward_sd": r["reward_sd"], "accuracy_sd": r["accuracy_sd"], "seeds": r["seeds"],
+                    "steps": r["steps"], "search_reward": r["search_reward"], "search_accuracy": r["search_accuracy"]}
+                   for r in finalized[:top]]
     folder.mkdir(parents=True, exist_ok=True)
     resolution = config.latency.resolution
-    proxy_resolution = None
+    task = proxy_resolution = None
     if config.accuracy.kind == "proxy" and config.accuracy.task_key:
-        proxy_resolution = int(json.loads(config.accuracy.task_key)["resolution"])
+        from mnas.search.accuracy import ProxyTask
+
+        task = ProxyTask.from_key(config.accuracy.task_key, device="cpu")
+        proxy_resolution = task.resolution
     rows = []
-    for rank, s in enumerate(samples, 1):
+    for rank, (s, figure) in enumerate(zip(samples, figures, strict=True), 1):
         arch = Arch.parse(s.arch)
         base = folder / f"top{rank}-{s.arch_hash}"
         base.with_suffix(".txt").write_text("\n".join(str(b) for b in arch.blocks) + f"\n# {s.arch}\n")
@@ -195,8 +228,10 @@ def export_top(runs: RunStore, run_id: str, config: RunConfig, folder: Path, top
             shutil.copyfile(weights, exported)
             state = torch.load(exported, map_location="cpu", weights_only=True)
             num_classes = int(state["head.fc.weight"].shape[0])
-            if proxy_resolution is not None:
-                model = build_model(arch, num_classes)
+            # a proxy trained with reduced strides (stem and first stride-2 block at stride 1) is
+            # not the network the .tflite writer expresses (the timed strides): weights only
+            if task is not None and not task.reduced_strides:
+                model = task.model(arch, num_classes)
                 model.load_state_dict(state)
                 model.eval()
                 trained_tflite = folder / f"top{rank}-{s.arch_hash}-trained.tflite"
@@ -205,5 +240,5 @@ def export_top(runs: RunStore, run_id: str, config: RunConfig, folder: Path, top
                      "arch": s.arch, "blocks_txt": str(base.with_suffix(".txt")), "tflite": str(tflite),
                      "tflite_resolution": resolution, "weights": str(exported) if exported else None,
                      "num_classes": num_classes, "trained_tflite": str(trained_tflite) if trained_tflite else None,
-                     "proxy_resolution": proxy_resolution if exported else None})
+                     "proxy_resolution": proxy_resolution if exported else None, **figure})
     return rows

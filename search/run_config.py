@@ -28,6 +28,7 @@ __all__ = ["ACCURACY_KINDS", "ALGORITHMS", "LATENCY_KINDS", "AccuracyConfig", "L
 ALGORITHMS = ("ppo", "random", "evolution")
 LATENCY_KINDS = ("predicted", "measured", "hybrid")
 ACCURACY_KINDS = ("proxy", "cheap")
+PROXY_STRIDES = ("auto", "reduced", "full")  # auto: reduced below 64 px (ProxyTask.reduced_strides)
 
 
 def check_budget(samples: object) -> None:
@@ -47,7 +48,7 @@ def _optional(convert: Any) -> Any:
 
 
 # JSON turns 0.5 into 0.5 but 1.0 into 1.0 and 0 into 0: numbers are converted to the field's type
-_CONVERTERS = {"int": int, "float": float, "str": str, "int | None": _optional(int), "float | None": _optional(float),
+_CONVERTERS = {"int": int, "float": float, "str": str, "bool": bool, "int | None": _optional(int), "float | None": _optional(float),
                "str | None": _optional(str)}
 
 
@@ -89,6 +90,7 @@ class LatencyConfig:
     benchmark_binary: str | None = None  # phones: host path of the arm64 benchmark_model
     timeout_s: float = 600.0
     retries: int = 1
+    keep_models: bool = False  # measured: keep each timed .tflite in the run folder (else deleted once stored)
 
     def __post_init__(self) -> None:
         if self.kind not in LATENCY_KINDS:
@@ -233,7 +235,8 @@ def new_run_config(*, algorithm: str = "ppo", seed: int = 0, samples: int = 20, 
                    min_secs: float = 0.5, benchmark_binary: str | None = None, accuracy: str = "proxy",
                    dataset: str = "fashion-mnist", proxy_resolution: int = 32, epochs: float = 1.0,
                    steps: int | None = None, batch_size: int = 128, train_samples: int = 4096,
-                   val_samples: int = 2000, threads: int = 1) -> RunConfig:
+                   val_samples: int = 2000, threads: int = 1, keep_models: bool = False,
+                   proxy_strides: str = "auto") -> RunConfig:
     """The config of a new run from `mnas search` options (defaults: the CLI's)."""
     check_threads(threads)
     parsed_reward = reward_from_options(reward, target_ms, alpha, beta)
@@ -245,15 +248,20 @@ def new_run_config(*, algorithm: str = "ppo", seed: int = 0, samples: int = 20, 
             raise MnasError(f"--benchmark-binary {benchmark_binary}: no such file: expected the arm64 benchmark_model binary")
         binary = str(path)
     latency_config = LatencyConfig(kind=latency, device=device, resolution=latency_resolution, predictor_id=predictor_id,
-                                   share=share, runs=runs, warmup=warmup, min_secs=min_secs, benchmark_binary=binary)
+                                   share=share, runs=runs, warmup=warmup, min_secs=min_secs, benchmark_binary=binary,
+                                   keep_models=keep_models)
     if accuracy == "cheap":
         # its mult-adds curve is defined at 224 px whatever resolution latency is timed at
         accuracy_config = AccuracyConfig(kind="cheap", params={"seed": seed})
     else:
         from mnas.search.accuracy import ProxyTask
 
+        if proxy_strides not in PROXY_STRIDES:
+            raise MnasError(f"--proxy-strides {proxy_strides!r}: expected one of {', '.join(PROXY_STRIDES)}")
+        reduced = {"auto": None, "reduced": True, "full": False}[proxy_strides]
         task = ProxyTask(dataset=dataset, resolution=proxy_resolution, epochs=epochs, steps=steps, batch_size=batch_size,
-                         max_train_samples=train_samples, max_val_samples=val_samples, seed=seed)
+                         max_train_samples=train_samples, max_val_samples=val_samples, seed=seed,
+                         reduced_strides=reduced)
         accuracy_config = AccuracyConfig(kind=accuracy, task_key=task.key(), threads=threads)
     return RunConfig(algorithm=algorithm, seed=seed, samples=samples, reward=parsed_reward, latency=latency_config,
                      accuracy=accuracy_config)

@@ -1,4 +1,5 @@
-"""The search's tables in the results store: runs, samples, controller updates, checkpoints.
+"""The search's tables in the results store: runs, samples, controller updates, checkpoints,
+and the final re-trainings of the best children (`mnas search finalize`).
 
 `bench` owns the database file; the search adds its own versioned tables through
 `ResultsStore.ensure_component_schema`. A sample and the searcher checkpoint taken right
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 from mnas.errors import MnasError
 from mnas.search.types import state_from_bytes, state_to_bytes
 
-__all__ = ["COMPONENT", "MIGRATIONS", "MemoryRunStore", "RunStore", "SampleRow", "SampleStore"]
+__all__ = ["COMPONENT", "MIGRATIONS", "FinalRow", "MemoryRunStore", "RunStore", "SampleRow", "SampleStore"]
 
 COMPONENT = "search"
 MIGRATIONS = [
@@ -68,6 +69,25 @@ MIGRATIONS = [
         created REAL NOT NULL
     );
     """,
+    # 2: one row per final re-training of a child (`mnas search finalize`): the key is the
+    # run, the child's network, the task (its seed and schedule are in it) and the steps, so
+    # a re-run after a kill trains only what is missing and never the same training twice
+    """
+    CREATE TABLE search_finals (
+        run_id TEXT NOT NULL REFERENCES search_runs(run_id),
+        arch_hash TEXT NOT NULL,
+        arch TEXT NOT NULL,
+        seed INTEGER NOT NULL,
+        steps INTEGER NOT NULL,
+        accuracy_task TEXT NOT NULL,
+        accuracy REAL NOT NULL,
+        train_s REAL,
+        final_loss REAL,
+        diverged INTEGER NOT NULL DEFAULT 0,
+        created REAL NOT NULL,
+        PRIMARY KEY (run_id, arch_hash, accuracy_task, steps)
+    );
+    """,
 ]
 
 
@@ -88,6 +108,22 @@ class SampleRow:
     latency_s: float | None = None
     created: float = field(default_factory=time.time)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FinalRow:
+    """One final re-training of a child: its network, seed, schedule and accuracy."""
+
+    arch_hash: str
+    arch: str
+    seed: int
+    steps: int
+    accuracy_task: str
+    accuracy: float
+    train_s: float | None = None
+    final_loss: float | None = None
+    diverged: bool = False
+    created: float = field(default_factory=time.time)
 
 
 class SampleStore(Protocol):
@@ -185,6 +221,25 @@ class RunStore:
         rows = self.store.read("SELECT update_idx, after_sample, stats FROM search_updates WHERE run_id = ? ORDER BY update_idx",
                                (run_id,))
         return [{"update_idx": r[0], "after_sample": r[1], **json.loads(r[2])} for r in rows]
+
+    def add_final(self, run_id: str, row: FinalRow) -> bool:
+        """Store one final training; False (and nothing written) when the same one is already stored."""
+        with self.store.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO search_finals (run_id, arch_hash, arch, seed, steps, accuracy_task, accuracy, train_s, "
+                "final_loss, diverged, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(run_id, arch_hash, accuracy_task, steps) DO NOTHING",
+                (run_id, row.arch_hash, row.arch, row.seed, row.steps, row.accuracy_task, row.accuracy, row.train_s,
+                 row.final_loss, int(row.diverged), row.created))
+            return cursor.rowcount == 1
+
+    def finals(self, run_id: str) -> list[FinalRow]:
+        """The run's final trainings, oldest first."""
+        rows = self.store.read(
+            "SELECT arch_hash, arch, seed, steps, accuracy_task, accuracy, train_s, final_loss, diverged, created "
+            "FROM search_finals WHERE run_id = ? ORDER BY created, rowid", (run_id,))
+        return [FinalRow(arch_hash=r[0], arch=r[1], seed=int(r[2]), steps=int(r[3]), accuracy_task=r[4], accuracy=r[5],
+                         train_s=r[6], final_loss=r[7], diverged=bool(r[8]), created=r[9]) for r in rows]
 
     def samples_frame(self, run_id: str):
         import pandas as pd

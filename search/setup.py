@@ -104,8 +104,11 @@ def build_latency(config: LatencyConfig, seed: int, store: Any, workdir: Path,
         found = devices(config.device, benchmark_binary=Path(binary) if binary else None,
                         timeout_s=config.timeout_s, retries=config.retries)
         measured = MeasuredLatency(found, config.resolution, config.bench_config(), write_arch, store=store,
-                                   workdir=workdir)
+                                   workdir=workdir, keep_models=config.keep_models)
     if predicted is not None and measured is not None:
+        from mnas.search.latency import check_hybrid_statistic
+
+        check_hybrid_statistic(predicted, measured)  # before any child is trained
         return HybridLatency(predicted, measured, share=config.share, seed=seed), config
     source = predicted if predicted is not None else measured
     assert source is not None

@@ -5,10 +5,25 @@ applied explicitly, and BatchNorm uses the official momentum 0.99 / eps 1e-3 (to
 `momentum` is 1 - TF's decay, so 0.01). The module tree mirrors `Arch.layers()` one to one:
 `model.stem`, `model.layers[i]` (one `MnasLayer` per `LayerSig`), `model.head`, which is what
 the `.tflite` writer walks to read weights.
+
+Initialisers (`init="official"`, the default) are the official MnasNet code's
+(`mnasnet_model.py`): every conv kernel normal with sd sqrt(2 / fan_out), where TF's fan_out
+is kernel_h x kernel_w x output channels per group (a depthwise kernel [k, k, C, 1] has
+fan_out k x k), the classifier uniform in +-1/sqrt(classes) (TF's `dense_kernel_initializer`
+reads the kernel's out dimension), every bias zero, BN gamma 1 and beta 0. `init="torch"`
+keeps torch's defaults (Kaiming-uniform with a = sqrt(5)); only proxy tasks stored before the
+official initialisers (proxy key version 1) ask for it.
+
+`reduced_strides=True` is the usual small-image adaptation of MobileNetV2 (CIFAR): the stem
+and the first stride-2 block run at stride 1, so the total stride is 8 instead of 32 and, at
+32 px, the last blocks see 4x4 maps (7x7 at 224 px with the full strides) instead of 1x1.
+The module tree and every weight shape stay those of the timed network (same blocks,
+kernels, SE, skips), so a state dict loads into either variant.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -19,6 +34,7 @@ from mnas.space.arch import Arch, LayerSig
 
 BN_MOMENTUM = 0.01  # TF decay 0.99
 BN_EPS = 1e-3
+INITS = ("official", "torch")
 
 
 def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -130,15 +146,26 @@ class Head(nn.Module):
 
 
 class MnasNetModel(nn.Module):
-    """stem -> layers -> head, mirroring `arch.layers()`."""
+    """stem -> layers -> head, mirroring `arch.layers()` (see the module docstring for the options)."""
 
-    def __init__(self, arch: Arch, num_classes: int = 1000, dropout: float = 0.2) -> None:
+    def __init__(self, arch: Arch, num_classes: int = 1000, dropout: float = 0.2, *, reduced_strides: bool = False,
+                 init: str = "official") -> None:
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"init {init!r}: expected one of {INITS}")
         self.arch = arch
+        self.reduced_strides = reduced_strides
         sigs = arch.layers(224, num_classes)  # spatial size does not change the module tree
-        self.stem = ConvBN(3, sigs[0].cout, 3, 2, act=sigs[0].act)
-        self.layers = nn.ModuleList(MnasLayer(sig) for sig in sigs[1:-1])
+        blocks = list(sigs[1:-1])
+        if reduced_strides:
+            first = next((i for i, sig in enumerate(blocks) if sig.stride > 1), None)
+            if first is not None:
+                blocks[first] = dataclasses.replace(blocks[first], stride=1)
+        self.stem = ConvBN(3, sigs[0].cout, 3, 1 if reduced_strides else 2, act=sigs[0].act)
+        self.layers = nn.ModuleList(MnasLayer(sig) for sig in blocks)
         self.head = Head(sigs[-1], dropout)
+        if init == "official":
+            official_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -147,9 +174,29 @@ class MnasNetModel(nn.Module):
         return self.head(x)
 
 
-def build_model(arch: Arch, num_classes: int = 1000, dropout: float = 0.2) -> MnasNetModel:
-    """A trainable torch model of `arch` (NCHW input of any spatial size >= 8)."""
-    return MnasNetModel(arch, num_classes, dropout)
+def official_init(module: nn.Module) -> None:
+    """The official MnasNet initialisers (module docstring); uses torch's global RNG."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d):
+                kh, kw = m.kernel_size
+                fan_out = kh * kw * (m.out_channels // m.groups)
+                m.weight.normal_(0.0, math.sqrt(2.0 / fan_out))
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, nn.Linear):
+                bound = 1.0 / math.sqrt(m.out_features)
+                m.weight.uniform_(-bound, bound)
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_parameters()
+
+
+def build_model(arch: Arch, num_classes: int = 1000, dropout: float = 0.2, *, reduced_strides: bool = False,
+                init: str = "official") -> MnasNetModel:
+    """A trainable torch model of `arch` (NCHW input of any spatial size >= 8); options in the module docstring."""
+    return MnasNetModel(arch, num_classes, dropout, reduced_strides=reduced_strides, init=init)
 
 
 def build_layer(sig: LayerSig) -> nn.Module:

@@ -20,7 +20,6 @@ from mnas.search.accuracy import (
 from mnas.search.optim import TFRMSprop, learning_rate_at
 from mnas.space import zoo
 from mnas.space.arch import Arch
-from mnas.space.torch_model import build_model
 
 # ~10K parameters: trains in about a second on one core at 16 px
 TINY = Arch.parse("stem8,r1_k3_s11_e1_i8_o8_noskip,r1_k3_s22_e3_i8_o16,r2_k3_s22_e3_i16_o24,head64")
@@ -69,7 +68,7 @@ def test_returned_model_reproduces_the_accuracy(digits_trainer: ProxyTrainer) ->
     assert result.model is not None and seen and seen[0][0] == TINY
     again = acc.evaluate(result.model, trainer.data.x_val, trainer.data.y_val)
     assert again == result.accuracy
-    fresh = build_model(TINY, 10, 0.2)
+    fresh = trainer.task.model(TINY, 10)  # at 16 px: the reduced strides the task trained with
     fresh.load_state_dict(seen[0][1])  # the callback's weights are a complete, loadable state
     assert acc.evaluate(fresh, trainer.data.x_val, trainer.data.y_val) == result.accuracy
 

@@ -140,7 +140,9 @@ def test_tournament_prefers_the_best_member() -> None:
 def test_random_search_is_uniform_and_tracks_best() -> None:
     searcher = RandomSearch(SPACE, seed=0)
     tokens = np.array(searcher.ask(3000))
-    for d, (_, n) in enumerate(SPACE.decisions):
+    for d, (name, n) in enumerate(SPACE.decisions):
+        if name.endswith((".skip", ".layers")):
+            continue  # uniform over distinct networks, not tokens: tests/test_search_faults.py
         counts = np.bincount(tokens[:, d], minlength=n) / 3000
         np.testing.assert_allclose(counts, 1 / n, atol=0.04)
     searcher.tell([tokens[0].tolist(), TARGET], [0.3, 0.8])

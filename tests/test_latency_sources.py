@@ -183,7 +183,8 @@ def test_measured_errors() -> None:
 
 def test_workdir_keeps_models(tmp_path: Path) -> None:
     arch = archs(1)[0]
-    MeasuredLatency([FakeDevice()], 160, CONFIG, fake_writer, workdir=tmp_path / "models").latency_ms([arch])
+    MeasuredLatency([FakeDevice()], 160, CONFIG, fake_writer, workdir=tmp_path / "models",
+                    keep_models=True).latency_ms([arch])
     assert (tmp_path / "models" / f"{arch.hash}_r160.tflite").read_text() == f"{arch}|160"
 
 
