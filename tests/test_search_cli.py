@@ -125,6 +125,7 @@ def test_predicted_search_trains_children_then_reports_and_exports(host_db: dict
     target = host_db["target_ms"]
     run = run_cli(env, "--db", str(db), "search", "--latency", "predicted", "--device", "host",
                   "--latency-resolution", str(RES), "--target-ms", str(target), "--samples", "2", *TRAINING,
+                  "--proxy-strides", "full",  # the timed strides: the trained proxy has a .tflite form
                   "--name", "real", "--json", timeout_s=600)  # default dataset: fashion-mnist
     assert run.rc == 0, run.describe()
     payload = run.json()
@@ -152,7 +153,8 @@ def test_predicted_search_trains_children_then_reports_and_exports(host_db: dict
     data = report.json()
     assert set(data) == {"run_id", "samples", "target_ms", "best_reward", "share_under_target", "latency_median_ms",
                          "latency_p10_ms", "latency_p90_ms", "hypervolume", "pareto_size", "latency_sources",
-                         "latency_error", "top", "updates", "plots"}
+                         "latency_error", "top", "updates", "plots", "accuracy_label", "ranking"}
+    assert (data["ranking"], data["accuracy_label"]) == ("search", "proxy accuracy")
     lat = [r.latency_ms for r in rows]
     acc = [r.accuracy for r in rows]
     ranked = sorted(rows, key=lambda r: r.reward, reverse=True)
@@ -175,6 +177,8 @@ def test_predicted_search_trains_children_then_reports_and_exports(host_db: dict
     lines = text.stdout.splitlines()
     assert lines[0].startswith(f"run real: 2 children, target {target} ms, ")
     assert lines[1] == "latency sources: predicted 2"
+    assert lines[2].startswith("ranking: search (one training per child")
+    del lines[2]
     assert lines[2].split() == ["idx", "reward", "accuracy", "latency_ms", "source", "arch"]
     assert [int(line.split()[0]) for line in lines[3:5]] == [r.idx for r in ranked[:2]]
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["latency_hist.png", "pareto.png", "reward.png"]
