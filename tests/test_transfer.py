@@ -170,3 +170,23 @@ def test_shipped_table_answers_without_a_store_and_is_stored_on_first_use(tmp_pa
     stored = load_predictor(store, device="pixel1", resolution=192)
     assert stored.predictor_id == predictor_id
     assert float(stored.predict_ms([a1])[0]) == pytest.approx(want, rel=1e-4)
+
+
+def test_a_phone_without_a_layer_table_borrows_another_phones_ratio_shape(space_layers: list[LayerSig]) -> None:
+    # phone B = 0.5 x phone A per layer (same kernel/stride shape, another level); B has only networks
+    other = [layer for layer in space_layers if layer.kind == "block" and layer.se == 0][:80]
+    prior = {layer.key: target_ms(layer) for layer in other}
+    figures = []
+    for name in ("mnasnet-a1", "mnasnet-b1", "mnasnet-d1", "mobilenet-v2"):
+        for multiplier in (0.75, 1.0):
+            arch = zoo.get(name, multiplier)
+            figures.append(NetworkFigure(arch, 224, 0.5 * sum(target_ms(x) for x in arch.layers(224)), family=name))
+    layers = list({x.key: x for f in figures for x in f.arch.layers(224)}.values()) + other
+    result = transfer_table(_source(layers), layers, device_name="b", name="b", source_meta=_meta(),
+                            figures=figures, prior_evidence=prior, prior_label="a")
+    assert result.provenance["evidence"]["prior"] == {"label": "a", "layers": 80}
+    assert result.ratio_model.shrink > 0  # the shape helps on B's own networks
+    unseen = [x for x in layers if x.key not in prior and x.kind == "block"]
+    got = np.asarray([result.table.entries[x.key].median_ms for x in unseen])
+    want = np.asarray([0.5 * target_ms(x) for x in unseen])
+    assert np.median(np.abs(got / want - 1.0)) <= 2 * TOLERANCE
