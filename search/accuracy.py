@@ -112,6 +112,9 @@ class ProxyTask:
     official exponential schedule gave the same mean (0.69/0.60/0.70); without BN
     re-calibration every net scores chance (0.10). Per child on this shared 2-core host, one
     thread: 9-33 s training + 1-8 s BN re-calibration and evaluation (mnasnet-a1: 20 s + 4 s).
+    All of these were measured with the full strides and torch's default initialisers (key
+    version 1); the reduced strides, default below 64 px, cost ~8-10x more per step
+    (mnasnet-a1, 32 px, batch 128, one thread: 0.66 s -> 5.3-7.4 s per step).
 
     `threads` (torch intra-op threads while training; None = torch's default) is 1: at 32 px
     a second thread barely helps on an idle 2-core host (~0.5 s/step either way for

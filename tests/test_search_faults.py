@@ -207,6 +207,22 @@ def test_canonical_tokens_give_the_same_network() -> None:
         assert SPACE.decode(canonical).layers(224) == SPACE.decode(tokens).layers(224)
 
 
+def test_the_controller_rule_is_over_tokens() -> None:
+    """Documented rule (search/distinct.py): the controller is a policy over tokens, so at
+    initialisation block 0's one-layer networks (two layer tokens each) get ~2/3, not 2/5."""
+    from mnas.search.controller import Controller
+
+    torch.manual_seed(0)
+    controller = Controller.from_space(SPACE)
+    tokens, _, _ = controller.sample(3000, torch.Generator().manual_seed(1))
+    one_layer = float(np.isin(tokens[:, 5].numpy(), [0, 1]).mean())
+    assert one_layer == pytest.approx(2 / 3, abs=0.05)
+    same = [[0] * 42, [0] * 5 + [1] + [0] * 36]  # layer choices n-1 and n of block 0: one network
+    assert SPACE.decode(same[0]).layers(224) == SPACE.decode(same[1]).layers(224)
+    log_probs, _ = controller.log_prob(same)
+    assert torch.isfinite(log_probs).all()  # both sequences stay reachable; PPO sees one reward for both
+
+
 # =================================================================== hybrid statistic
 
 
