@@ -187,3 +187,21 @@ def test_finalize_refuses_bad_options_and_empty_runs(tmp_path: Path) -> None:
         finalize_run(runs, "empty", config, top=0, progress=False)
     with pytest.raises(MnasError, match="--steps 0: expected an integer >= 1"):
         finalize_run(runs, "empty", config, steps=0, progress=False)
+
+
+def test_cli_ctrl_c_keeps_what_finished_and_says_how_to_continue(tmp_path: Path, counting) -> None:
+    from mnas.cli import cli
+
+    db = tmp_path / "m.db"
+    make_run(db)[0].store.close()
+    counting.stop_at = 3
+    runner = CliRunner()
+    stopped = runner.invoke(cli, ["--db", str(db), "search", "finalize", "r", "--top", "2", "--seeds", "2"])
+    assert stopped.exit_code == 130
+    assert ("mnas: finalize r interrupted (3 final training(s) stored in all): run the same command again to train "
+            "only what is missing") in stopped.output
+    counting.stop_at = None
+    done = runner.invoke(cli, ["--db", str(db), "search", "finalize", "r", "--top", "2", "--seeds", "2", "--json"])
+    assert done.exit_code == 0, done.output
+    assert (json.loads(done.output)["trained"], json.loads(done.output)["reused"]) == (1, 3)
+    assert len(counting.calls) == len(set(counting.calls)) == 4
