@@ -90,6 +90,12 @@ def test_reduced_strides_default_below_64_px_and_separate_the_keys() -> None:
     assert ProxyTask.from_key(small.key()) == small and ProxyTask.from_key(full.key()) == full
     model = small.model(SPACE.sample(1), 10)
     assert block_output_sizes(model, 32)[-1] == 4
+    # the network the trainer really trains (one step on digits at 32 px)
+    task = ProxyTask(dataset="digits", resolution=32, steps=1, batch_size=16, max_train_samples=32, max_val_samples=20,
+                     bn_recalibration_samples=32)
+    trained = acc.ProxyTrainer(task).accuracy(SPACE.sample(1), return_model=True).model
+    assert trained is not None and trained.reduced_strides is True
+    assert block_output_sizes(trained, 32)[-1] == 4
     config = new_run_config(dataset="digits", proxy_strides="full")
     assert json.loads(config.accuracy.task_key)["reduced_strides"] is False
     with pytest.raises(MnasError, match="--proxy-strides 'half'"):
