@@ -24,12 +24,26 @@ host figure is trustworthy: the guard flags it rather than hiding it.
 
 Everything measured is stored, so a re-run (or an interrupted run) reuses it: the table
 build resumes, and networks already measured under the same conditions are not re-timed.
+
+Healing (issue 12): after the build, the healing pass (`mnas.predictor.heal`) re-measures
+the entries flagged contended or throttled and those the learned layer model calls outliers
+(out-of-fold, beyond a few robust sd) until the table is stable; the share of entries
+re-measured is reported, and the predictor is scored with and without the healing (the
+table as first built is rebuilt from each healed entry's first figure, then fitted and
+calibrated on the same measured networks). `--hogs N` runs N busy-loop processes (not
+pinned) during the build and the healing, and stops them before any network is timed;
+`--network-layers` builds only the layers of the K + N networks (a reduced run: the same
+predictor on those networks, a smaller table); `--no-heal` skips the healing pass.
+
+    nice .venv/bin/python benchmarks/predictor_accuracy.py --resolution 96 --calibration 30 --eval 100 \
+        --network-layers --hogs 2          # then the same without --hogs: a quiet (or less loaded) table
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,12 +52,15 @@ from typing import Any
 
 import numpy as np
 
+from mnas.bench.device_lock import hold_devices
 from mnas.bench.host import HostDevice
 from mnas.bench.store import ResultsStore
 from mnas.bench.types import BenchConfig, latency_ms
 from mnas.predictor.build import build_table
-from mnas.predictor.evals import calibrate_on_device, evaluate_on_device
+from mnas.predictor.endtoend import CALIBRATION, EVALUATION, sample_archs
+from mnas.predictor.evals import MIN_CLEAN_FIT, calibrate_on_device, evaluate_on_device
 from mnas.predictor.fitting import fit_predictor
+from mnas.predictor.heal import HealPolicy, unhealed_table
 from mnas.predictor.learned import LearnedPredictor
 from mnas.predictor.lookup import LookupPredictor
 from mnas.predictor.metrics import evaluate
@@ -54,6 +71,44 @@ from mnas.space.search_space import mnasnet
 
 ACCEPT_WITHIN_10 = 0.95
 ACCEPT_TAU = 0.9
+HOG = "while True:\n    pass\n"
+
+
+class Hogs:
+    """N busy-loop processes, not pinned (the scheduler puts them where it likes, the benchmark's core included)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> Hogs:
+        self.procs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(self.count)]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.wait(timeout=10)
+
+
+def network_layers(space: Any, resolution: int, calibration: int, n_eval: int, seed: int) -> list[Any]:
+    """The distinct layers of the K calibration and N evaluation networks the benchmark will measure."""
+    cal = sample_archs(space, calibration, seed, CALIBRATION)
+    ev = sample_archs(space, n_eval, seed, EVALUATION, exclude={a.hash for a in cal})
+    layers = {layer.key: layer for arch in cal + ev for layer in arch.layers(resolution)}
+    return list(layers.values())
+
+
+def variant(table: Any, cal: list[Any], ev: list[Any], seed: int, statistic: str) -> dict[str, Any]:
+    """Lookup + learned fallback on `table`, calibrated (sum, layers, weights) like `calibrate_on_device` on the
+    same measured networks, scored on the same held-out ones."""
+    predictor, _ = fit_predictor(table, seed=seed, statistic=statistic)
+    cal_ms = np.asarray([n.measured_ms for n in cal])
+    clean = np.asarray([not any(m.extra.get("contended") for m in n.measurements) for n in cal])
+    use = clean if clean.sum() >= max(MIN_CLEAN_FIT, len(cal) // 2) else np.ones(len(cal), dtype=bool)
+    predictor.calibrate([n.arch for n, u in zip(cal, use, strict=True) if u], cal_ms[use], with_params=True)
+    return evaluate(predictor.predict_ms([n.arch for n in ev]), np.asarray([n.measured_ms for n in ev]))
 
 
 def table_figures(store: ResultsStore, name: str) -> dict[str, Any]:
@@ -108,6 +163,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="processes per network (median of their minima)")
     parser.add_argument("--limit", type=int, default=None, help="measure at most this many table layers now")
     parser.add_argument("--plot", default=None, help="scatter PNG (default: next to --db)")
+    parser.add_argument("--hogs", type=int, default=0, help="busy-loop processes during the build and healing")
+    parser.add_argument("--network-layers", action="store_true",
+                        help="build only the layers of the K + N networks (a reduced run)")
+    parser.add_argument("--no-heal", dest="heal", action="store_false", help="skip the healing pass")
+    parser.add_argument("--heal-rounds", type=int, default=3)
+    parser.add_argument("--table-name", default=None,
+                        help="table name (default: the host's, + '-hogsN' with --hogs, + '-nets' with --network-layers)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -118,16 +180,30 @@ def main() -> None:
     space = mnasnet()
     build_config = BenchConfig(warmup_runs=args.build_warmup, num_runs=args.build_runs, min_secs=args.build_min_secs)
     net_config = BenchConfig(warmup_runs=args.net_warmup, num_runs=args.net_runs, min_secs=args.net_min_secs)
-    name = table_name_for([device], args.resolution)
-    plot = Path(args.plot) if args.plot else Path(args.db).with_name(f"predictor_accuracy_{args.resolution}.png")
+    name = args.table_name or (table_name_for([device], args.resolution) + (f"-hogs{args.hogs}" if args.hogs else "")
+                               + ("-nets" if args.network_layers else ""))
+    plot = Path(args.plot) if args.plot else Path(args.db).with_name(f"predictor_accuracy_{name}.png")
+    layers = network_layers(space, args.resolution, args.calibration, args.n_eval, args.seed) \
+        if args.network_layers else None
+    policy = HealPolicy(max_rounds=args.heal_rounds, seed=args.seed)
     started = time.monotonic()
     with ResultsStore(args.db) as store:
-        log(f"table {name}: building (resumes; {build_config.conditions_key()})")
-        build = build_table(space, args.resolution, [device], store, name, build_config, limit=args.limit,
-                            progress=not args.json)
+        log(f"table {name}: building (resumes; {build_config.conditions_key()}; {args.hogs} CPU hogs)")
+        # the hogs start once this run holds the host (another run's build is not slowed by them)
+        with hold_devices([device]), Hogs(args.hogs):
+            build = build_table(space, args.resolution, [device], store, name, build_config, limit=args.limit,
+                                progress=not args.json, layers=layers)
+            healed = None
+            if args.heal:
+                log(f"table {name}: healing (up to {policy.max_rounds} rounds)")
+                healed = build_table(space, args.resolution, [device], store, name, build_config, limit=0,
+                                     progress=not args.json, layers=layers, heal=policy)
+        heal = None if healed is None else healed.heal.to_dict()
+        if heal is not None:
+            heal["elapsed_s"] = healed.elapsed_s
         figures = table_figures(store, name)
         log(f"table: {figures['entries']} layers, {build.remaining} missing; this run measured {build.measured} "
-            f"in {build.elapsed_s:.0f} s")
+            f"in {build.elapsed_s:.0f} s; healing: {heal}")
         table = load_table(store, name)
         predictor, fit_metrics = fit_predictor(table, seed=args.seed,
                                                statistic=None if args.statistic == "auto" else args.statistic)
@@ -139,6 +215,10 @@ def main() -> None:
         report = evaluate_on_device(predictor, [device], store, space, args.n_eval, args.seed, net_config, plot=plot,
                                     progress=not args.json, repeats=args.repeats)
         variants = ablation(store, name, calibration.networks, report.networks, args.seed)
+        stat = predictor.statistic
+        with_heal = variant(table, calibration.networks, report.networks, args.seed, stat)
+        without_heal = variant(unhealed_table(table), calibration.networks, report.networks, args.seed, stat)
+        flagged = sum(bool((e.measurement or {}).get("contended")) for e in table.entries.values())
     m = report.metrics
     result = {
         "device": "host", "runtime": table.meta.runtime, "runtime_version": table.meta.runtime_version,
@@ -152,6 +232,9 @@ def main() -> None:
         "overlap_with_calibration": report.overlap, "coverage": report.coverage, "plot": str(report.plot),
         "accepted": bool(m["within_10pct_share"] >= ACCEPT_WITHIN_10 and (m["kendall_tau"] or 0) >= ACCEPT_TAU),
         "ablation": variants, "wall_s": time.monotonic() - started,
+        "hogs": args.hogs, "network_layers": args.network_layers, "heal": heal,
+        "entries_flagged_contended_after": flagged,
+        "healing_comparison": {"with": with_heal, "without": without_heal},
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -171,6 +254,15 @@ def main() -> None:
     for row in variants:
         print(f"  {row['statistic']:>6}  {row['predictor']:<45} MAPE {row['mape_pct']:6.2f}%  "
               f"±10% {100 * row['within_10pct_share']:5.1f}%  tau {row['kendall_tau']:.3f}")
+    if heal is not None:
+        print(f"healing ({args.hogs} CPU hogs during build and healing): {heal['entries']} of {heal['table_entries']} "
+              f"entries re-measured ({100 * (heal['share'] or 0):.1f}%), {heal['retaken']} re-takes in {heal['rounds']} "
+              f"rounds {heal['by_reason']}: {heal['replaced']} replaced, {heal['confirmed']} confirmed, "
+              f"{'stable' if heal['stable'] else str(heal['left']) + ' suspects left'}; {heal['elapsed_s']:.0f} s")
+    for label, row in (("without healing", without_heal), ("with healing", with_heal)):
+        print(f"  {label:<16} within ±10% {100 * row['within_10pct_share']:5.1f}%  tau {row['kendall_tau']:.3f}  "
+              f"max error {row['max_error_pct']:.1f}%  MAPE {row['mape_pct']:.2f}%")
+    print(f"entries still flagged contended: {flagged} of {len(table)}")
     print(f"wall time of this run: {result['wall_s'] / 60:.1f} min")
 
 
