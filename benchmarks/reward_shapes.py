@@ -14,7 +14,8 @@ predicted --device pixel1` uses); `--latency synthetic` uses this host's synthet
 device instead. Accuracy: `CheapAccuracy` (`--accuracy cheap`), a cheap stand-in, NOT a
 trained accuracy: a saturating function of mult-adds plus 1% hash noise. So the figure shows
 how the reward shapes the search given a real latency model and a stand-in accuracy/cost
-trade-off, not accuracies.
+trade-off, not accuracies. Each run is `search_quality.run_one` (the sibling benchmark's
+in-memory search), so both benchmarks search the same way.
 
     python benchmarks/reward_shapes.py [--samples 5000] [--seed 0] [--target-ms 75]
         [--latency pixel1|synthetic] [--out results/plots/reward_shapes.png] [--json]
@@ -32,15 +33,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from search_quality import run_one
 
 from mnas.errors import MnasError
 from mnas.search.accuracy import CheapAccuracy
 from mnas.search.latency import PredictedLatency
-from mnas.search.loop import run_search
 from mnas.search.reward import PRESETS, Reward
-from mnas.search.run_store import MemoryRunStore
-from mnas.search.runs import SearchSetup
-from mnas.search.setup import build_searcher
 from mnas.space.search_space import mnasnet
 
 REWARDS = ("soft", "hard")
@@ -62,20 +60,6 @@ def latency_source(kind: str, resolution: int) -> tuple[PredictedLatency, str]:
         return (PredictedLatency(synthetic_predictor(), predictor_id="synthetic"),
                 "synthetic additive device (this host's stand-in)")
     raise MnasError(f"--latency {kind!r}: expected pixel1 or synthetic")
-
-
-def run_one(kind: str, seed: int, samples: int, target_ms: float, latency: PredictedLatency,
-            ppo: dict[str, Any]) -> dict[str, Any]:
-    space = mnasnet()
-    setup = SearchSetup(space=space, searcher=build_searcher(space, "ppo", seed, ppo=ppo), accuracy=CheapAccuracy(),
-                        latency=latency, reward=Reward.preset(kind, target_ms))
-    store = MemoryRunStore()
-    started = time.perf_counter()
-    run_search(store, f"{kind}-{seed}", setup, samples, progress=False)
-    seconds = time.perf_counter() - started
-    rows = store.samples(f"{kind}-{seed}")
-    return {"latency_ms": np.array([r.latency_ms for r in rows]), "accuracy": np.array([r.accuracy for r in rows]),
-            "reward": np.array([r.reward for r in rows]), "seconds": seconds}
 
 
 def figures(run: dict[str, Any], target_ms: float) -> dict[str, float]:
@@ -145,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     runs: dict[str, dict[str, Any]] = {}
     for kind in REWARDS:
-        runs[kind] = run_one(kind, args.seed, args.samples, args.target_ms, latency, ppo)
+        runs[kind] = run_one(mnasnet(), "ppo", args.seed, args.samples, Reward.preset(kind, args.target_ms), latency,
+                             CheapAccuracy(), ppo)
         print(f"  {kind}: {args.samples} samples in {runs[kind]['seconds']:.1f} s", file=sys.stderr, flush=True)
     wall = time.perf_counter() - started
     results = {kind: figures(run, args.target_ms) for kind, run in runs.items()}
