@@ -231,6 +231,14 @@ def copy_of(predictor_db: tuple[Path, int], tmp_path: Path) -> tuple[Path, int]:
     return copy_db(predictor_db[0], tmp_path / "mnas.db"), predictor_db[1]
 
 
+def predict_refuses(db: Path, pid: int, marker: Path, expected: str) -> None:
+    """`mnas predict` with the tampered predictor fails in one line holding `expected`, creating nothing."""
+    run = run_cli(cli_env(), "--db", str(db), "predict", "mnasnet-a1", "--resolution", str(RES),
+                  "--predictor", str(pid), cwd=db.parent, timeout_s=120)
+    assert run.rc != 0 and not marker.exists(), run.describe()
+    assert len(run.stderr_lines) == 1 and expected in run.stderr, run.describe()
+
+
 def test_a_store_tampered_with_a_hostile_pickle_creates_nothing(predictor_db: tuple[Path, int], tmp_path: Path) -> None:
     db, pid = copy_of(predictor_db, tmp_path)
     marker = tmp_path / "PWNED"
@@ -243,13 +251,7 @@ def test_a_store_tampered_with_a_hostile_pickle_creates_nothing(predictor_db: tu
     finally:
         store.close()
     assert not marker.exists()
-    # and through the command line
-    run = run_cli(cli_env(), "--db", str(db), "predict", "mnasnet-a1", "--resolution", str(RES),
-                  "--predictor", str(pid), cwd=tmp_path, timeout_s=120)
-    assert run.rc != 0 and not marker.exists(), run.describe()
-    assert len(run.stderr_lines) == 1 and f"stored predictor {pid} was saved in the old pickle format" in run.stderr, \
-        run.describe()
-    assert table_module.MAX_TABLE_FILE_BYTES == 64 << 20  # what the README and the docstring say
+    predict_refuses(db, pid, marker, f"stored predictor {pid} was saved in the old pickle format")  # the CLI too
 
 
 def test_a_store_with_hostile_skops_content_creates_nothing(predictor_db: tuple[Path, int], tmp_path: Path) -> None:
@@ -273,10 +275,7 @@ def test_a_store_with_hostile_skops_content_creates_nothing(predictor_db: tuple[
     finally:
         store.close()
     assert not marker.exists()
-    run = run_cli(cli_env(), "--db", str(db), "predict", "mnasnet-a1", "--resolution", str(RES),
-                  "--predictor", str(pid), cwd=tmp_path, timeout_s=120)
-    assert run.rc != 0 and not marker.exists(), run.describe()
-    assert len(run.stderr_lines) == 1 and f"stored predictor {pid}: refused to load type(s)" in run.stderr, run.describe()
+    predict_refuses(db, pid, marker, f"stored predictor {pid}: refused to load type(s)")
 
 
 def test_a_truncated_or_foreign_blob_is_refused_naming_the_store(predictor_db: tuple[Path, int], tmp_path: Path) -> None:
