@@ -40,10 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from mnas.bench.measure import reuse_blocker
 from mnas.bench.types import check_statistic, headline_statistic
 from mnas.errors import MnasError
-from mnas.predictor.table import LatencyTable, TableEntry, entry_ms
+from mnas.predictor.table import LatencyTable, TableEntry, conditions_blocker, entry_ms
 from mnas.space.arch import LayerSig
 
 __all__ = ["HEAL_KEY", "HealPolicy", "HealReport", "entry_flag", "heal_record", "outlier_scores", "settle",
@@ -113,8 +112,7 @@ class HealReport:
 
 def entry_flag(entry: TableEntry) -> str | None:
     """The reuse rule's verdict on a stored entry ("contended", "throttled" or None)."""
-    flags = entry.measurement or {}
-    return reuse_blocker(flags.get("throttled"), flags)
+    return conditions_blocker(entry.measurement)
 
 
 def heal_record(entry: TableEntry) -> dict[str, Any]:

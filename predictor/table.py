@@ -19,7 +19,7 @@ import os
 import tempfile
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -351,11 +351,12 @@ def retake_reasons(store: Store, table_id: int) -> dict[str, str | None]:
     throttled or while another process shared the core is measured again by the next build.
     """
     rows = store.read("SELECT layer_key, measurement FROM table_entries WHERE table_id = ?", (table_id,))
-    reasons: dict[str, str | None] = {}
-    for key, text in rows:
-        flags = json.loads(text) if text else {}
-        reasons[key] = reuse_blocker(flags.get("throttled"), flags)
-    return reasons
+    return {key: conditions_blocker(json.loads(text) if text else None) for key, text in rows}
+
+
+def conditions_blocker(conditions: Mapping[str, Any] | None) -> str | None:
+    """The one reuse rule (`bench.measure.reuse_blocker`) on a table entry's stored conditions."""
+    return reuse_blocker((conditions or {}).get("throttled"), conditions)
 
 
 def _entries(store: Store, table_id: int) -> Iterator[TableEntry]:
