@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from mnas.bench.files import os_cause, unwritable_reason
-from mnas.bench.types import DeviceProfile, Measurement
+from mnas.bench.types import DeviceProfile, Measurement, OpProfileRow
 from mnas.errors import MnasError
 
 if TYPE_CHECKING:
@@ -143,6 +143,41 @@ def _measurements_without_not_null_median() -> str:
 
 BENCH_MIGRATIONS.append(_measurements_without_not_null_median())
 
+# Migration 3: the per-op table benchmark_model prints with --enable_op_profiling, one row per
+# node in run order, keyed by the measurement it came with. The full Measurement JSON holds the
+# same rows; this table makes them queryable (top ops across measurements) and exportable
+# without decoding every JSON document. Profiles stored before it are copied from their JSON
+# (Python writes a missing [start] as NaN, which SQLite's JSON reader refuses: read as NULL).
+BENCH_MIGRATIONS.append("""
+    CREATE TABLE op_profiles (
+        measurement_id INTEGER NOT NULL REFERENCES measurements(id) ON DELETE CASCADE,
+        run_order INTEGER NOT NULL,
+        node_type TEXT NOT NULL,
+        name TEXT NOT NULL,
+        start_ms REAL,
+        first_ms REAL NOT NULL,
+        avg_ms REAL NOT NULL,
+        percent REAL NOT NULL,
+        cdf_percent REAL NOT NULL,
+        mem_kb REAL NOT NULL,
+        times_called INTEGER NOT NULL,
+        PRIMARY KEY (measurement_id, run_order)
+    );
+    INSERT INTO op_profiles (measurement_id, run_order, node_type, name, start_ms, first_ms, avg_ms, percent,
+                             cdf_percent, mem_kb, times_called)
+        SELECT m.id, CAST(row.key AS INTEGER), json_extract(row.value, '$.node_type'), json_extract(row.value, '$.name'),
+               json_extract(row.value, '$.start_ms'), json_extract(row.value, '$.first_ms'),
+               json_extract(row.value, '$.avg_ms'), json_extract(row.value, '$.percent'),
+               json_extract(row.value, '$.cdf_percent'), json_extract(row.value, '$.mem_kb'),
+               json_extract(row.value, '$.times_called')
+        FROM (SELECT id, doc FROM (SELECT id, replace(replace(replace(measurement_json, 'NaN', 'null'),
+                                                                '-Infinity', 'null'), 'Infinity', 'null') AS doc FROM measurements)
+              WHERE json_valid(doc) AND json_type(doc, '$.op_profile') = 'array') m,
+             json_each(m.doc, '$.op_profile') row;
+""")
+OP_PROFILE_COLUMNS = ("node_type", "name", "start_ms", "first_ms", "avg_ms", "percent", "cdf_percent", "mem_kb",
+                      "times_called")
+
 
 class StoreError(MnasError):
     """The results store cannot be opened or read (exit 2: the user fixes the file or the path)."""
@@ -221,6 +256,12 @@ def _capped_runs(data: dict) -> dict:
         data = {**data, "runs_us": runs[:MAX_STORED_RUNS],
                 "extra": {**(data.get("extra") or {}), "runs_us_total": len(runs), "runs_us_stored": MAX_STORED_RUNS}}
     return data
+
+def _op_values(op: OpProfileRow) -> tuple[Any, ...]:
+    """One op row's column values; a missing start (builds without a [start] column) is NULL."""
+    return tuple(_finite(getattr(op, name)) if name == "start_ms" else getattr(op, name)
+                 for name in OP_PROFILE_COLUMNS)
+
 
 def _finite(value: float | None) -> float | None:
     if value is None:
@@ -650,7 +691,27 @@ class ResultsStore:
                         "again (pass --force to store another)", reusable[0])
             self._upsert_model(conn, m.model_sha256, m.model_path, label, arch)
             cursor = conn.execute(f"INSERT INTO measurements ({columns}) VALUES ({placeholders})", row)
-            return int(cursor.lastrowid)
+            measurement_id = int(cursor.lastrowid)
+            if m.op_profile is not None:
+                conn.executemany(
+                    f"INSERT INTO op_profiles (measurement_id, run_order, {', '.join(OP_PROFILE_COLUMNS)}) "
+                    f"VALUES (?, ?, {', '.join('?' * len(OP_PROFILE_COLUMNS))})",
+                    [(measurement_id, index, *_op_values(op)) for index, op in enumerate(m.op_profile)])
+            return measurement_id
+
+    def op_profile(self, measurement_id: int) -> list[OpProfileRow] | None:
+        """The per-op table stored with a measurement, in run order; None when it was taken without one.
+
+        MnasError (exit 2) when no measurement has that id.
+        """
+        if not self.read("SELECT 1 FROM measurements WHERE id = ?", (int(measurement_id),)):
+            raise MnasError(f"{self.path}: no measurement with id {measurement_id}")
+        rows = self.read(f"SELECT {', '.join(OP_PROFILE_COLUMNS)} FROM op_profiles WHERE measurement_id = ? "
+                         "ORDER BY run_order", (int(measurement_id),))
+        if not rows:
+            return None
+        return [OpProfileRow(**{**dict(zip(OP_PROFILE_COLUMNS, row, strict=True)),
+                                "start_ms": math.nan if row[2] is None else row[2]}) for row in rows]
 
     def get_measurement(self, measurement_id: int) -> Measurement:
         rows = self.read("SELECT measurement_json FROM measurements WHERE id = ?",
@@ -678,6 +739,17 @@ class ResultsStore:
         )
         return [(int(row[0]), Measurement.from_dict(json.loads(row[1]))) for row in rows]
 
+    def measurements_with_extra(self, key: str, value: str) -> list[int]:
+        """Ids of the measurements whose `extra[key]` is the text `value`, oldest first.
+
+        The JSON text is searched first (SQLite's JSON functions refuse the NaN Python writes
+        for missing figures), then each candidate is decoded and compared exactly.
+        """
+        pattern = "%" + json.dumps({key: value})[1:-1].replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = self.read("SELECT id, measurement_json FROM measurements WHERE measurement_json LIKE ? ESCAPE '\\' "
+                         "ORDER BY id", (pattern,))
+        return [int(i) for i, doc in rows if (json.loads(doc).get("extra") or {}).get(key) == value]
+
     def recent_measurements(self, limit: int | None = 50) -> list[dict[str, Any]]:
         """One summary row per measurement, newest first."""
         sql = (
@@ -689,7 +761,7 @@ class ResultsStore:
         params: tuple[Any, ...] = ()
         if limit is not None:
             sql += " LIMIT ?"
-            params = (int(limit),)
+            params += (int(limit),)
         with self._lock:
             cursor = self._conn.execute(sql, params)
             names = [d[0] for d in cursor.description]
