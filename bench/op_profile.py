@@ -57,7 +57,9 @@ def missing_profile_note(m: Measurement, *, reused: bool = False) -> str | None:
         return None
     if m.runtime != "benchmark_model":
         return HOST_NOTE
-    if reused or not m.config.profile_ops:
+    if reused:
         return ("the stored measurement was reused and was taken without op profiling: pass --force to measure "
                 "again with --profile-ops")
+    if not m.config.profile_ops:
+        return "taken without op profiling: measure with `mnas bench --profile-ops` for a per-op table"
     return "benchmark_model printed no op-profiling table (check that the binary supports --enable_op_profiling)"

@@ -11,8 +11,10 @@ CSV of published figures (`mnas.bench.published`): all or nothing, idempotent.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ _FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 @click.group(cls=DefaultGroup, default_command="list")
 def results() -> None:
-    """Stored measurements and published figures: `list` (default), `export`, `import`."""
+    """Stored measurements and published figures: `list` (default), `export`, `import`, `ops`."""
 
 
 def _iso(timestamp: float) -> str:
@@ -51,8 +53,10 @@ def _published_row(figure: Any) -> dict[str, Any]:
               help="Only this device: its name (pixel1) or id (serial, host).")
 @click.pass_context
 def list_cmd(ctx: click.Context, as_json: bool, limit: int, device: str | None) -> None:
-    """One row per measurement: id, time, device, model, runtime, median_ms, cv, throttled;
+    """One row per measurement: id, time, device, model, runtime, median_ms, cv, throttled, source
+    (measured, or a hand-run log kept with `mnas bench parse --store`);
     then the published figures (not measured here): device, model, latency_ms, source, ..."""
+    from mnas.bench.hand_log import HAND_RUN_SOURCE
     from mnas.bench.published import published_figures
     from mnas.bench.store import ResultsStore
 
@@ -61,6 +65,7 @@ def list_cmd(ctx: click.Context, as_json: bool, limit: int, device: str | None) 
         if device is not None:
             rows = [r for r in rows if device in (r["device_name"], r["device_id"])][:limit]
         figures = published_figures(store, device)
+        hand_run = set(store.measurements_with_extra("source", HAND_RUN_SOURCE))
     more_figures = max(0, len(figures) - limit)
     figures = figures[:limit]
     payload = [
@@ -78,6 +83,7 @@ def list_cmd(ctx: click.Context, as_json: bool, limit: int, device: str | None) 
             "cv": row["cv"],
             "throttled": bool(row["throttled"]),
             "published": False,
+            "source": HAND_RUN_SOURCE if row["id"] in hand_run else "measured",
         }
         for row in rows
     ]
@@ -90,13 +96,13 @@ def list_cmd(ctx: click.Context, as_json: bool, limit: int, device: str | None) 
             [
                 {
                     "id": r["id"], "time": r["time"], "device": r["device"], "model": r["model"],
-                    "runtime": r["runtime"], "median_ms": f"{r['median_ms']:.3f}",
+                    "runtime": r["runtime"], "median_ms": "-" if r["median_ms"] is None else f"{r['median_ms']:.3f}",
                     "cv": "-" if r["cv"] is None else f"{r['cv']:.3f}",
-                    "throttled": "yes" if r["throttled"] else "no",
+                    "throttled": "yes" if r["throttled"] else "no", "source": r["source"],
                 }
                 for r in payload
             ],
-            ["id", "time", "device", "model", "runtime", "median_ms", "cv", "throttled"],
+            ["id", "time", "device", "model", "runtime", "median_ms", "cv", "throttled", "source"],
         )
     if published:
         click.echo(("\n" if rows else "") + "published figures (measured elsewhere, not here; never reused as "
@@ -164,7 +170,6 @@ def import_cmd(ctx: click.Context, file: Path, device: str, source: str, runtime
 @click.pass_context
 def export_cmd(ctx: click.Context, fmt: str | None, output: Path) -> None:
     """Every measurement with its conditions (one row each) as CSV or Parquet."""
-    from mnas.bench.files import os_cause
     from mnas.bench.store import ResultsStore
 
     fmt = fmt or _FORMATS.get(output.suffix.lower())
@@ -173,6 +178,25 @@ def export_cmd(ctx: click.Context, fmt: str | None, output: Path) -> None:
                         "(pass --format csv|parquet)")
     with ResultsStore(db_path(ctx), create=False) as store:
         frame = store.measurements_frame()
+
+    def write(tmp: str) -> None:
+        if fmt == "csv":
+            frame.to_csv(tmp, index=False)
+            return
+        try:
+            frame.to_parquet(tmp, index=False)
+        except ImportError as exc:
+            raise MnasError(f"parquet export needs pyarrow ({exc}); pip install pyarrow, "
+                            "or use --format csv") from None
+
+    _write_atomically(output, write)
+    click.echo(f"wrote {len(frame)} measurements to {output} ({fmt})")
+
+
+def _write_atomically(output: Path, write: Callable[[str], None]) -> None:
+    """`write(tmp)` into a temporary file beside `output`, then rename: a reader never sees half a file."""
+    from mnas.bench.files import os_cause
+
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
@@ -180,18 +204,73 @@ def export_cmd(ctx: click.Context, fmt: str | None, output: Path) -> None:
         raise MnasError(f"{output}: cannot write: {os_cause(exc)}") from None
     os.close(fd)
     try:
-        if fmt == "csv":
-            frame.to_csv(tmp, index=False)
-        else:
-            try:
-                frame.to_parquet(tmp, index=False)
-            except ImportError as exc:
-                raise MnasError(f"parquet export needs pyarrow ({exc}); pip install pyarrow, "
-                                "or use --format csv") from None
+        write(tmp)
         os.replace(tmp, output)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):  # disk full while writing: one line, no half file left
             raise MnasError(f"{output}: cannot write: {os_cause(exc)}") from None
         raise
-    click.echo(f"wrote {len(frame)} measurements to {output} ({fmt})")
+
+
+_OPS_FORMATS = {".csv": "csv", ".json": "json"}
+
+
+@results.command("ops")
+@click.argument("measurement_id", type=int)
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default=None,
+              help="Format of -o FILE (default: from its suffix, .csv or .json).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the op table to this file instead of printing it.")
+@click.option("--top", type=click.IntRange(min=1), default=None,
+              help="Only the N ops with the largest share of time (default: every op, in run order).")
+@json_option
+@click.pass_context
+def ops_cmd(ctx: click.Context, measurement_id: int, fmt: str | None, output: Path | None, top: int | None,
+            as_json: bool) -> None:
+    """The per-op profile stored with measurement ID (`mnas bench --profile-ops` on a phone).
+
+    One row per node: run_order, node_type, name, avg_ms, percent (of the total), cdf_percent,
+    first_ms, start_ms, mem_kb, times_called. A measurement without one (any host run: the
+    LiteRT Python interpreter has no op profiler) gives `"op_profile": null` and the reason
+    in `op_profile_note` (and on stderr); writing it to a file is then an error (exit 2).
+    """
+    from mnas.bench.op_profile import OP_COLUMNS, missing_profile_note, op_rows, top_ops
+    from mnas.bench.store import ResultsStore
+
+    if output is not None:
+        fmt = fmt or _OPS_FORMATS.get(output.suffix.lower())
+        if fmt is None:
+            raise MnasError(f"{output}: cannot tell the format from the suffix {output.suffix!r} "
+                            "(pass --format csv|json)")
+    with ResultsStore(db_path(ctx), create=False) as store:
+        profile = store.op_profile(measurement_id)
+        m = store.get_measurement(measurement_id)
+    rows = op_rows(profile) if profile is not None else None
+    if rows is not None and top is not None:
+        rows = top_ops(rows, top)
+    note = None if profile is not None else missing_profile_note(m) or "no op profile stored"
+    payload = {"measurement_id": measurement_id, "device": m.device_name, "device_id": m.device_id,
+               "model_sha256": m.model_sha256, "model_path": m.model_path, "runtime": m.runtime,
+               "median_ms": m.median_ms, "op_profile": rows, "op_profile_note": note}
+    if output is not None:
+        if rows is None:
+            raise MnasError(f"measurement {measurement_id}: nothing to write to {output}: {note}")
+        if fmt == "csv":
+            import pandas as pd
+
+            _write_atomically(output, lambda tmp: pd.DataFrame(rows, columns=list(OP_COLUMNS)).to_csv(tmp, index=False))
+        else:
+            from mnas.json_safe import json_safe
+
+            _write_atomically(output, lambda tmp: Path(tmp).write_text(json.dumps(json_safe(payload), indent=2)))
+        click.echo(f"wrote {len(rows)} ops of measurement {measurement_id} to {output} ({fmt})")
+        return
+    if note is not None:
+        click.echo(f"note: measurement {measurement_id}: {note}", err=True)
+    if as_json:
+        echo_json(payload)
+        return
+    if rows is not None:
+        echo_table([{**row, "avg_ms": f"{row['avg_ms']:.3f}", "percent": f"{row['percent']:.3f}"} for row in rows],
+                   ["run_order", "node_type", "avg_ms", "percent", "times_called", "name"])

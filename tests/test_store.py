@@ -309,8 +309,8 @@ def test_results_list(tmp_path, monkeypatch):
     table = CliRunner().invoke(results, ["--limit", "1"])  # `list` is the default command
     lines = table.output.splitlines()
     assert lines[0].split() == ["id", "time", "device", "model", "runtime", "median_ms", "cv",
-                                "throttled"]
-    assert len(lines) == 2 and lines[1].split()[-3:] == [f"{20.7925:.3f}", "0.007", "yes"]
+                                "throttled", "source"]
+    assert len(lines) == 2 and lines[1].split()[-4:] == [f"{20.7925:.3f}", "0.007", "yes", "measured"]
 
     monkeypatch.setenv("MNAS_DB", str(tmp_path / "none.db"))
     missing = CliRunner().invoke(results, ["list"])
