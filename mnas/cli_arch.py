@@ -101,20 +101,25 @@ def sample_cmd(seed: int, count: int, as_json: bool) -> None:
 @click.option("--resolution", type=int, default=None, help="Input size (default: the model's).")
 @click.option("--multiplier", type=float, default=1.0, show_default=True)
 @click.option("--classes", type=int, default=1000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the initialised weights.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the initialised weights (and, for int8, of the calibration inputs).")
+@click.option("--dtype", type=click.Choice(["float32", "int8"]), default="float32", show_default=True,
+              help="float32, or int8: fully quantized as TFLite's post-training full-integer quantization "
+                   "(int8 weights per channel, int8 activations calibrated on 8 seeded synthetic inputs, "
+                   "float32 input and output).")
 @json_option
 def export_cmd(model: str, output: str, resolution: int | None, multiplier: float, classes: int, seed: int,
-               as_json: bool) -> None:
-    """Write a zoo NAME or arch STRING as a float32 .tflite file."""
+               dtype: str, as_json: bool) -> None:
+    """Write a zoo NAME or arch STRING as a float32 or int8 .tflite file."""
     from mnas.space.resolve import resolve_arch
     from mnas.space.tflite_writer import write_arch
 
     net = resolve_arch(model, multiplier)
     res = _resolution(model, resolution)
-    info = write_arch(net, Path(output), resolution=res, num_classes=classes, seed=seed)
-    payload = {"arch": str(net), "hash": net.hash, "path": str(output), "resolution": res,
-               "size_bytes": Path(output).stat().st_size, "sha256": getattr(info, "sha256", None)}
+    info = write_arch(net, Path(output), resolution=res, num_classes=classes, seed=seed, dtype=dtype)
+    payload = {"arch": str(net), "hash": net.hash, "path": str(output), "resolution": res, "dtype": dtype,
+               "size_bytes": info.size, "ops": info.ops, "params": info.params, "sha256": info.sha256}
     if as_json:
         echo_json(payload)
     else:
-        click.echo(f"wrote {output} ({payload['size_bytes'] / 1e6:.2f} MB, {res}x{res}) for {net}")
+        click.echo(f"wrote {output} ({dtype}, {payload['size_bytes'] / 1e6:.2f} MB, {res}x{res}) for {net}")

@@ -1,4 +1,4 @@
-"""Encode a float32 graph as a TFLite flatbuffer (schema version 3, file identifier "TFL3").
+"""Encode a graph as a TFLite flatbuffer (schema version 3, file identifier "TFL3").
 
 Why this exists: no library writes `.tflite` without TensorFlow. The TF converter needs the
 whole TF stack and spends ~10 s per MnasNet-sized model, while an architecture search exports
@@ -10,9 +10,13 @@ Speed: weights go into the builder as raw bytes (one `Buffer` per weight, 16-byt
 the schema's `force_align: 16` asks), copied once from contiguous numpy arrays; the builder is
 sized up front so it never regrows. Per-op cost is a handful of small tables.
 
-Only the ops MnasNet needs are supported, each at operator version 1 (the float kernels every
-LiteRT release registers): CONV_2D, DEPTHWISE_CONV_2D, AVERAGE_POOL_2D, ADD, MUL, MEAN,
-LOGISTIC, FULLY_CONNECTED.
+Only the ops MnasNet needs are supported: CONV_2D, DEPTHWISE_CONV_2D, AVERAGE_POOL_2D, ADD,
+MUL, MEAN, LOGISTIC, FULLY_CONNECTED, plus QUANTIZE and DEQUANTIZE at the edges of an int8
+model. A float op is written at operator version 1 (the float kernels every LiteRT release
+registers); an int8 op carries the version TFLite's converter gives it (`quantize` sets
+`OpSpec.version`), and each (operator, version) pair gets its own OperatorCode, as the
+converter writes them. A tensor may carry `Quant` parameters (scale, zero point, quantized
+dimension): the schema's QuantizationParameters table.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ BUFFER_ALIGNMENT = 16
 
 FLOAT32 = tflite.TensorType.FLOAT32
 INT32 = tflite.TensorType.INT32
+INT8 = tflite.TensorType.INT8
+_NUMPY_TYPES = {np.dtype(np.float32): FLOAT32, np.dtype(np.int32): INT32, np.dtype(np.int8): INT8}
+TYPE_NAMES: dict[int, str] = {code: name for name, code in vars(tflite.TensorType).items() if isinstance(code, int)}
 
 Op = tflite.BuiltinOperator
 Act = tflite.ActivationFunctionType
@@ -43,19 +50,34 @@ OP_VERSIONS: dict[int, int] = {
     Op.MEAN: 1,
     Op.LOGISTIC: 1,
     Op.FULLY_CONNECTED: 1,
+    Op.QUANTIZE: 1,
+    Op.DEQUANTIZE: 1,
 }
 OP_NAMES: dict[int, str] = {code: name for name, code in vars(Op).items() if isinstance(code, int)}
 _DEPRECATED_CODE_LIMIT = 127  # deprecated_builtin_code is an int8; codes >= 127 store 127 there
 
 
 @dataclass(frozen=True)
+class Quant:
+    """Affine quantization of a tensor: real = (q - zero_point) x scale.
+
+    One (scale, zero point) pair per tensor, or one per slice along `dim` (per-axis).
+    """
+
+    scale: tuple[float, ...]
+    zero_point: tuple[int, ...]
+    dim: int = 0
+
+
+@dataclass(frozen=True)
 class TensorSpec:
-    """One tensor: name, static shape, element type and buffer index (0 = no data)."""
+    """One tensor: name, static shape, element type, buffer index (0 = no data), quantization."""
 
     name: str
     shape: tuple[int, ...]
     dtype: int = FLOAT32
     buffer: int = 0
+    quant: Quant | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +91,7 @@ class OpSpec:
     filter: int = 1  # AVERAGE_POOL_2D window
     act: int = Act.NONE
     keep_dims: bool = False  # MEAN
+    version: int = 0  # operator version; 0 = OP_VERSIONS[code] (the float kernel's)
 
 
 @dataclass
@@ -82,21 +105,18 @@ class Graph:
     inputs: list[int] = field(default_factory=list)
     outputs: list[int] = field(default_factory=list)
 
-    def activation(self, name: str, shape: tuple[int, ...]) -> int:
-        """A float32 tensor computed at run time; returns its index."""
-        self.tensors.append(TensorSpec(name, shape))
+    def activation(self, name: str, shape: tuple[int, ...], dtype: int = FLOAT32, quant: Quant | None = None) -> int:
+        """A tensor computed at run time (float32 unless told); returns its index."""
+        self.tensors.append(TensorSpec(name, shape, dtype, 0, quant))
         return len(self.tensors) - 1
 
-    def constant(self, name: str, data: np.ndarray) -> int:
-        """A constant tensor holding `data` (float32 or int32, copied as-is); returns its index."""
-        if data.dtype == np.float32:
-            dtype = FLOAT32
-        elif data.dtype == np.int32:
-            dtype = INT32
-        else:
-            raise TypeError(f"constant {name!r}: dtype {data.dtype} is neither float32 nor int32")
+    def constant(self, name: str, data: np.ndarray, quant: Quant | None = None) -> int:
+        """A constant tensor holding `data` (float32, int32 or int8, copied as-is); returns its index."""
+        dtype = _NUMPY_TYPES.get(data.dtype)
+        if dtype is None:
+            raise TypeError(f"constant {name!r}: dtype {data.dtype} is not float32, int32 or int8")
         self.buffers.append(np.ascontiguousarray(data))
-        self.tensors.append(TensorSpec(name, tuple(int(d) for d in data.shape), dtype, len(self.buffers) - 1))
+        self.tensors.append(TensorSpec(name, tuple(int(d) for d in data.shape), dtype, len(self.buffers) - 1, quant))
         return len(self.tensors) - 1
 
     def op(self, code: int, inputs: tuple[int, ...], outputs: tuple[int, ...], **options: int | bool) -> None:
@@ -121,6 +141,23 @@ def _offset_vector(b: flatbuffers.Builder, offsets: list[int]) -> int:
     for offset in reversed(offsets):
         b.PrependUOffsetTRelative(offset)
     return b.EndVector()
+
+
+def _quantization(b: flatbuffers.Builder, quant: Quant) -> int:
+    """A QuantizationParameters table: float scales, int64 zero points, quantized dimension."""
+    b.StartVector(4, len(quant.scale), 4)
+    for value in reversed(quant.scale):
+        b.PrependFloat32(value)
+    scale = b.EndVector()
+    b.StartVector(8, len(quant.zero_point), 8)
+    for value in reversed(quant.zero_point):
+        b.PrependInt64(value)
+    zero_point = b.EndVector()
+    tflite.QuantizationParametersStart(b)
+    tflite.QuantizationParametersAddScale(b, scale)
+    tflite.QuantizationParametersAddZeroPoint(b, zero_point)
+    tflite.QuantizationParametersAddQuantizedDimension(b, quant.dim)
+    return tflite.QuantizationParametersEnd(b)
 
 
 def _data_vector(b: flatbuffers.Builder, data: np.ndarray) -> int:
@@ -181,7 +218,7 @@ def _options(b: flatbuffers.Builder, op: OpSpec) -> tuple[int, int]:
         tflite.FullyConnectedOptionsStart(b)
         tflite.FullyConnectedOptionsAddFusedActivationFunction(b, op.act)
         return tflite.BuiltinOptions.FullyConnectedOptions, tflite.FullyConnectedOptionsEnd(b)
-    return tflite.BuiltinOptions.NONE, 0  # LOGISTIC
+    return tflite.BuiltinOptions.NONE, 0  # LOGISTIC, QUANTIZE, DEQUANTIZE
 
 
 def encode(graph: Graph) -> bytes:
@@ -191,7 +228,8 @@ def encode(graph: Graph) -> bytes:
 
 def encode_view(graph: Graph) -> memoryview:
     """As `encode`, but a view of the builder's buffer: no copy of the (weight-sized) result."""
-    overhead = 4096 + 160 * len(graph.tensors) + 200 * len(graph.ops) + len(graph.description)
+    quant_values = sum(len(t.quant.scale) for t in graph.tensors if t.quant is not None)
+    overhead = 4096 + 200 * len(graph.tensors) + 200 * len(graph.ops) + len(graph.description) + 12 * quant_values
     b = flatbuffers.Builder(graph.weight_bytes + BUFFER_ALIGNMENT * len(graph.buffers) + overhead)
 
     # Buffers: the data vectors first (the bulk of the file), then their tables.
@@ -207,25 +245,29 @@ def encode_view(graph: Graph) -> memoryview:
     for tensor in graph.tensors:
         name = b.CreateString(tensor.name)
         shape = _int_vector(b, tensor.shape)
+        quantization = _quantization(b, tensor.quant) if tensor.quant is not None else None
         tflite.TensorStart(b)
         tflite.TensorAddShape(b, shape)
         tflite.TensorAddType(b, tensor.dtype)
         tflite.TensorAddBuffer(b, tensor.buffer)
         tflite.TensorAddName(b, name)
+        if quantization is not None:
+            tflite.TensorAddQuantization(b, quantization)
         tensor_offsets.append(tflite.TensorEnd(b))
 
-    codes: list[int] = []
-    code_index: dict[int, int] = {}
+    codes: list[tuple[int, int]] = []  # (builtin code, version), in first-use order
+    code_index: dict[tuple[int, int], int] = {}
     operator_offsets = []
     for op in graph.ops:
-        if op.code not in code_index:
-            code_index[op.code] = len(codes)
-            codes.append(op.code)
+        key = (op.code, op.version or OP_VERSIONS[op.code])
+        if key not in code_index:
+            code_index[key] = len(codes)
+            codes.append(key)
         inputs = _int_vector(b, op.inputs)
         outputs = _int_vector(b, op.outputs)
         options_type, options = _options(b, op)
         tflite.OperatorStart(b)
-        tflite.OperatorAddOpcodeIndex(b, code_index[op.code])
+        tflite.OperatorAddOpcodeIndex(b, code_index[key])
         tflite.OperatorAddInputs(b, inputs)
         tflite.OperatorAddOutputs(b, outputs)
         if options_type != tflite.BuiltinOptions.NONE:
@@ -234,11 +276,11 @@ def encode_view(graph: Graph) -> memoryview:
         operator_offsets.append(tflite.OperatorEnd(b))
 
     code_offsets = []
-    for code in codes:
+    for code, version in codes:
         tflite.OperatorCodeStart(b)
         tflite.OperatorCodeAddDeprecatedBuiltinCode(b, min(code, _DEPRECATED_CODE_LIMIT))
         tflite.OperatorCodeAddBuiltinCode(b, code)
-        tflite.OperatorCodeAddVersion(b, OP_VERSIONS[code])
+        tflite.OperatorCodeAddVersion(b, version)
         code_offsets.append(tflite.OperatorCodeEnd(b))
 
     tensors = _offset_vector(b, tensor_offsets)
@@ -278,3 +320,34 @@ def op_names(model_bytes: bytes) -> list[str]:
         builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
         names.append(OP_NAMES.get(builtin, str(builtin)))
     return names
+
+
+def _tensor_signature(model: tflite.Model, subgraph: tflite.SubGraph, index: int) -> dict[str, object]:
+    tensor = subgraph.Tensors(index)
+    quant = tensor.Quantization()
+    scales = 0 if quant is None else quant.ScaleLength()
+    if scales == 0:
+        granularity = "none"
+    elif scales == 1:
+        granularity = "per_tensor"
+    else:
+        granularity = f"per_axis:{quant.QuantizedDimension()}"
+    constant = tensor.Buffer() != 0 and model.Buffers(tensor.Buffer()).DataLength() > 0
+    return {"type": TYPE_NAMES.get(tensor.Type(), str(tensor.Type())), "quant": granularity, "const": constant}
+
+
+def op_signatures(model_bytes: bytes) -> list[dict[str, object]]:
+    """Per operator of the first subgraph, in order: name, version and, per input and output
+    tensor, its type, quantization granularity ("none", "per_tensor", "per_axis:D") and whether
+    it is a constant. What a structural comparison with a converter's output looks at."""
+    model = tflite.Model.GetRootAsModel(model_bytes, 0)
+    subgraph = model.Subgraphs(0)
+    out = []
+    for i in range(subgraph.OperatorsLength()):
+        op = subgraph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        out.append({"op": OP_NAMES.get(builtin, str(builtin)), "version": code.Version(),
+                    "inputs": [_tensor_signature(model, subgraph, op.Inputs(j)) for j in range(op.InputsLength())],
+                    "outputs": [_tensor_signature(model, subgraph, op.Outputs(j)) for j in range(op.OutputsLength())]})
+    return out

@@ -1,4 +1,4 @@
-"""Write any `Arch` (or one layer of it) as a float32 `.tflite` file, fast and without TensorFlow.
+"""Write any `Arch` (or one layer of it) as a float32 or int8 `.tflite` file, without TensorFlow.
 
 Why hand-written: no library writes TFLite without TensorFlow. The TF converter needs the whole
 TF stack and takes ~10 s per MnasNet-sized model; the search and the latency tables export
@@ -17,6 +17,11 @@ Weights come from one of two sources:
   The same seed gives byte-identical files. Latency does not depend on the values; these
   weights only keep activations finite and non-trivial.
 
+`dtype="int8"` writes the fully-quantized model TFLite's post-training full-integer
+quantization produces (float32 input and output, int8 inside), calibrated on a few inputs:
+`quantize` does it, on the same float graph (seconds, not milliseconds: the float model runs
+in LiteRT once per calibration input).
+
 Files are written atomically (temporary file in the same directory, then `os.replace`), so a
 reader never sees half a model.
 """
@@ -34,6 +39,7 @@ import numpy as np
 
 from mnas.errors import MnasError
 from mnas.space.arch import Arch, LayerSig
+from mnas.space.quantize import DEFAULT_CALIBRATION_COUNT, check_dtype, int8_graph, is_weight
 from mnas.space.tflite_graph import Conv, build_graph, check_sig, weight_shapes
 from mnas.space.tflite_schema import Graph, encode, encode_view
 
@@ -169,18 +175,33 @@ def _arch_sigs(arch: Arch, resolution: int, num_classes: int | None, module: Any
     return arch.layers(int(resolution), int(num_classes))
 
 
+def _with_dtype(graph: Graph, dtype: str, calibration: np.ndarray | None, seed: int) -> Graph:
+    """`graph` itself for float32; its int8 graph, calibrated on `calibration` (default: the
+    quantizer's seeded synthetic inputs from `seed`), for int8."""
+    if check_dtype(dtype) == "float32":
+        return graph
+    return int8_graph(graph, calibration, count=DEFAULT_CALIBRATION_COUNT, seed=seed)
+
+
 def arch_graph(arch: Arch, *, resolution: int = 224, num_classes: int | None = None,
-               module: MnasNetModel | None = None, seed: int = 0) -> Graph:
-    """The op graph of `arch` (input (1, R, R, 3) float32 NHWC, output the logits)."""
+               module: MnasNetModel | None = None, seed: int = 0, dtype: str = "float32",
+               calibration: np.ndarray | None = None) -> Graph:
+    """The op graph of `arch` (input (1, R, R, 3) float32 NHWC, output the logits).
+
+    `dtype="int8"`: the fully-quantized graph, calibrated on `calibration` (N, R, R, 3).
+    """
+    check_dtype(dtype)
     sigs = _arch_sigs(arch, resolution, num_classes, module)
     weights = module_weights(sigs, module) if module is not None else init_weights(sigs, seed)
     source = "module" if module is not None else f"seed {seed}"
     description = f"mnas {arch} resolution {resolution} classes {sigs[-1].classes} weights {source}"
-    return build_graph(sigs, weights, description)
+    return _with_dtype(build_graph(sigs, weights, description), dtype, calibration, seed)
 
 
-def layer_graph(sig: LayerSig, *, module: nn.Module | None = None, seed: int = 0) -> Graph:
-    """The op graph of one layer (input (1, sig.h, sig.w, sig.cin) float32 NHWC)."""
+def layer_graph(sig: LayerSig, *, module: nn.Module | None = None, seed: int = 0, dtype: str = "float32",
+                calibration: np.ndarray | None = None) -> Graph:
+    """The op graph of one layer (input (1, sig.h, sig.w, sig.cin) float32 NHWC); int8 as `arch_graph`."""
+    check_dtype(dtype)
     if not isinstance(sig, LayerSig):
         raise MnasError(f"layer {sig!r}: expected a LayerSig (see Arch.layers or LayerSig.from_key)")
     check_sig(sig)
@@ -192,43 +213,49 @@ def layer_graph(sig: LayerSig, *, module: nn.Module | None = None, seed: int = 0
     else:
         weights = init_weights([sig], seed)
     source = "module" if module is not None else f"seed {seed}"
-    return build_graph([sig], weights, f"mnas layer {sig.key} weights {source}")
+    graph = build_graph([sig], weights, f"mnas layer {sig.key} weights {source}")
+    return _with_dtype(graph, dtype, calibration, seed)
 
 
 def arch_to_bytes(arch: Arch, *, resolution: int = 224, num_classes: int | None = None,
-                  module: MnasNetModel | None = None, seed: int = 0) -> bytes:
+                  module: MnasNetModel | None = None, seed: int = 0, dtype: str = "float32",
+                  calibration: np.ndarray | None = None) -> bytes:
     """`.tflite` bytes of `arch`; weights from `module` or initialised from `seed`."""
-    return encode(arch_graph(arch, resolution=resolution, num_classes=num_classes, module=module, seed=seed))
+    return encode(arch_graph(arch, resolution=resolution, num_classes=num_classes, module=module, seed=seed,
+                             dtype=dtype, calibration=calibration))
 
 
-def layer_to_bytes(sig: LayerSig, *, module: nn.Module | None = None, seed: int = 0) -> bytes:
+def layer_to_bytes(sig: LayerSig, *, module: nn.Module | None = None, seed: int = 0, dtype: str = "float32",
+                   calibration: np.ndarray | None = None) -> bytes:
     """`.tflite` bytes of a single-layer model (stem, block layer or head), as latency tables time it."""
-    return encode(layer_graph(sig, module=module, seed=seed))
+    return encode(layer_graph(sig, module=module, seed=seed, dtype=dtype, calibration=calibration))
 
 
 def _write(graph: Graph, path: str | os.PathLike[str]) -> WriteInfo:
     data = encode_view(graph)
     target = Path(path)
     write_atomic(target, data)
-    params = sum(b.size for b in graph.buffers if b is not None and b.dtype == np.float32)
+    params = sum(int(np.prod(t.shape)) for t in graph.tensors if is_weight(t))
     return WriteInfo(target, data.nbytes, len(graph.ops), params, hashlib.sha256(data).hexdigest())
 
 
 def write_arch(arch: Arch, path: str | os.PathLike[str], *, resolution: int = 224,
                num_classes: int | None = None, module: MnasNetModel | None = None,
-               seed: int = 0) -> WriteInfo:
+               seed: int = 0, dtype: str = "float32", calibration: np.ndarray | None = None) -> WriteInfo:
     """Write `arch` as a `.tflite` model at `path` (atomically).
 
-    `num_classes` defaults to the module's classifier size, or 1000 without a module.
+    `num_classes` defaults to the module's classifier size, or 1000 without a module;
+    `dtype` is "float32" or "int8" (calibrated on `calibration`, default seeded inputs).
     """
-    graph = arch_graph(arch, resolution=resolution, num_classes=num_classes, module=module, seed=seed)
+    graph = arch_graph(arch, resolution=resolution, num_classes=num_classes, module=module, seed=seed,
+                       dtype=dtype, calibration=calibration)
     return _write(graph, path)
 
 
 def write_layer(sig: LayerSig, path: str | os.PathLike[str], *, module: nn.Module | None = None,
-                seed: int = 0) -> WriteInfo:
+                seed: int = 0, dtype: str = "float32", calibration: np.ndarray | None = None) -> WriteInfo:
     """Write a single-layer model of `sig` at `path` (atomically)."""
-    return _write(layer_graph(sig, module=module, seed=seed), path)
+    return _write(layer_graph(sig, module=module, seed=seed, dtype=dtype, calibration=calibration), path)
 
 
 def write_atomic(path: Path, data: bytes | memoryview) -> None:
