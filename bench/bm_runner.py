@@ -19,6 +19,13 @@ than being ignored, so a caller never believes a setting took effect when it did
 Pinning: the runner does NOT pin itself. Run it under `taskset <mask>` (as benchmark_model is
 run on phones); it honours whatever affinity it was started with and logs it.
 
+Threads and delegates: `--num_threads=N` is the interpreter's thread count (run it under a
+mask of N cores). `--use_xnnpack=false` turns XNNPACK off as benchmark_model does (the op
+resolver without default delegates); `--use_xnnpack=true` keeps it, and says it was applied
+only when LiteRT logged creating it. The Python interpreter has no GPU or NNAPI delegate:
+`--use_gpu=true` / `--use_nnapi=true` print one line saying the run falls back to the CPU
+(what benchmark_model does where a delegate is unavailable), so callers flag the figure.
+
 Op profiling (`--enable_op_profiling=true`): the LiteRT Python interpreter exposes no per-op
 profiler (ai-edge-litert's `Interpreter` has no profiling hook; only the C++ tool wires
 TFLite's profiler to its StatsCalculator). Timing single-op sub-models would measure
@@ -38,7 +45,7 @@ from typing import Any
 from mnas.bench.bm_format import format_benchmark_output, format_params
 from mnas.bench.bm_output import BenchmarkOutput
 from mnas.bench.host import check_tflite_file
-from mnas.bench.host_worker import TimingResult, time_model
+from mnas.bench.host_worker import XNNPACK_LOG_LINE, TimingResult, time_model
 from mnas.bench.runtime import load_runtime
 from mnas.bench.types import LatencyStats
 from mnas.errors import MnasError
@@ -80,6 +87,9 @@ FLAGS: dict[str, _Flag] = {
     "warmup_runs": _Flag("Min warmup runs", _parse_int, 1, "int"),
     "warmup_min_secs": _Flag("Min warmup runs duration (seconds)", _parse_float, 0.5, "float"),
     "enable_op_profiling": _Flag("Enable op profiling", _parse_bool, False, "bool"),
+    "use_xnnpack": _Flag("Use xnnpack", _parse_bool, False, "bool"),
+    "use_gpu": _Flag("Use gpu", _parse_bool, False, "bool"),
+    "use_nnapi": _Flag("Use NNAPI", _parse_bool, False, "bool"),
     "verbose": _Flag("Log parameter values verbosely", _parse_bool, False, "bool"),
 }
 
@@ -181,6 +191,29 @@ def to_benchmark_output(timing: TimingResult, params: dict[str, str]) -> Benchma
     )
 
 
+def _host_delegate(values: dict[str, Any], given: list[str]) -> str:
+    """The interpreter setting for the delegate flags: XNNPACK off only when asked explicitly."""
+    if "use_xnnpack" in given:
+        return "xnnpack" if values["use_xnnpack"] else "none"
+    return "default"
+
+
+def delegate_lines(values: dict[str, Any], given: list[str], runtime_log: str) -> list[str]:
+    """What the runner says about each delegate asked for (benchmark_model's wording where it applies)."""
+    lines = []
+    if "use_xnnpack" in given and values["use_xnnpack"]:
+        if XNNPACK_LOG_LINE in runtime_log:
+            lines.append("Explicitly applied XNNPACK delegate, and the model graph will be executed by the delegate "
+                         "(the Python interpreter does not tell how many nodes it took).")
+        else:
+            lines.append("XNNPACK delegate was not created by the runtime: falling back to the CPU kernels.")
+    for flag, name in (("use_gpu", "GPU"), ("use_nnapi", "NNAPI")):
+        if values[flag]:
+            lines.append(f"{name} acceleration is not available in this runner (the LiteRT Python interpreter has "
+                         f"no {name} delegate): falling back to the CPU.")
+    return lines
+
+
 def run(argv: list[str], out: Any = None, err: Any = None) -> int:
     """Run the benchmark for `argv` (without the program name); returns the exit code."""
     out = out or sys.stdout
@@ -200,13 +233,15 @@ def run(argv: list[str], out: Any = None, err: Any = None) -> int:
         timing = time_model(
             graph, values["warmup_runs"], values["num_runs"], values["min_secs"], values["num_threads"],
             warmup_min_secs=values["warmup_min_secs"], max_secs=values["max_secs"],
+            delegate=_host_delegate(values, given),
         )
     except MnasError as exc:
         print("\n".join(head), file=out, flush=True)
         print(f"ERROR: {exc}", file=err)
         return 1
     result = to_benchmark_output(timing, params)
-    notes = [f"Runtime: {runtime.name} {runtime.version} (Python interpreter); CPU affinity: {affinity}"]
+    notes = [f"Runtime: {runtime.name} {runtime.version} (Python interpreter); CPU affinity: {affinity}",
+             *delegate_lines(values, given, timing.runtime_log)]
     if values["enable_op_profiling"]:
         notes.append(
             f"Op profiling is not available: the {runtime.name} Python interpreter exposes no per-operator "

@@ -10,6 +10,8 @@ The devices are locked for the whole run before that check (`bench.device_lock`)
 run on the same phone waits for the first and then reuses its figures; should another
 process store a pair meanwhile anyway, the store refuses the duplicate and the pair is
 reported as reused.
+A run whose delegate fell back to the CPU (`bench.delegates.DelegateFallback`) is reported
+with its figures and `delegate_fallback` set, and is never stored under the delegate's conditions.
 Every outcome reaches `on_result` the moment it is known.
 """
 
@@ -19,6 +21,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from mnas.bench.delegates import DelegateFallback
 from mnas.bench.device_lock import hold_devices
 from mnas.bench.measure import PreparedModel, find_reusable, profile_devices
 from mnas.bench.pool import FailurePolicy, run_device_pool
@@ -38,6 +41,7 @@ class BenchOutcome:
     reused: bool = False
     error: str | None = None
     store_error: str | None = None  # the store could not be written: its one line (the same for every pair)
+    delegate_fallback: bool = False  # the delegate asked for was not applied: `measurement` is a CPU figure, not stored
 
 
 def run_benchmarks(
@@ -61,6 +65,10 @@ def run_benchmarks(
     waiting at most `lock_timeout_s` per device; a device still busy then raises
     `DeviceBusy` naming its holder, before anything is measured).
     """
+    if any(getattr(device, "kind", None) == "host" for device in devices):
+        from mnas.bench.host import check_host_config
+
+        check_host_config(config)  # --delegate gpu on the host: one line now, not one per model
     if store is not None:
         store.require_writable()  # a read-only store: one line now, before any device time is spent
     with hold_devices(devices, lock_timeout_s):
@@ -119,6 +127,10 @@ def _run_benchmarks(devices: Sequence[Device], models: Sequence[PreparedModel], 
         if isinstance(error, _NotSent):
             report(BenchOutcome(device_id, job[1], None, None, store_error=str(error.store_error),
                                 error=f"{device_id}: {job[1].label}: not measured: store unwritable"))
+            return
+        if isinstance(error, DelegateFallback):  # measured on the CPU instead: shown, flagged, never stored
+            report(BenchOutcome(device_id, job[1], error.measurement, None, error=_error_line(device_id, job[1], error),
+                                delegate_fallback=True))
             return
         report(BenchOutcome(device_id, job[1], None, None, error=_error_line(device_id, job[1], error)))
 

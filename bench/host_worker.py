@@ -26,15 +26,17 @@ timing on (and heating) its core.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
 import resource
 import signal
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,8 @@ class TimingResult:
     maxrss_start_kb: int  # ru_maxrss before init, after init, after the timed phase
     maxrss_init_kb: int
     maxrss_end_kb: int
+    delegate: str = "default"  # bench.types.DELEGATES: default (runtime's choice), none (XNNPACK off), xnnpack
+    runtime_log: str = ""  # what the runtime printed on stderr while loading (e.g. its XNNPACK line)
 
     @property
     def first_us(self) -> float:
@@ -109,10 +113,62 @@ def prepare_inputs(interpreter: Any, seed: int) -> None:
         interpreter.set_tensor(detail["index"], _random_input(rng, shape, detail["dtype"], detail["name"]))
 
 
-def _load(interpreter_class: Any, model_path: Path, num_threads: int) -> Any:
-    """Construct, resize dynamic inputs to 1, allocate; one-line MnasError on a bad model."""
+HOST_DELEGATES = ("default", "none", "xnnpack")  # what the LiteRT Python interpreter can do on a CPU
+XNNPACK_LOG_LINE = "XNNPACK delegate"  # LiteRT logs "Created TensorFlow Lite XNNPACK delegate for CPU."
+
+
+def check_host_delegate(delegate: str) -> None:
+    """One line refusing a delegate the LiteRT Python interpreter does not have (GPU, NNAPI)."""
+    if delegate not in HOST_DELEGATES:
+        raise MnasError(f"--delegate {delegate}: the host's LiteRT Python interpreter has no {delegate.upper()} "
+                        f"delegate: expected one of {', '.join(HOST_DELEGATES)} on the host ({delegate} runs on phones)")
+
+
+def resolver_options(interpreter_class: Any, delegate: str) -> dict[str, Any]:
+    """Interpreter keyword arguments for `delegate`: XNNPACK off is the op resolver without default delegates.
+
+    default and xnnpack keep the AUTO resolver, which applies XNNPACK by itself (whether it
+    did is read from the runtime's log, `XNNPACK_LOG_LINE`); gpu and nnapi do not exist in
+    the Python interpreter and are refused with one line.
+    """
+    check_host_delegate(delegate)
+    if delegate != "none":
+        return {}
+    module = sys.modules.get(interpreter_class.__module__)
+    resolver = getattr(module, "OpResolverType", None)
+    if resolver is None or not hasattr(resolver, "BUILTIN_WITHOUT_DEFAULT_DELEGATES"):
+        raise MnasError(f"--delegate none: {interpreter_class.__module__} cannot turn XNNPACK off (no "
+                        "OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES): expected ai-edge-litert")
+    return {"experimental_op_resolver_type": resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
+
+
+@contextlib.contextmanager
+def _stderr_captured(into: list[str]) -> Iterator[None]:
+    """Copy what is written to file descriptor 2 (the runtime's C++ log) into `into`, then pass it on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
     try:
-        interpreter = interpreter_class(model_path=str(model_path), num_threads=num_threads)
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                capture.seek(0)
+                data = capture.read()
+                into.append(data.decode(errors="replace"))
+                if data:
+                    os.write(2, data)
+    finally:
+        os.close(saved)
+
+
+def _load(interpreter_class: Any, model_path: Path, num_threads: int, delegate: str = "default") -> Any:
+    """Construct, resize dynamic inputs to 1, allocate; one-line MnasError on a bad model."""
+    options = resolver_options(interpreter_class, delegate)
+    try:
+        interpreter = interpreter_class(model_path=str(model_path), num_threads=num_threads, **options)
         for detail in interpreter.get_input_details():
             signature = [int(d) for d in detail.get("shape_signature", detail["shape"])]
             if any(d < 0 for d in signature):
@@ -154,6 +210,7 @@ def time_model(
     warmup_min_secs: float = 0.0,
     max_secs: float | None = None,
     seed: int = INPUT_SEED,
+    delegate: str = "default",
 ) -> TimingResult:
     """Time one model in THIS process (callers pin it); see the module docstring for the phases."""
     from mnas.bench.runtime import load_runtime
@@ -167,7 +224,9 @@ def time_model(
     runtime = load_runtime()
     rss_start = _maxrss_kb()
     t0 = time.perf_counter_ns()
-    interpreter = _load(runtime.interpreter, path, num_threads)
+    log: list[str] = []
+    with _stderr_captured(log):
+        interpreter = _load(runtime.interpreter, path, num_threads, delegate)
     init_ns = time.perf_counter_ns() - t0
     rss_init = _maxrss_kb()
     prepare_inputs(interpreter, seed)
@@ -197,6 +256,8 @@ def time_model(
         maxrss_start_kb=rss_start,
         maxrss_init_kb=rss_init,
         maxrss_end_kb=_maxrss_kb(),
+        delegate=delegate,
+        runtime_log="".join(log),
     )
 
 
@@ -223,17 +284,37 @@ def _last_cpu() -> int | None:
         return None
 
 
-def pin_to_core(core: int) -> None:
-    """Pin this process to `core` before any thread starts (threads inherit the mask)."""
+def pin_to_core(core: int | set[int]) -> None:
+    """Pin this process to `core` (or a set of cores, one per thread) before any thread starts.
+
+    Threads inherit the mask, so the interpreter's threads stay on these cores too.
+    """
+    cores = {core} if isinstance(core, int) else set(core)
+    named = f"core {core}" if isinstance(core, int) else f"cores {_cores_text(cores)}"
     try:
-        os.sched_setaffinity(0, {core})
+        os.sched_setaffinity(0, cores)
     except OSError as exc:
-        raise MeasurementError(f"could not pin the benchmark process to core {core}: {exc.strerror}") from None
+        raise MeasurementError(f"could not pin the benchmark process to {named}: {exc.strerror}") from None
     actual = os.sched_getaffinity(0)
-    if actual != {core}:
+    if actual != cores:
         raise MeasurementError(
-            f"pinning to core {core} did not hold: the benchmark process may run on cores {sorted(actual)}"
+            f"pinning to {named} did not hold: the benchmark process may run on cores {sorted(actual)}"
         )
+
+
+def _cores_text(cores: set[int] | list[int]) -> str:
+    return ",".join(str(c) for c in sorted(cores))
+
+
+def parse_cores(text: str) -> list[int]:
+    """`--cores 6,7` as sorted ids (argparse type)."""
+    try:
+        cores = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected core ids such as 6,7") from None
+    if not cores:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected at least one core id")
+    return cores
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -289,11 +370,14 @@ def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 def child_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mnas.bench.host_worker")
     parser.add_argument("--model", required=True)
-    parser.add_argument("--core", type=int, required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--core", type=int, help="the one core (one thread)")
+    where.add_argument("--cores", type=parse_cores, help="the cores of a multi-threaded run, e.g. 6,7")
     parser.add_argument("--warmup-runs", type=int, required=True)
     parser.add_argument("--num-runs", type=int, required=True)
     parser.add_argument("--min-secs", type=float, required=True)
     parser.add_argument("--num-threads", type=int, default=1)
+    parser.add_argument("--delegate", choices=HOST_DELEGATES, default="default")
     parser.add_argument("--result", required=True)
     parser.add_argument("--parent-pid", type=int, default=None)
     parser.add_argument("--parent-pipe", type=int, default=None,
@@ -302,15 +386,17 @@ def child_main(argv: list[str] | None = None) -> int:
     result_path = Path(args.result)
     die_with_parent(args.parent_pid)  # an orphaned worker would hold its core for nothing
     try:
-        pin_to_core(args.core)  # before numpy / the interpreter start any thread
+        cores = [args.core] if args.core is not None else args.cores
+        pin_to_core(args.core if args.core is not None else set(cores))  # before numpy / the interpreter start any thread
         if args.parent_pipe is not None:
             watch_parent_pipe(args.parent_pipe)  # after pinning: the thread inherits the mask
-        timing = time_model(args.model, args.warmup_runs, args.num_runs, args.min_secs, args.num_threads)
+        timing = time_model(args.model, args.warmup_runs, args.num_runs, args.min_secs, args.num_threads,
+                            delegate=args.delegate)
         masks = _thread_affinities()
-        stray = {tid: mask for tid, mask in masks.items() if mask != [args.core]}
+        stray = {tid: mask for tid, mask in masks.items() if mask != cores}
         if stray:
             raise MeasurementError(
-                f"threads {sorted(stray)} of the benchmark process are not pinned to core {args.core}: {stray}"
+                f"threads {sorted(stray)} of the benchmark process are not pinned to cores {_cores_text(cores)}: {stray}"
             )
         _write_json_atomic(
             result_path,

@@ -43,6 +43,7 @@ class Conditions:
     temps_after_c: dict[str, float] = field(default_factory=dict)
     freq_before_khz: int | None = None
     freq_after_khz: int | None = None
+    cores: tuple[int, ...] = ()  # every core of a multi-threaded run (empty: `core` alone)
 
 
 def freq_below(freq_khz: int | None, max_freq_khz: int | None, ratio: float) -> bool:
@@ -67,7 +68,7 @@ def build_measurement(*, device_id: str, device_name: str, model_path: Path, mod
         init_us=timings.init_us,
         first_us=timings.first_us,
         warmup_avg_us=timings.warmup_avg_us,
-        pinned_cores=(conditions.core,),
+        pinned_cores=conditions.cores or (conditions.core,),
         cpu_model=conditions.cpu_model,
         temps_before_c=conditions.temps_before_c,
         temps_after_c=conditions.temps_after_c,

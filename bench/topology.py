@@ -9,9 +9,9 @@ cores is the quietest).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
-__all__ = ["clusters_by_frequency", "core_mask", "fastest_core", "parse_cpu_list"]
+__all__ = ["clusters_by_frequency", "core_mask", "cores_mask", "fastest_core", "fastest_cores", "parse_cpu_list"]
 
 _CPU_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
 
@@ -48,6 +48,25 @@ def fastest_core(max_freq_khz: Mapping[int, int | None]) -> int:
     return max(max_freq_khz, key=lambda core: (max_freq_khz[core] or -1, core))
 
 
+def fastest_cores(max_freq_khz: Mapping[int, int | None], count: int, first: int | None = None) -> list[int]:
+    """`count` cores for `count` threads: `first` (default: `fastest_core`), then the next fastest.
+
+    The mask of a multi-threaded run grows from the pinned core through the fastest other
+    cores (highest max frequency first, ties to the highest id, as `fastest_core` ranks them),
+    so 2 threads on a Pixel 4 get the prime core and one A76. Sorted ascending. More threads
+    than cores is a ValueError naming both counts (callers add which device).
+    """
+    if count < 1:
+        raise ValueError(f"expected at least 1 core, got {count}")
+    if count > len(max_freq_khz):
+        listed = ",".join(str(core) for core in sorted(max_freq_khz))
+        raise ValueError(f"{count} threads need {count} cores, but only {len(max_freq_khz)} are available ({listed})")
+    start = fastest_core(max_freq_khz) if first is None else first
+    others = sorted((core for core in max_freq_khz if core != start),
+                    key=lambda core: (max_freq_khz[core] or -1, core), reverse=True)
+    return sorted([start, *others[:count - 1]])
+
+
 def clusters_by_frequency(max_freq_khz: Mapping[int, int]) -> list[tuple[list[int], int]]:
     """Group cores into clusters of equal max frequency, slowest cluster first."""
     groups: dict[int, list[int]] = {}
@@ -61,3 +80,13 @@ def core_mask(core: int) -> str:
     if core < 0:
         raise ValueError(f"core id must be >= 0, got {core}")
     return format(1 << core, "x")
+
+
+def cores_mask(cores: Iterable[int]) -> str:
+    """The hexadecimal taskset mask that selects exactly `cores` (e.g. [6, 7] -> 'c0')."""
+    mask = 0
+    for core in cores:
+        mask |= int(core_mask(core), 16)
+    if not mask:
+        raise ValueError("no cores given")
+    return format(mask, "x")

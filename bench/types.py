@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -18,10 +20,58 @@ import numpy as np
 
 from mnas.errors import MnasError
 
+# How a model is executed, as benchmark_model users say it. "default" is what the runtime does
+# unasked (no delegate flag: LiteRT and recent benchmark_model builds apply XNNPACK to float
+# models by themselves), so every figure stored before delegates were an option keeps its
+# meaning and its reuse key; "none" is the plain CPU kernels (XNNPACK off).
+DELEGATES: tuple[str, ...] = ("default", "none", "xnnpack", "gpu", "nnapi")
+
+# benchmark_model flags that mnas sets itself from BenchConfig: `--bm-arg` may not set them
+# behind the config's back (the stored conditions would then lie)
+OWN_BM_FLAGS: frozenset[str] = frozenset({
+    "graph", "num_threads", "warmup_runs", "num_runs", "min_secs", "enable_op_profiling",
+    "use_xnnpack", "use_gpu", "use_nnapi",
+})
+_BM_FLAG_NAME = re.compile(r"[a-z_]+")
+
+
+def parse_bm_args(items: Iterable[str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """`FLAG=VALUE` texts (or pairs) as validated (flag, value) pairs, in the order given.
+
+    A flag is benchmark_model's name without dashes (`[a-z_]+`), given once, and not one
+    that mnas sets from its own options (`OWN_BM_FLAGS`); the value is any text on one line.
+    Values reach the phone's shell through `shlex.quote`, so no character needs refusing.
+    """
+    pairs: list[tuple[str, str]] = []
+    for item in items:
+        if isinstance(item, str):
+            flag, sep, value = item.partition("=")
+            if not sep:
+                raise MnasError(f"--bm-arg {item!r}: expected FLAG=VALUE (e.g. use_caching=true)")
+        else:
+            flag, value = (str(part) for part in item)
+        flag = flag.strip().removeprefix("--")
+        if not _BM_FLAG_NAME.fullmatch(flag):
+            raise MnasError(f"--bm-arg {flag}={value}: flag name {flag!r}: expected lowercase letters and "
+                            "underscores (a benchmark_model flag such as use_caching)")
+        if flag in OWN_BM_FLAGS:
+            raise MnasError(f"--bm-arg {flag}={value}: mnas sets --{flag} itself: expected --threads, --delegate, "
+                            "--runs, --warmup, --min-secs or --profile-ops instead")
+        if any(flag == seen for seen, _ in pairs):
+            raise MnasError(f"--bm-arg {flag}: given twice: expected each flag once")
+        if not value or "\n" in value or "\x00" in value:
+            raise MnasError(f"--bm-arg {flag}={value!r}: expected a non-empty value on one line")
+        pairs.append((flag, value))
+    return tuple(pairs)
+
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """How to time one model; mirrors benchmark_model's flags of the same names."""
+    """How to time one model; mirrors benchmark_model's flags of the same names.
+
+    `num_threads` threads run on as many cores (the pinned core and the next fastest ones);
+    `delegate` is one of `DELEGATES`; `bm_args` are further benchmark_model flags (phones only).
+    """
 
     warmup_runs: int = 5
     num_runs: int = 50
@@ -30,6 +80,8 @@ class BenchConfig:
     profile_ops: bool = False
     core: int | None = None  # None: the device's fastest (or configured) big core
     timeout_s: float = 600.0  # hard bound on one benchmark call
+    delegate: str = "default"
+    bm_args: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         """Refuse impossible settings here, once, so every device and command can trust a config."""
@@ -39,13 +91,31 @@ class BenchConfig:
                 f"num_threads={self.num_threads} min_secs={self.min_secs:g}: "
                 "expected num_runs >= 1, warmup_runs >= 0, num_threads >= 1, min_secs >= 0"
             )
+        if self.delegate not in DELEGATES:
+            raise MnasError(f"delegate {self.delegate!r}: expected one of {', '.join(DELEGATES)}")
+        # stored configs come back from JSON with lists: normalise, and validate either way
+        object.__setattr__(self, "bm_args", parse_bm_args(self.bm_args))
 
     def conditions_key(self) -> str:
-        """Stable text of the timing conditions, used to decide whether a stored result can be reused."""
-        return (
+        """Stable text of the timing conditions, used to decide whether a stored result can be reused.
+
+        The delegate and extra benchmark_model flags are appended only when set, so the key of
+        the default conditions (and of every measurement stored before they existed) is unchanged.
+        """
+        key = (
             f"threads={self.num_threads};warmup={self.warmup_runs};runs={self.num_runs};"
             f"min_secs={self.min_secs:g};core={'auto' if self.core is None else self.core}"
         )
+        if self.delegate != "default":
+            key += f";delegate={self.delegate}"
+        if self.bm_args:
+            key += ";bm_args=" + ",".join(f"{flag}={value}" for flag, value in sorted(self.bm_args))
+        return key
+
+    def execution(self) -> dict[str, Any]:
+        """Threads, delegate and extra flags as JSON-native values (for `--json` and reports)."""
+        return {"threads": self.num_threads, "delegate": self.delegate,
+                "bm_args": {flag: value for flag, value in self.bm_args}}
 
 
 @dataclass

@@ -108,7 +108,7 @@ def test_op_profiling_prints_a_note_and_no_table(tmp_path: Path) -> None:
         (["--graph=m.tflite", "--num_runs=ten"], "ERROR: invalid value for --num_runs: 'ten' (expected int)"),
         (["--graph=m.tflite", "--enable_op_profiling=yes"],
          "ERROR: invalid value for --enable_op_profiling: 'yes' (expected bool)"),
-        (["--graph=m.tflite", "--use_gpu=true", "extra"], "ERROR: Unconsumed cmdline flags: --use_gpu=true extra"),
+        (["--graph=m.tflite", "--use_hexagon=true", "extra"], "ERROR: Unconsumed cmdline flags: --use_hexagon=true extra"),
         (["--graph=m.tflite", "--num_runs"], "ERROR: flag --num_runs needs a value: --num_runs=<int>"),
         (["--graph=m.tflite", "--num_threads=0"], "ERROR: invalid value for --num_threads: 0 (expected >= 1)"),
     ],

@@ -1,5 +1,10 @@
 """A phone over adb as a benchmark `Device`: TFLite's `benchmark_model`, pinned to ONE core.
 
+With `BenchConfig.num_threads` N > 1 the mask grows to N cores: the pinned core, then the
+fastest others by the device config's clusters (`pin_cores`); the delegate and extra flags
+go on the command line, and a run whose log says its delegate fell back to the CPU raises
+`DelegateFallback` (not retried, never stored as a delegate figure).
+
 This module wires the others together and owns the rules that span them:
 
 - One bound rules a benchmark call: every adb call it makes (stat, push, thermal reads, rm,
@@ -59,10 +64,16 @@ from mnas.bench.adb.transport import (
     ShellTimeout,
     one_line,
 )
+from mnas.bench.delegates import (
+    DelegateFallback,
+    delegate_fallback,
+    delegate_name,
+    delegated_kernels,
+)
 from mnas.bench.device_config import DeviceConfig, ThermalPolicy
 from mnas.bench.files import sha256_file
 from mnas.bench.measurement import Conditions, build_measurement, freq_below
-from mnas.bench.topology import core_mask, fastest_core
+from mnas.bench.topology import cores_mask, fastest_core, fastest_cores
 from mnas.bench.types import BenchConfig, DeviceProfile, Measurement
 from mnas.errors import MeasurementError, MnasError
 
@@ -193,6 +204,25 @@ class AdbDevice:
             return self.config.pin_core
         return fastest_core(self.read_cpu_max_freqs())
 
+    def pin_cores(self, config: BenchConfig) -> list[int]:
+        """The cores of a run with `config.num_threads` threads: the pinned core, then the next fastest.
+
+        Frequencies come from the device config's clusters (else the phone's sysfs), so 2
+        threads on a Pixel 4 run on its prime core and one A76 (mask c0). More threads than the
+        phone has cores is a one-line MnasError.
+        """
+        first = self.pin_core(config)
+        if config.num_threads == 1:
+            return [first]
+        if self.config is not None:
+            freqs: dict[int, int | None] = {core: self.config.max_freq_khz(core) for core in self.config.cores}
+        else:
+            freqs = dict(self.read_cpu_max_freqs())
+        try:
+            return fastest_cores(freqs, config.num_threads, first)
+        except ValueError as exc:
+            raise MnasError(f"{self._label()}: --threads {config.num_threads}: {exc}") from None
+
     def max_freq_khz(self, core: int) -> int | None:
         if self.config is not None:
             return self.config.max_freq_khz(core)
@@ -320,19 +350,21 @@ class AdbDevice:
         if not model_path.is_file():
             raise MnasError(f"{model_path}: model file not found")
         model_sha = sha256_file(model_path)
-        core = self.pin_core(config)
+        cores = self.pin_cores(config)
         bound = self.call_bound(config)
         attempts = self.retries + 1
         last: MeasurementError | None = None
         for attempt in range(1, attempts + 1):
             try:
-                measurement = self._attempt(model_path, model_sha, core, config)
+                measurement = self._attempt(model_path, model_sha, cores, config)
                 measurement.extra["attempts"] = attempt
                 self.offline = False
                 return measurement
             except AdbNoAnswer as exc:
                 last = exc  # hung: a retry or a wait for it would only wait out more bounds
                 break
+            except DelegateFallback:
+                raise  # the phone answered and ran the model; a retry would fall back the same way
             except MeasurementError as exc:
                 last = exc
                 if attempt < attempts:
@@ -371,8 +403,9 @@ class AdbDevice:
                 return False
             self._sleep(_RECONNECT_POLL_S)
 
-    def _attempt(self, model_path: Path, model_sha: str, core: int,
+    def _attempt(self, model_path: Path, model_sha: str, cores: list[int],
                  config: BenchConfig) -> Measurement:
+        core = self.pin_core(config)  # the first of `cores`: thermal and frequency reads watch it
         bound = self.call_bound(config)
         binary_sha = self.ensure_binary(bound)
         self.getprops(bound)
@@ -381,7 +414,7 @@ class AdbDevice:
         try:
             self.push(model_path, remote_model, timeout_s=bound)
             before, waited_s, cooldown_timed_out = self.cooldown(core, bound)
-            command = benchmark_command(self.remote_binary, remote_model, core, config)
+            command = benchmark_command(self.remote_binary, remote_model, cores, config)
             result, wall_s = run_benchmark(self.transport, command, config.timeout_s, bound,
                                            self.cleanup_errors)
             after = self.read_thermal(core, bound)
@@ -410,7 +443,7 @@ class AdbDevice:
         if hot_after:
             reasons.append(f"hottest zone {hottest_after:g} °C after the run is above the "
                            f"limit {policy.throttle_above_c:g} °C")
-        return build_measurement(
+        measurement = build_measurement(
             device_id=self.serial,
             device_name=self.device_name,
             model_path=model_path,
@@ -420,7 +453,7 @@ class AdbDevice:
             config=config,
             timings=timings,
             conditions=Conditions(
-                core=core, cpu_model=self.cpu_model(core), max_freq_khz=max_freq,
+                core=core, cores=tuple(cores), cpu_model=self.cpu_model(core), max_freq_khz=max_freq,
                 throttled=bool(reasons), wall_s=wall_s,
                 temps_before_c=before.temps_c, temps_after_c=after.temps_c,
                 freq_before_khz=before.cur_freq_khz, freq_after_khz=after.cur_freq_khz,
@@ -428,7 +461,7 @@ class AdbDevice:
             extra={
                 "shell_protocol": result.protocol,
                 "binary_sha256": binary_sha,
-                "taskset_mask": core_mask(core),
+                "taskset_mask": cores_mask(cores),
                 "cooldown_waited_s": round(waited_s, 3),
                 "cooldown_timed_out": cooldown_timed_out,
                 "freq_cap_before_khz": before.cap_khz,
@@ -436,5 +469,20 @@ class AdbDevice:
                 "hottest_after_c": hottest_after,
                 "throttle_above_c": policy.throttle_above_c,
                 "throttle_reasons": reasons,
+                **self._delegate_facts(config, result.output),
             },
         )
+        fallback = measurement.extra.get("delegate_fallback")
+        if fallback:
+            raise DelegateFallback(
+                f"{self._label()} {model_path.name}: --delegate {config.delegate} was not applied, the run fell back "
+                f"to the CPU (benchmark_model: {fallback}): not stored as a {config.delegate} result", measurement)
+        return measurement
+
+    @staticmethod
+    def _delegate_facts(config: BenchConfig, output: str) -> dict[str, Any]:
+        """What the log says about the delegate asked for (nothing when none was: the default)."""
+        if delegate_name(config.delegate) is None:
+            return {}
+        return {"delegate_fallback": delegate_fallback(config.delegate, output),
+                "delegate_kernels": delegated_kernels(config.delegate, output)}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import shlex
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from mnas.bench.adb.transport import (
     AdbNoAnswer,
@@ -26,8 +26,9 @@ from mnas.bench.adb.transport import (
     one_line,
 )
 from mnas.bench.bm_output import BenchmarkParseError, parse_benchmark_output, require_complete
+from mnas.bench.delegates import benchmark_flags
 from mnas.bench.measurement import Timings
-from mnas.bench.topology import core_mask
+from mnas.bench.topology import cores_mask
 from mnas.bench.types import BenchConfig
 from mnas.errors import MeasurementError
 
@@ -50,11 +51,15 @@ ANSWER_SHARE = 0.15  # of the benchmark's bound, for the kill after it timed out
 MIN_ANSWER_S = 0.3
 
 
-def benchmark_command(binary: str, remote_model: str, core: int, config: BenchConfig) -> str:
-    """The exact shell command of one benchmark run; every argument shlex-quoted."""
+def benchmark_command(binary: str, remote_model: str, cores: int | Sequence[int], config: BenchConfig) -> str:
+    """The exact shell command of one benchmark run; every argument shlex-quoted.
+
+    `cores` is the pinned core, or the cores of a multi-threaded run (one per thread); the
+    delegate's flags and `config.bm_args` follow mnas's own flags (`delegates.benchmark_flags`).
+    """
     argv = [
         "taskset",
-        core_mask(core),
+        cores_mask([cores] if isinstance(cores, int) else cores),
         binary,
         f"--graph={remote_model}",
         f"--num_threads={config.num_threads}",
@@ -64,6 +69,7 @@ def benchmark_command(binary: str, remote_model: str, core: int, config: BenchCo
     ]
     if config.profile_ops:
         argv.append("--enable_op_profiling=true")
+    argv.extend(benchmark_flags(config))
     return f"echo {PID_MARKER}$$; " + " ".join(shlex.quote(arg) for arg in argv)
 
 

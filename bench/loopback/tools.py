@@ -71,6 +71,7 @@ def taskset_main(args: list[str]) -> int:
             return 1
         return 0
     command = args[1:]
+    os.environ["MNAS_LB_TASKSET_MASK"] = args[0]  # the mask asked for, for runners and tests to see
     os.sched_setaffinity(0, {host_core})
     if is_benchmark_model(command[0]):
         return bm_main(command)
