@@ -15,7 +15,16 @@ from pathlib import Path
 
 import click
 
-from mnas.cli_util import db_path, echo_json, echo_table, json_option, skipped_device
+from mnas.cli_util import (
+    check_execution,
+    db_path,
+    device_option,
+    echo_json,
+    echo_table,
+    execution_options,
+    json_option,
+    skipped_device,
+)
 
 
 def _ms(us: float | None) -> float | None:
@@ -26,7 +35,8 @@ def outcome_row(outcome) -> dict:
     """One stable JSON row per (device, model); units in the key names."""
     row = {"device_id": outcome.device_id, "model": outcome.model.label, "arch": outcome.model.arch,
            "resolution": outcome.model.resolution, "model_sha256": outcome.model.sha256,
-           "stored_id": outcome.stored_id, "reused": outcome.reused, "error": outcome.error}
+           "stored_id": outcome.stored_id, "reused": outcome.reused, "error": outcome.error,
+           "delegate_fallback": getattr(outcome, "delegate_fallback", False)}
     m = outcome.measurement
     if m is not None:
         s = m.stats
@@ -37,6 +47,8 @@ def outcome_row(outcome) -> dict:
             "init_ms": _ms(m.init_us), "first_ms": _ms(m.first_us), "pinned_cores": list(m.pinned_cores),
             "cpu_model": m.cpu_model, "throttled": m.throttled, "wall_s": m.wall_s,
             "freq_before_khz": m.freq_before_khz, "freq_after_khz": m.freq_after_khz,
+            **m.config.execution(), "taskset_mask": m.extra.get("taskset_mask"),
+            "delegate_fallback_reason": m.extra.get("delegate_fallback"), "conditions": m.config.conditions_key(),
         })
     return row
 
@@ -60,13 +72,13 @@ def skipped_rows(unusable: list[str], prepared: list) -> list[dict]:
 
 @click.command("run")
 @click.argument("models", nargs=-1, required=True)
-@click.option("--device", "device_spec", default="host", show_default=True,
-              help="host, a phone SERIAL, or all (every attached phone, in parallel).")
+@device_option(help="host, a phone SERIAL, or all (every attached phone, in parallel).")
 @click.option("--runs", type=int, default=50, show_default=True, help="Minimum timed runs.")
 @click.option("--warmup", type=int, default=5, show_default=True, help="Warm-up runs.")
 @click.option("--min-secs", type=float, default=1.0, show_default=True, help="Minimum timed seconds.")
 @click.option("--profile-ops", is_flag=True, help="Per-op profile (benchmark_model --enable_op_profiling).")
 @click.option("--core", type=int, default=None, help="Pin to this core (default: the fastest / config's).")
+@execution_options
 @click.option("--resolution", type=int, default=None, help="Input size for zoo/arch models.")
 @click.option("--multiplier", type=float, default=1.0, show_default=True, help="Depth multiplier for zoo models.")
 @click.option("--benchmark-binary", type=click.Path(dir_okay=False), default=None,
@@ -80,20 +92,23 @@ def skipped_rows(unusable: list[str], prepared: list) -> list[dict]:
 @json_option
 @click.pass_context
 def run(ctx: click.Context, models: tuple[str, ...], device_spec: str, runs: int, warmup: int, min_secs: float,
-        profile_ops: bool, core: int | None, resolution: int | None, multiplier: float,
+        profile_ops: bool, core: int | None, num_threads: int, delegate: str, bm_args: tuple[str, ...],
+        resolution: int | None, multiplier: float,
         benchmark_binary: str | None, timeout_s: float, retries: int, force: bool, lock_timeout_s: float | None,
         as_json: bool) -> None:
-    """Benchmark MODEL... (.tflite files, zoo names or arch strings) on one pinned core."""
+    """Benchmark MODEL... (.tflite files, zoo names or arch strings) on one pinned core (or one per --threads)."""
     from tqdm import tqdm
 
     from mnas.bench.devices import select_devices
     from mnas.bench.harness import run_benchmarks
     from mnas.bench.models import prepare_model
     from mnas.bench.store import ResultsStore
-    from mnas.bench.types import BenchConfig
+    from mnas.bench.types import BenchConfig, parse_bm_args
 
     config = BenchConfig(warmup_runs=warmup, num_runs=runs, min_secs=min_secs, profile_ops=profile_ops,
-                         core=core, timeout_s=timeout_s)
+                         core=core, timeout_s=timeout_s, num_threads=num_threads, delegate=delegate,
+                         bm_args=parse_bm_args(bm_args))
+    check_execution(device_spec, config)
     database = db_path(ctx)
     prepared = [prepare_model(spec, database.parent / "models", resolution, multiplier) for spec in models]
     unusable: list[str] = []
@@ -138,6 +153,8 @@ def run(ctx: click.Context, models: tuple[str, ...], device_spec: str, runs: int
 
 
 def _status(row: dict) -> str:
+    if row.get("delegate_fallback"):  # measured, but on the CPU: never stored as a delegate figure
+        return "delegate fell back: not stored"
     if row["error"]:  # a figure with an error: measured, but the store refused it
         return "not stored" if row.get("median_ms") is not None or row.get("runs") else "failed"
     return ("stored" if row["reused"] else "measured") + (" THROTTLED" if row.get("throttled") else "")

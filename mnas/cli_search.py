@@ -8,7 +8,16 @@ from pathlib import Path
 
 import click
 
-from mnas.cli_util import DefaultGroup, db_path, echo_json, echo_table, json_option
+from mnas.bench.types import DELEGATES
+from mnas.cli_util import (
+    DELEGATE_HELP,
+    DefaultGroup,
+    db_path,
+    device_option,
+    echo_json,
+    echo_table,
+    json_option,
+)
 
 
 @click.group(cls=DefaultGroup, default_command="run")
@@ -19,7 +28,7 @@ def search() -> None:
 @search.command("run")
 @click.option("--latency", "latency_kind", type=click.Choice(["predicted", "measured", "hybrid"]), default="predicted",
               show_default=True, help="Where LAT(m) comes from.")
-@click.option("--device", default="host", show_default=True, help="host, a phone serial, all, or (predicted) a config name.")
+@device_option(help="host, a phone serial, all, or (predicted) a config name.", dest="device")
 @click.option("--predictor", "predictor_id", type=int, default=None, help="Stored predictor id (default: latest for the device).")
 @click.option("--share", type=float, default=0.1, show_default=True, help="Hybrid: share of samples also measured.")
 @click.option("--algorithm", type=click.Choice(["ppo", "random", "evolution"]), default="ppo", show_default=True)
@@ -51,6 +60,12 @@ def search() -> None:
                    "once its latency is stored; ~15 MB per child at 224 px).")
 @click.option("--warmup", type=int, default=3, show_default=True)
 @click.option("--min-secs", type=float, default=0.5, show_default=True)
+@click.option("--latency-threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Measured latency: benchmark threads (benchmark_model --num_threads), one core each.")
+@click.option("--delegate", type=click.Choice(DELEGATES), default="default", show_default=True,
+              help="Measured latency: " + DELEGATE_HELP)
+@click.option("--bm-arg", "bm_args", multiple=True, metavar="FLAG=VALUE",
+              help="Measured latency on phones: one more benchmark_model flag (repeatable).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True,
               help="torch threads of this process (controller and proxy training); more than 1 only pays on an "
@@ -81,7 +96,7 @@ def run_cmd(ctx: click.Context, latency_kind: str, device: str, predictor_id: in
             latency_resolution: int, accuracy_kind: str, dataset: str, proxy_resolution: int, proxy_strides: str,
             epochs: float, steps: int | None, batch_size: int, train_samples: int, val_samples: int, runs: int,
             keep_models: bool, warmup: int,
-            min_secs: float, seed: int, threads: int, benchmark_binary: str | None, run_name: str | None, resume_id: str | None,
+            min_secs: float, latency_threads: int, delegate: str, bm_args: tuple[str, ...], seed: int, threads: int, benchmark_binary: str | None, run_name: str | None, resume_id: str | None,
             executor_kind: str, address: str, cpus_per_child: float, gpus_per_child: float, workers: int,
             window: int | None, max_retries: int, as_json: bool) -> None:
     """Run a search (or --resume one); every child is stored as it finishes."""
@@ -105,7 +120,7 @@ def run_cmd(ctx: click.Context, latency_kind: str, device: str, predictor_id: in
                 benchmark_binary=benchmark_binary, accuracy=accuracy_kind, dataset=dataset,
                 proxy_resolution=proxy_resolution, epochs=epochs, steps=steps, batch_size=batch_size,
                 train_samples=train_samples, val_samples=val_samples, threads=threads, keep_models=keep_models,
-                proxy_strides=proxy_strides)
+                proxy_strides=proxy_strides, latency_threads=latency_threads, delegate=delegate, bm_args=bm_args)
             summary = start_run(database, config, run_id=run_name, executor=executor, window=window, threads=threads,
                                 progress=not as_json)
     except RunInterrupted as stop:

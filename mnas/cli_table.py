@@ -16,8 +16,18 @@ from typing import Any
 
 import click
 
-from mnas.cli_util import db_path, echo_json, echo_table, json_option, skipped_device
+from mnas.cli_util import (
+    check_execution,
+    db_path,
+    device_option,
+    echo_json,
+    echo_table,
+    execution_options,
+    json_option,
+    skipped_device,
+)
 from mnas.errors import MnasError
+from mnas.predictor.transfer import DEFAULT_FEATURES, FEATURE_SETS
 
 SPACES = ("mnasnet",)
 
@@ -39,10 +49,17 @@ def _store(ctx: click.Context, create: bool = True, read_only: bool = False) -> 
     return ResultsStore(db_path(ctx), create=create, read_only=read_only)
 
 
-def _bench_config(runs: int, warmup: int, min_secs: float, core: int | None, timeout_s: float) -> Any:
-    from mnas.bench.types import BenchConfig
+def _bench_config(runs: int, warmup: int, min_secs: float, core: int | None, timeout_s: float,
+                  execution: dict[str, Any] | None = None, device_spec: str | None = None) -> Any:
+    """The timing conditions; `execution` holds --threads/--delegate/--bm-arg (`cli_util.execution_options`)."""
+    from mnas.bench.types import BenchConfig, parse_bm_args
 
-    return BenchConfig(warmup_runs=warmup, num_runs=runs, min_secs=min_secs, core=core, timeout_s=timeout_s)
+    execution = execution or {}
+    config = BenchConfig(warmup_runs=warmup, num_runs=runs, min_secs=min_secs, core=core, timeout_s=timeout_s,
+                         num_threads=execution.get("num_threads", 1), delegate=execution.get("delegate", "default"),
+                         bm_args=parse_bm_args(execution.get("bm_args", ())))
+    check_execution(device_spec, config)
+    return config
 
 
 def _select_options(core: int | None, benchmark_binary: str | None, timeout_s: float, retries: int) -> dict[str, Any]:
@@ -145,7 +162,7 @@ def table() -> None:
 @table.command("plan")
 @click.option("--space", "space_name", type=click.Choice(SPACES), default="mnasnet", show_default=True)
 @click.option("--resolution", type=int, default=224, show_default=True)
-@click.option("--device", "device_spec", default=None, help="host, a serial, all or a comma list (for the estimate).")
+@device_option(default=None, help="host, a serial, all or a comma list (for the estimate).")
 @click.option("--name", "table_name", default=None, help="Table name (default: derived from the device).")
 @click.option("--min-secs", type=float, default=0.2, show_default=True, help="Timed seconds per layer (estimate).")
 @device_options
@@ -181,8 +198,7 @@ def plan_cmd(ctx: click.Context, space_name: str, resolution: int, device_spec: 
 
 
 @table.command("build")
-@click.option("--device", "device_spec", default="host", show_default=True,
-              help="host, a phone SERIAL, all, or a comma list (the phones share one build).")
+@device_option(help="host, a phone SERIAL, all, or a comma list (the phones share one build).")
 @click.option("--space", "space_name", type=click.Choice(SPACES), default="mnasnet", show_default=True)
 @click.option("--resolution", type=int, default=224, show_default=True)
 @click.option("--name", "table_name", default=None, help="Table name (default: <device>-r<res>-<runtime>-<version>).")
@@ -198,6 +214,7 @@ def plan_cmd(ctx: click.Context, space_name: str, resolution: int, device_spec: 
 @click.option("--heal-rounds", type=click.IntRange(min=1), default=3, show_default=True,
               help="Most healing rounds (refit, find suspects, re-measure).")
 @timing_options(runs=30, warmup=3, min_secs=0.2)
+@execution_options
 @guard_options(tries=2)
 @device_options
 @json_option
@@ -206,7 +223,7 @@ def build_cmd(ctx: click.Context, device_spec: str, space_name: str, resolution:
               limit: int | None, executor_kind: str, address: str, heal: bool, heal_only: bool, heal_rounds: int,
               runs: int, warmup: int, min_secs: float, tries: int,
               min_cpu_share: float, core: int | None, benchmark_binary: str | None, timeout_s: float, retries: int,
-              as_json: bool) -> None:
+              as_json: bool, **execution: Any) -> None:
     """Measure every layer of the space on DEVICE (resumable: a re-run skips stored layers), then heal the table."""
     from mnas.predictor.heal import HealPolicy
     from mnas.predictor.ray_build import BuildInterrupted, build_table_with_executor
@@ -217,7 +234,7 @@ def build_cmd(ctx: click.Context, device_spec: str, space_name: str, resolution:
     if heal_only:
         limit = 0
 
-    config = _bench_config(runs, warmup, min_secs, core, timeout_s)
+    config = _bench_config(runs, warmup, min_secs, core, timeout_s, execution, device_spec)
     skipped = _SkippedDevices()
     with _store(ctx) as store:
         try:
@@ -262,8 +279,7 @@ def _heal_line(heal: Any) -> str:
 
 
 @table.command("fit")
-@click.option("--device", "device_spec", default="host", show_default=True,
-              help="host, a serial or a device name (picks its table).")
+@device_option(help="host, a serial or a device name (picks its table).")
 @click.option("--table", "table_name", default=None, help="Table name (default: the device's largest at --resolution).")
 @click.option("--resolution", type=int, default=224, show_default=True)
 @click.option("--kind", type=click.Choice(("lookup", "learned")), default="lookup", show_default=True,
@@ -313,8 +329,7 @@ def fit_cmd(ctx: click.Context, device_spec: str, table_name: str | None, resolu
 def network_target_options(func):
     """--device, --resolution and --predictor, shared by the commands that measure whole networks."""
     for option in reversed([
-        click.option("--device", "device_spec", default="host", show_default=True,
-                     help="host, a serial, or a comma list of phones of one model."),
+        device_option(help="host, a serial, or a comma list of phones of one model."),
         click.option("--resolution", type=int, default=224, show_default=True),
         click.option("--predictor", "predictor_id", type=int, default=None,
                      help="Predictor id (default: the device's latest)."),
@@ -325,7 +340,7 @@ def network_target_options(func):
 
 def network_measure_options(func):
     """Timing, repeats, contention guard, device and --json options of calibrate and eval."""
-    for decorate in (json_option, device_options, guard_options(tries=3), repeats_option,
+    for decorate in (json_option, device_options, guard_options(tries=3), execution_options, repeats_option,
                      timing_options(runs=30, warmup=3, min_secs=0.4)):
         func = decorate(func)
     return func
@@ -343,12 +358,12 @@ def network_measure_options(func):
 def calibrate_cmd(ctx: click.Context, device_spec: str, samples: int, seed: int, resolution: int,
                   predictor_id: int | None, with_params: bool, runs: int, warmup: int, min_secs: float,
                   repeats: int, tries: int, min_cpu_share: float, core: int | None, benchmark_binary: str | None,
-                  timeout_s: float, retries: int, as_json: bool) -> None:
+                  timeout_s: float, retries: int, as_json: bool, **execution: Any) -> None:
     """Measure K random networks end to end and store a calibrated predictor."""
     from mnas.predictor.evals import calibrate_on_device
     from mnas.predictor.selection import device_predictor
 
-    config = _bench_config(runs, warmup, min_secs, core, timeout_s)
+    config = _bench_config(runs, warmup, min_secs, core, timeout_s, execution, device_spec)
     skipped = _SkippedDevices()
     devices = _devices(device_spec, core, benchmark_binary, timeout_s, retries, skipped)
     space = _space("mnasnet")
@@ -391,7 +406,7 @@ def calibrate_cmd(ctx: click.Context, device_spec: str, samples: int, seed: int,
 def eval_cmd(ctx: click.Context, device_spec: str, samples: int | None, against: str, holdout: str | None, seed: int,
              resolution: int, predictor_id: int | None, plot_path: str | None, runs: int, warmup: int,
              min_secs: float, repeats: int, tries: int, min_cpu_share: float, core: int | None,
-             benchmark_binary: str | None, timeout_s: float, retries: int, as_json: bool) -> None:
+             benchmark_binary: str | None, timeout_s: float, retries: int, as_json: bool, **execution: Any) -> None:
     """Measure N held-out networks (or use stored figures) and report RMSE, MAPE, ±5/±10% shares,
     Kendall tau and a plot."""
     if against == "stored":
@@ -404,7 +419,7 @@ def eval_cmd(ctx: click.Context, device_spec: str, samples: int | None, against:
     from mnas.predictor.evals import evaluate_on_device
     from mnas.predictor.selection import device_predictor
 
-    config = _bench_config(runs, warmup, min_secs, core, timeout_s)
+    config = _bench_config(runs, warmup, min_secs, core, timeout_s, execution, device_spec)
     skipped = _SkippedDevices()
     devices = _devices(device_spec, core, benchmark_binary, timeout_s, retries, skipped)
     space = _space("mnasnet")
@@ -485,6 +500,9 @@ def _eval_stored(ctx: click.Context, device_spec: str, holdout: str | None, reso
               help="Measure on this host the layers of the evidence and of the figure networks that the source "
                    "table lacks (else the learned model fitted on the source answers them).")
 @click.option("--name", "table_name", default=None, help="Table name (default: <device>-r<res>-transfer).")
+@click.option("--ratio-features", type=click.Choice(sorted(FEATURE_SETS)), default=DEFAULT_FEATURES, show_default=True,
+              help="Features of the per-layer ratio model: the kind of layer plus the source's work rates "
+                   "(kind_rates), the kind only, or every size feature too (all; extrapolates badly).")
 @click.option("--export", "export_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the table, its provenance and calibration to FILE.json.gz (as shipped in "
                    "device_configs/tables/).")
@@ -494,7 +512,7 @@ def _eval_stored(ctx: click.Context, device_spec: str, holdout: str | None, reso
 @click.pass_context
 def transfer_cmd(ctx: click.Context, source_name: str, device_name: str, evidence_tables: tuple[str, ...],
                  prior_tables: tuple[str, ...], use_figures: bool, holdout: str | None, measure: bool, table_name: str | None,
-                 export_path: str | None, resolutions: str, as_json: bool) -> None:
+                 ratio_features: str, export_path: str | None, resolutions: str, as_json: bool) -> None:
     """Build a complete table of DEVICE from a complete table of another device plus the target's
     partial evidence (a partial layer table and/or end-to-end figures)."""
     from mnas.predictor.evals import stored_figures
@@ -534,7 +552,8 @@ def transfer_cmd(ctx: click.Context, source_name: str, device_name: str, evidenc
         label = ", ".join(names) if names else ""
         result = run_transfer(source_latency(store, source), source, device_name, name=table_name,
                               layer_evidence=evidence, figures=figures, evidence_label=label,
-                              prior_evidence=prior, prior_label=", ".join(prior_tables))
+                              prior_evidence=prior, prior_label=", ".join(prior_tables),
+                              ratio_features_set=ratio_features)
         rows = save_transfer(store, result, resolutions=wanted)
     written = None
     if export_path:
@@ -694,7 +713,7 @@ def _import_published(ctx: click.Context, file: str, name: str | None, device_na
 
 @click.command("predict")
 @click.argument("archs", nargs=-1, required=True)
-@click.option("--device", "device_spec", default="host", show_default=True, help="host, a serial or a device name.")
+@device_option(help="host, a serial or a device name.")
 @click.option("--resolution", type=int, default=224, show_default=True)
 @click.option("--multiplier", type=float, default=1.0, show_default=True, help="Depth multiplier for zoo models.")
 @click.option("--predictor", "predictor_id", type=int, default=None, help="Predictor id (default: the device's latest).")

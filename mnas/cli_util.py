@@ -21,6 +21,45 @@ DEFAULT_DB = Path("results") / "mnas.db"
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 
 
+def device_option(default: str | None = "host", help: str = "host, a phone SERIAL, or all.",
+                  dest: str = "device_spec") -> Any:
+    """`--device` / `-s SERIAL` (adb's own short flag), defaulting to $ANDROID_SERIAL when set, as adb does.
+
+    The explicit option wins over the variable, which wins over `default`.
+    """
+    return click.option("--device", "-s", dest, default=default, show_default=True, envvar="ANDROID_SERIAL",
+                        show_envvar=True, help=help + " -s SERIAL is the same; $ANDROID_SERIAL, when set, is the "
+                        "default (as for adb).")
+
+
+DELEGATE_HELP = ("How the model runs: default = the runtime's own choice, no delegate flag (LiteRT and recent "
+                 "benchmark_model builds apply XNNPACK to float models by themselves); none = plain CPU kernels "
+                 "(XNNPACK off); xnnpack, gpu, nnapi = that delegate (gpu and nnapi on phones only). A run whose "
+                 "delegate fell back to the CPU is reported, not stored.")
+
+
+def execution_options(func: Any) -> Any:
+    """--threads, --delegate and --bm-arg: how a model is executed (part of a measurement's conditions)."""
+    from mnas.bench.types import DELEGATES
+
+    func = click.option("--bm-arg", "bm_args", multiple=True, metavar="FLAG=VALUE",
+                        help="Phones: one more benchmark_model flag, e.g. --bm-arg use_caching=true (repeatable; "
+                             "stored with the conditions, so it is part of the reuse key).")(func)
+    func = click.option("--delegate", type=click.Choice(DELEGATES), default="default", show_default=True,
+                        help=DELEGATE_HELP)(func)
+    return click.option("--threads", "num_threads", type=click.IntRange(min=1), default=1, show_default=True,
+                        help="Interpreter threads (benchmark_model --num_threads); the run is pinned to as many "
+                             "cores: the pinned core and the next fastest (phones: the config's big cores).")(func)
+
+
+def check_execution(device_spec: str | None, config: Any) -> None:
+    """One line now when the host is among the devices and cannot run `config` (GPU/NNAPI, --bm-arg)."""
+    if device_spec is not None and "host" in [name.strip() for name in device_spec.split(",")]:
+        from mnas.bench.host import check_host_config
+
+        check_host_config(config)
+
+
 def db_path(ctx: click.Context) -> Path:
     """The results database chosen by `mnas --db`, `MNAS_DB`, or the default."""
     root = ctx.find_root()

@@ -10,7 +10,9 @@ predicts everything and measures a share to keep the predictor honest).
 (`bench.measure.write_arch_model`: the file's sha256 identifies arch + resolution), a stored
 measurement passing the one reuse rule (`bench.measure.find_reusable`) or one this object
 already took stands in for a new one, and the rest are timed on the one device pool
-(`bench.pool`, FAIL_JOB). Store reads and writes stay in the calling thread; each fresh
+(`bench.pool`, FAIL_JOB) under the run's `BenchConfig` (threads, delegate and benchmark_model
+flags included: they are part of the reuse key, and a run whose delegate fell back to the
+CPU raises `DelegateFallback` instead of being stored). Store reads and writes stay in the calling thread; each fresh
 measurement is stored as soon as it completes, so a failure loses only what was in flight.
 The devices are locked (`bench.device_lock`) for each call, from the reuse check to the last
 measurement, not for the search's life: a search lives for days and mostly trains, so a

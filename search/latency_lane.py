@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from mnas.bench.delegates import DelegateFallback
 from mnas.errors import MeasurementError
 from mnas.search.types import LatencyResult
 from mnas.space.arch import Arch
@@ -40,7 +41,8 @@ class LatencyLane:
     """Puts a `LatencyDone` on `events` for each submitted child, in submission order.
 
     A `MeasurementError` (a device problem) is retried `retries` times from the source's
-    state before the child; any other error is reported at once (it would fail the same way).
+    state before the child; any other error, a delegate that fell back to the CPU included
+    (`bench.delegates.DelegateFallback`), is reported at once (it would fail the same way).
     """
 
     def __init__(self, source: Any, events: queue.Queue, retries: int = 2) -> None:
@@ -70,6 +72,9 @@ class LatencyLane:
             for attempt in range(self.retries + 1):
                 try:
                     result = self.source.latency_ms([arch])[0]
+                except DelegateFallback as exc:  # the delegate cannot take this child: a retry falls back again
+                    self.events.put(LatencyDone(idx, error=exc))
+                    return
                 except MeasurementError as exc:  # a device problem: try again from the same state
                     if before is not None:
                         self.source.load_state_dict(before)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mnas.bench.types import BenchConfig
+from mnas.bench.types import BenchConfig, parse_bm_args
 from mnas.errors import MnasError
 from mnas.search.reward import PRESETS, Reward
 
@@ -91,12 +91,16 @@ class LatencyConfig:
     timeout_s: float = 600.0
     retries: int = 1
     keep_models: bool = False  # measured: keep each timed .tflite in the run folder (else deleted once stored)
+    threads: int = 1  # measured: benchmark threads (one core each; BenchConfig.num_threads)
+    delegate: str = "default"  # measured: bench.types.DELEGATES
+    bm_args: tuple[tuple[str, str], ...] = ()  # measured, phones: extra benchmark_model flags
 
     def __post_init__(self) -> None:
         if self.kind not in LATENCY_KINDS:
             raise MnasError(f"--latency {self.kind!r}: expected one of {', '.join(LATENCY_KINDS)}")
         if not 0 < self.share <= 1:
             raise MnasError(f"--share {self.share:g}: expected a value in (0, 1]")
+        object.__setattr__(self, "bm_args", parse_bm_args(self.bm_args))  # JSON gives lists: one form
 
     @property
     def predicts(self) -> bool:
@@ -108,7 +112,8 @@ class LatencyConfig:
 
     def bench_config(self) -> BenchConfig:
         """The timing conditions of every measurement of the run."""
-        return BenchConfig(warmup_runs=self.warmup, num_runs=self.runs, min_secs=self.min_secs)
+        return BenchConfig(warmup_runs=self.warmup, num_runs=self.runs, min_secs=self.min_secs, num_threads=self.threads,
+                           delegate=self.delegate, bm_args=self.bm_args)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -236,7 +241,8 @@ def new_run_config(*, algorithm: str = "ppo", seed: int = 0, samples: int = 20, 
                    dataset: str = "fashion-mnist", proxy_resolution: int = 32, epochs: float = 1.0,
                    steps: int | None = None, batch_size: int = 128, train_samples: int = 4096,
                    val_samples: int = 2000, threads: int = 1, keep_models: bool = False,
-                   proxy_strides: str = "auto") -> RunConfig:
+                   proxy_strides: str = "auto", latency_threads: int = 1, delegate: str = "default",
+                   bm_args: tuple[str, ...] = ()) -> RunConfig:
     """The config of a new run from `mnas search` options (defaults: the CLI's)."""
     check_threads(threads)
     parsed_reward = reward_from_options(reward, target_ms, alpha, beta)
@@ -249,7 +255,8 @@ def new_run_config(*, algorithm: str = "ppo", seed: int = 0, samples: int = 20, 
         binary = str(path)
     latency_config = LatencyConfig(kind=latency, device=device, resolution=latency_resolution, predictor_id=predictor_id,
                                    share=share, runs=runs, warmup=warmup, min_secs=min_secs, benchmark_binary=binary,
-                                   keep_models=keep_models)
+                                   keep_models=keep_models, threads=latency_threads, delegate=delegate,
+                                   bm_args=parse_bm_args(bm_args))
     if accuracy == "cheap":
         # its mult-adds curve is defined at 224 px whatever resolution latency is timed at
         accuracy_config = AccuracyConfig(kind="cheap", params={"seed": seed})

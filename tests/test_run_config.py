@@ -43,7 +43,8 @@ def test_a_config_survives_json_and_reads_the_old_dict_form() -> None:
     ({"latency": {**OLD_FORM["latency"], "share": 0}}, "--share 0: expected a value in (0, 1]"),
     ({"latency": {**OLD_FORM["latency"], "colour": "red"}},
      "run config: latency key(s) colour unknown: expected some of kind, device, resolution, predictor_id, "
-     "device_name, share, runs, warmup, min_secs, benchmark_binary, timeout_s, retries, keep_models"),
+     "device_name, share, runs, warmup, min_secs, benchmark_binary, timeout_s, retries, keep_models, threads, "
+     "delegate, bm_args"),
     ({"accuracy": {"kind": "proxy"}}, "accuracy source proxy: no task key: expected ProxyTask.key()"),
     ({"seed": "eleven"}, "run config: config.seed = 'eleven': expected int"),
 ])
