@@ -66,7 +66,7 @@ def skipped_rows(unusable: list[str], prepared: list) -> list[dict]:
         for model in prepared:
             rows.append({"device_id": skipped["device_id"], "model": model.label, "arch": model.arch,
                          "resolution": model.resolution, "model_sha256": model.sha256, "stored_id": None,
-                         "reused": False, "error": skipped["error"]})
+                         "reused": False, "error": skipped["error"], "delegate_fallback": False})
     return rows
 
 
