@@ -23,9 +23,18 @@ accuracy/latency trade-off at no training cost. The runs are kept in memory
 and Adam state, ~50 ms) would dominate a 1000-child PPO run here and says nothing about
 search quality.
 
+With `--accuracy proxy` each child is really trained (the proxy task set by the `--proxy-*`
+options) in resumable `mnas search` runs stored in `--runs-db`, with latency from the stored
+or shipped predictor of `--device`, and each run's top children are finalized (re-trained
+under more seeds): see `search_quality_proxy.py`.
+
     python benchmarks/search_quality.py [--samples 1000] [--seeds 3] [--target-ms T]
         [--db results/mnas.db [--predictor ID]] [--ppo-lr 0.00035] [--ppo-epochs 4]
         [--png results/search_quality.png] [--json results/search_quality.json]
+    python benchmarks/search_quality.py --accuracy proxy --samples 50 --seeds 2 --rewards soft
+        [--runs-db results/search_quality_proxy.db] [--device pixel1] [--proxy-resolution 16]
+        [--proxy-steps 40] [--proxy-batch 32] [--proxy-train-images 1280] [--proxy-val-images 500]
+        [--final-top 5] [--final-seeds 2] [--final-steps 80] [--curve-every 10]
 """
 
 from __future__ import annotations
@@ -69,11 +78,19 @@ def stored_predictor(db: Path, predictor_id: int | None) -> AdditivePredictor:
         store.close()
 
 
+def latency_probe(predictor: AdditivePredictor, space: SearchSpace | None = None) -> np.ndarray:
+    """Predicted latency (ms) of 2,000 random children (fixed seed): where the target T is cut."""
+    space = space or mnasnet()
+    rng = np.random.default_rng(12345)
+    return predictor.predict_tokens(np.asarray([space.sample_tokens(rng) for _ in range(2000)]))
+
+
 def run_one(space: SearchSpace, algorithm: str, seed: int, samples: int, reward: Reward,
-            latency: PredictedLatency, accuracy: CheapAccuracy, ppo: dict[str, Any]) -> dict[str, Any]:
+            latency: PredictedLatency, accuracy: CheapAccuracy, ppo: dict[str, Any],
+            evolution: dict[str, int] | None = None) -> dict[str, Any]:
     """One search through `run_search` (in memory); returns the per-child arrays and the time."""
-    setup = SearchSetup(space=space, searcher=build_searcher(space, algorithm, seed, ppo=ppo), accuracy=accuracy,
-                        latency=latency, reward=reward)
+    searcher = build_searcher(space, algorithm, seed, ppo=ppo, evolution=evolution)
+    setup = SearchSetup(space=space, searcher=searcher, accuracy=accuracy, latency=latency, reward=reward)
     store = MemoryRunStore()
     started = time.perf_counter()
     run_search(store, f"{algorithm}-{seed}", setup, samples, progress=False)
@@ -164,28 +181,67 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=1000, help="children per run (equal budget)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--target-ms", type=float, default=None,
-                        help=f"latency target T (default: the {TARGET_QUANTILE:.0%} quantile of random children)")
+                        help=f"latency target T (default: the {TARGET_QUANTILE:.0%}% quantile of random children)")
     parser.add_argument("--db", type=Path, default=None, help="use a stored predictor from this results database")
     parser.add_argument("--predictor", type=int, default=None, help="stored predictor id (default: the latest)")
     parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
-    parser.add_argument("--rewards", default=",".join(REWARDS))
+    parser.add_argument("--rewards", default=None, help="soft,hard (default: both for cheap, soft for proxy)")
     parser.add_argument("--ppo-lr", type=float, default=0.00035, help="PPO learning rate (paper: 0.00035)")
-    parser.add_argument("--ppo-epochs", type=int, default=4, help="Adam steps per minibatch of 20")
-    parser.add_argument("--png", type=Path, default=Path("results") / "search_quality.png")
+    parser.add_argument("--ppo-epochs", type=int, default=4, help="Adam steps per minibatch")
+    parser.add_argument("--ppo-minibatch", type=int, default=20, help="children per PPO update (paper setting: 20)")
+    parser.add_argument("--evolution-population", type=int, default=50)
+    parser.add_argument("--evolution-sample-size", type=int, default=10)
+    parser.add_argument("--png", type=Path, default=None,
+                        help="figure (default: results/search_quality.png; proxy: results/search_quality_proxy.png)")
     parser.add_argument("--json", type=Path, default=None, help="write every run's metrics here")
+    proxy = parser.add_argument_group("--accuracy proxy (real training; every field is part of the proxy task)")
+    proxy.add_argument("--accuracy", choices=("cheap", "proxy"), default="cheap",
+                       help="cheap: the mult-adds stand-in (default); proxy: train every child")
+    proxy.add_argument("--runs-db", type=Path, default=Path("results") / "search_quality_proxy.db",
+                       help="results database of the proxy runs (resumable: re-run the same command)")
+    proxy.add_argument("--device", default="pixel1", help="latency: the stored or shipped predictor of this device")
+    proxy.add_argument("--proxy-dataset", default="fashion-mnist")
+    proxy.add_argument("--proxy-resolution", type=int, default=16)
+    proxy.add_argument("--proxy-steps", type=int, default=40, help="training steps per child")
+    proxy.add_argument("--proxy-batch", type=int, default=32)
+    proxy.add_argument("--proxy-train-images", type=int, default=1280)
+    proxy.add_argument("--proxy-val-images", type=int, default=500)
+    proxy.add_argument("--proxy-bn-images", type=int, default=256, help="images for BN re-calibration")
+    proxy.add_argument("--final-top", type=int, default=5, help="children finalized per run")
+    proxy.add_argument("--final-seeds", type=int, default=2, help="re-trainings per finalized child")
+    proxy.add_argument("--final-steps", type=int, default=None, help="steps of a final training (default: 4x)")
+    proxy.add_argument("--curve-every", type=int, default=10, help="children per point of the reward curves")
     args = parser.parse_args(argv)
     algorithms = [a for a in args.algorithms.split(",") if a]
-    kinds = [k for k in args.rewards.split(",") if k]
+    kinds = [k for k in (args.rewards or ("soft" if args.accuracy == "proxy" else ",".join(REWARDS))).split(",") if k]
+    bad = [a for a in algorithms if a not in ALGORITHMS] + [k for k in kinds if k not in REWARDS]
+    if bad or not algorithms or not kinds:
+        raise MnasError(f"--algorithms {args.algorithms!r} / --rewards {args.rewards!r}: expected a subset of "
+                        f"{','.join(ALGORITHMS)} / {','.join(REWARDS)}")
     torch.set_num_threads(1)  # the controller's tensors are tiny: more threads only contend
+    ppo = {"learning_rate": args.ppo_lr, "epochs": args.ppo_epochs, "minibatch_size": args.ppo_minibatch}
+    evolution = {"population": args.evolution_population, "sample_size": args.evolution_sample_size}
+    if args.accuracy == "proxy":
+        from search_quality_proxy import ProxyBench, run_bench
+
+        from mnas.search.accuracy import ProxyTask
+
+        task = ProxyTask(dataset=args.proxy_dataset, resolution=args.proxy_resolution, steps=args.proxy_steps,
+                         batch_size=args.proxy_batch, max_train_samples=args.proxy_train_images,
+                         max_val_samples=args.proxy_val_images, bn_recalibration_samples=args.proxy_bn_images)
+        bench = ProxyBench(database=args.runs_db, samples=args.samples, seeds=args.seeds, algorithms=algorithms,
+                           kinds=kinds, task=task, device=args.device, target_ms=args.target_ms, ppo=ppo,
+                           evolution=evolution, final_top=args.final_top, final_seeds=args.final_seeds,
+                           final_steps=args.final_steps, curve_every=args.curve_every)
+        run_bench(bench, args.json, args.png or Path("results") / "search_quality_proxy.png")
+        return
 
     space = mnasnet()
     predictor = stored_predictor(args.db, args.predictor) if args.db else synthetic_predictor()
     latency = PredictedLatency(predictor, predictor_id=str(predictor.predictor_id or "synthetic"))
     accuracy = CheapAccuracy()
-    rng = np.random.default_rng(12345)
-    probe = predictor.predict_tokens(np.asarray([space.sample_tokens(rng) for _ in range(2000)]))
+    probe = latency_probe(predictor, space)
     target = args.target_ms or round(float(np.quantile(probe, TARGET_QUANTILE)), 3)
-    ppo = {"learning_rate": args.ppo_lr, "epochs": args.ppo_epochs}
     print(f"predictor: {'stored #' + str(predictor.predictor_id) if args.db else 'synthetic additive device'} "
           f"({predictor.kind}, {predictor.resolution} px); random children: latency p10/p50/p90 "
           f"{np.percentile(probe, 10):.2f}/{np.percentile(probe, 50):.2f}/{np.percentile(probe, 90):.2f} ms")
@@ -198,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
         reward = Reward.preset(kind, target)
         for alg in algorithms:
             for seed in range(args.seeds):
-                run = run_one(space, alg, seed, args.samples, reward, latency, accuracy, ppo)
+                run = run_one(space, alg, seed, args.samples, reward, latency, accuracy, ppo, evolution)
                 runs.setdefault(kind, {}).setdefault(alg, []).append(run)
                 results.setdefault(kind, {}).setdefault(alg, []).append(metrics(run, target))
                 print(f"  {kind} {alg} seed {seed}: best {run['reward'].max():.4f} in {run['seconds']:.1f} s",
@@ -213,12 +269,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nPPO soft vs hard, 2nd half of each run: under T {np.mean([r['under_t_2nd_half'] for r in soft]):.2f} "
               f"vs {np.mean([r['under_t_2nd_half'] for r in hard]):.2f}; p90 / T "
               f"{np.mean([r['lat_over_t_p90'] for r in soft]):.2f} vs {np.mean([r['lat_over_t_p90'] for r in hard]):.2f}")
-        histogram_png(runs, target, args.png)
-        print(f"latency histograms: {args.png}")
+        png = args.png or Path("results") / "search_quality.png"
+        histogram_png(runs, target, png)
+        print(f"latency histograms: {png}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"target_ms": target, "samples": args.samples, "seeds": args.seeds,
-                                         "ppo": ppo, "results": results}, indent=2))
+                                         "ppo": ppo, "evolution": evolution, "results": results}, indent=2))
         print(f"metrics: {args.json}")
 
 
