@@ -26,6 +26,7 @@ from pathlib import Path
 from mnas.bench.files import check_tflite_file, sha256_file
 from mnas.bench.measure import PreparedModel, write_arch_model
 from mnas.errors import MnasError
+from mnas.space.arch import Arch
 
 __all__ = ["PreparedModel", "looks_like_path", "prepare_model"]
 
@@ -36,9 +37,20 @@ def looks_like_path(spec: str) -> bool:
     return spec.endswith(".tflite") or any(sep in spec for sep in separators) or Path(spec).exists()
 
 
-def prepare_model(spec: str, models_dir: Path, resolution: int | None = None, multiplier: float = 1.0) -> PreparedModel:
-    """Resolve MODEL to a checked `.tflite` on disk (writing zoo/arch models on first use)."""
+def prepare_model(spec: str, models_dir: Path, resolution: int | None = None, multiplier: float = 1.0,
+                  dtype: str = "float32") -> PreparedModel:
+    """Resolve MODEL to a checked `.tflite` on disk (writing zoo/arch models on first use).
+
+    `dtype="int8"` writes zoo/arch models fully quantized (`space.quantize`; label and file
+    name end in `-int8`, so its sha256, hence its stored figures, are its own); a `.tflite`
+    file is timed as it is, so asking for a dtype with one is bad input.
+    """
+    from mnas.space.quantize import check_dtype
+
+    check_dtype(dtype)
     if looks_like_path(spec):
+        if dtype != "float32":
+            raise MnasError(f"{spec}: --dtype {dtype} applies to zoo names and arch strings: a .tflite file is timed as it is")
         from mnas.space.tflite_reader import check_model_file
 
         candidate = Path(spec)
@@ -56,10 +68,18 @@ def prepare_model(spec: str, models_dir: Path, resolution: int | None = None, mu
     label = spec if "_" not in spec else f"arch-{arch.hash}"
     if multiplier != 1.0:
         label = f"{label}-x{multiplier:g}"
+    if dtype != "float32":
+        label = f"{label}-{dtype}"
     path = models_dir / f"{label}-{res}-{arch.hash}.tflite"
     if not path.is_file():
         _writable_models_dir(models_dir)
-    return write_arch_model(arch, res, path, label=label, reuse_file=True)
+
+    def writer(arch: Arch, path: Path, *, resolution: int) -> object:
+        from mnas.space.tflite_writer import write_arch
+
+        return write_arch(arch, path, resolution=resolution, dtype=dtype)
+
+    return write_arch_model(arch, res, path, writer, label=label, reuse_file=True)
 
 
 def _writable_models_dir(models_dir: Path) -> None:

@@ -81,6 +81,8 @@ def skipped_rows(unusable: list[str], prepared: list) -> list[dict]:
 @execution_options
 @click.option("--resolution", type=int, default=None, help="Input size for zoo/arch models.")
 @click.option("--multiplier", type=float, default=1.0, show_default=True, help="Depth multiplier for zoo models.")
+@click.option("--dtype", type=click.Choice(["float32", "int8"]), default="float32", show_default=True,
+              help="Zoo/arch models: float32, or int8 fully quantized (`mnas arch export --dtype int8`).")
 @click.option("--benchmark-binary", type=click.Path(dir_okay=False), default=None,
               help="Host path of the arm64 benchmark_model binary (phones).")
 @click.option("--timeout", "timeout_s", type=float, default=600.0, show_default=True, help="Bound on one benchmark (s).")
@@ -93,7 +95,7 @@ def skipped_rows(unusable: list[str], prepared: list) -> list[dict]:
 @click.pass_context
 def run(ctx: click.Context, models: tuple[str, ...], device_spec: str, runs: int, warmup: int, min_secs: float,
         profile_ops: bool, core: int | None, num_threads: int, delegate: str, bm_args: tuple[str, ...],
-        resolution: int | None, multiplier: float,
+        resolution: int | None, multiplier: float, dtype: str,
         benchmark_binary: str | None, timeout_s: float, retries: int, force: bool, lock_timeout_s: float | None,
         as_json: bool) -> None:
     """Benchmark MODEL... (.tflite files, zoo names or arch strings) on one pinned core (or one per --threads)."""
@@ -110,7 +112,7 @@ def run(ctx: click.Context, models: tuple[str, ...], device_spec: str, runs: int
                          bm_args=parse_bm_args(bm_args))
     check_execution(device_spec, config)
     database = db_path(ctx)
-    prepared = [prepare_model(spec, database.parent / "models", resolution, multiplier) for spec in models]
+    prepared = [prepare_model(spec, database.parent / "models", resolution, multiplier, dtype) for spec in models]
     unusable: list[str] = []
     devices = select_devices(device_spec, core=core, benchmark_binary=Path(benchmark_binary) if benchmark_binary else None,
                              timeout_s=timeout_s, retries=retries, unusable=unusable)
