@@ -76,7 +76,10 @@ def skipped_rows(unusable: list[str], prepared: list) -> list[dict]:
 @click.option("--runs", type=int, default=50, show_default=True, help="Minimum timed runs.")
 @click.option("--warmup", type=int, default=5, show_default=True, help="Warm-up runs.")
 @click.option("--min-secs", type=float, default=1.0, show_default=True, help="Minimum timed seconds.")
-@click.option("--profile-ops", is_flag=True, help="Per-op profile (benchmark_model --enable_op_profiling).")
+@click.option("--profile-ops", is_flag=True,
+              help="Phones: store benchmark_model's per-op table (--enable_op_profiling) and print the top ops "
+                   "(`mnas results ops ID` exports it). The host has no op profiler: says so, with a per-layer "
+                   "ESTIMATE from its latency table where one exists.")
 @click.option("--core", type=int, default=None, help="Pin to this core (default: the fastest / config's).")
 @execution_options
 @click.option("--resolution", type=int, default=None, help="Input size for zoo/arch models.")
@@ -134,6 +137,9 @@ def run(ctx: click.Context, models: tuple[str, ...], device_spec: str, runs: int
         outcomes = run_benchmarks(devices, prepared, config, store=store, force=force, on_result=progress,
                                   lock_timeout_s=lock_timeout_s)
     rows = [outcome_row(o) for o in outcomes]
+    if profile_ops:  # each row's op table, or why it has none (stderr and JSON)
+        from mnas.cli_op_profile import attach_op_profiles
+        attach_op_profiles(rows, outcomes, store)
     skipped = skipped_rows(unusable, prepared)
     if as_json:
         echo_json(rows + skipped)
@@ -147,6 +153,9 @@ def run(ctx: click.Context, models: tuple[str, ...], device_spec: str, runs: int
         table += [{"device": r["device_id"], "model": r["model"], "median_ms": "-", "mean_ms": "-", "p90_ms": "-",
                    "cv": "-", "runs": None, "core": "", "status": "skipped"} for r in skipped]
         echo_table(table)
+        if profile_ops:
+            from mnas.cli_op_profile import echo_top_ops
+            echo_top_ops(rows)
         click.echo(f"results: {database}")
     if unusable or any(r["error"] for r in rows):
         # Each failure was reported on stderr as it happened. Not ctx.exit(1): mnas.cli.main runs
