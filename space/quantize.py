@@ -13,9 +13,11 @@ specification is applied here directly, op by op, to the same `Graph` the float 
   (max - min) / 255, zero point = round(-128 - min / scale) clipped to [-128, 127]; a tensor
   that is 0 on every calibration input gets scale 1 and zero point -128, as the converter's
   quantizer does (a vanishing scale would also make XNNPACK refuse the model);
-* weights: int8, symmetric (zero point 0), values in [-127, 127]: per output channel for
-  CONV_2D (quantized dimension 0) and DEPTHWISE_CONV_2D (dimension 3), per tensor for
-  FULLY_CONNECTED (the specification's granularity for its weights);
+* weights: int8, symmetric (zero point 0), values in [-127, 127], one scale per output
+  channel: quantized dimension 0 for CONV_2D and FULLY_CONNECTED, 3 for DEPTHWISE_CONV_2D
+  (per-channel dense weights are the converter's default; its
+  `_experimental_disable_per_channel_quantization_for_dense_layers` switch, which
+  microcontroller users set, is what turns them back to one scale);
 * biases: int32, zero point 0, scale = input scale x weight scale (per channel);
 * op constraints: LOGISTIC's output is fixed at scale 1/256, zero point -128;
   AVERAGE_POOL_2D's output takes its input's scale and zero point; MEAN, ADD and MUL
@@ -62,8 +64,8 @@ _INT8_VERSIONS: dict[int, int] = {
     Op.CONV_2D: 3, Op.DEPTHWISE_CONV_2D: 3, Op.FULLY_CONNECTED: 4, Op.AVERAGE_POOL_2D: 2,
     Op.ADD: 2, Op.MUL: 2, Op.MEAN: 2, Op.LOGISTIC: 2, Op.QUANTIZE: 1, Op.DEQUANTIZE: 2,
 }
-# where each weighted op keeps its per-channel scales (None: per tensor)
-_WEIGHT_AXIS: dict[int, int | None] = {Op.CONV_2D: 0, Op.DEPTHWISE_CONV_2D: 3, Op.FULLY_CONNECTED: None}
+# the output-channel axis of each weighted op's weights: one scale per slice along it
+_WEIGHT_AXIS: dict[int, int] = {Op.CONV_2D: 0, Op.DEPTHWISE_CONV_2D: 3, Op.FULLY_CONNECTED: 0}
 
 Range = tuple[float, float]
 
@@ -135,27 +137,22 @@ def activation_quant(lo: float, hi: float) -> Quant:
     return Quant((float(np.float32(scale)),), (zero_point,))
 
 
-def weight_quant(weights: np.ndarray, axis: int | None) -> tuple[np.ndarray, Quant]:
-    """Symmetric int8 weights ([-127, 127], zero point 0), per slice along `axis` or per tensor."""
+def weight_quant(weights: np.ndarray, axis: int) -> tuple[np.ndarray, Quant]:
+    """Symmetric int8 weights ([-127, 127], zero point 0), one scale per slice along `axis`
+    (an all-zero slice gets scale 1: any scale represents it exactly)."""
     w = np.asarray(weights, dtype=np.float64)
-    if axis is None:
-        peak = np.array([np.abs(w).max(initial=0.0)])
-        scales = np.where(peak > 0, peak / _WEIGHT_MAX, 1.0).astype(np.float32)
-        q = np.round(w / float(scales[0]))
-    else:
-        other = tuple(d for d in range(w.ndim) if d != axis)
-        peak = np.abs(w).max(axis=other, initial=0.0)
-        scales = np.where(peak > 0, peak / _WEIGHT_MAX, 1.0).astype(np.float32)
-        shape = [1] * w.ndim
-        shape[axis] = -1
-        q = np.round(w / scales.astype(np.float64).reshape(shape))
-    q8 = np.clip(q, -_WEIGHT_MAX, _WEIGHT_MAX).astype(np.int8)
-    return q8, Quant(tuple(float(s) for s in scales), (0,) * len(scales), 0 if axis is None else axis)
+    other = tuple(d for d in range(w.ndim) if d != axis)
+    peak = np.abs(w).max(axis=other, initial=0.0)
+    scales = np.where(peak > 0, peak / _WEIGHT_MAX, 1.0).astype(np.float32)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(w / scales.astype(np.float64).reshape(shape)), -_WEIGHT_MAX, _WEIGHT_MAX)
+    return q.astype(np.int8), Quant(tuple(float(s) for s in scales), (0,) * len(scales), axis)
 
 
 def bias_quant(bias: np.ndarray, input_scale: float, weight: Quant) -> tuple[np.ndarray, Quant]:
-    """int32 bias, zero point 0, scale input_scale x weight scale: per channel when the weights
-    are, per tensor when they are (FULLY_CONNECTED)."""
+    """int32 bias, zero point 0, scale input_scale x weight scale (per channel, or one scale
+    when the weights have one)."""
     scales = (np.float32(input_scale) * np.asarray(weight.scale, dtype=np.float32)).astype(np.float32)
     limit = np.iinfo(np.int32)
     q = np.clip(np.round(np.asarray(bias, dtype=np.float64) / scales.astype(np.float64)), limit.min, limit.max)

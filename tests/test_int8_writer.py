@@ -104,7 +104,7 @@ def test_quantization_parameters_follow_the_int8_spec(small_int8: bytes) -> None
             assert not w_zero.any() and not b_zero.any()
             assert np.abs(weights.astype(int)).max() <= 127 and weights.min() >= -127
             channels = ins[1].ShapeAsNumpy()[w_dim]
-            assert len(w_scale) == (1 if name == "FULLY_CONNECTED" else channels)
+            assert len(w_scale) == channels
             np.testing.assert_allclose(b_scale, (np.float32(x_scale) * w_scale).astype(np.float32), rtol=1e-6)
             assert data(ins[2], np.int32).size == ins[2].ShapeAsNumpy()[0]
             checked.add(name)
