@@ -81,8 +81,9 @@ def calibration_inputs(shape: tuple[int, ...], count: int = DEFAULT_CALIBRATION_
     """`count` seeded, image-like inputs of `shape` (1, H, W, C) as one (count, H, W, C) array.
 
     Smooth random fields (a coarse normal grid upsampled, plus a little pixel noise), roughly
-    zero mean and unit variance like normalised images: they exercise the activation ranges
-    the way pictures do, where white noise would understate them after the first pooling.
+    zero mean and unit variance like normalised images. Spatially correlated like pictures:
+    white noise would average out in every mean-pooled tensor (squeeze-excite, head) and
+    calibrate those ranges too narrow. Real images, when there are some, are better.
     """
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
         raise MnasError(f"calibration count {count!r}: expected an integer >= 1")
