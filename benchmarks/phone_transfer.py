@@ -37,6 +37,7 @@ import numpy as np
 
 from mnas.predictor.metrics import evaluate
 from mnas.predictor.transfer import (
+    DEFAULT_FEATURES,
     EVIDENCE_WEIGHT,
     FEATURE_SETS,
     MIN_SHRINK_NETWORKS,
@@ -48,7 +49,7 @@ from mnas.predictor.transfer import (
     fit_network_calibration,
     network_sums,
     power_law_baseline,
-    select_candidate,
+    select_shrink,
 )
 from mnas.predictor.transfer_store import figure_layers, measure_extra, source_latency
 from mnas.space import zoo
@@ -133,39 +134,40 @@ def mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 class Phone:
-    """One phone's evidence and the precomputed per-network sums of every candidate ratio model
-    (the models are fitted on layer evidence only, so they do not depend on the split)."""
+    """One phone's evidence and the precomputed per-network sums of its ratio model at every
+    shrink (the model is fitted on layer evidence only, so it does not depend on the split)."""
 
     def __init__(self, name: str, figures: list[NetworkFigure], source: SourceLatency, source_meta: Any,
-                 host_ms: np.ndarray, lut: dict[str, float] | None, prior: dict[str, float] | None = None) -> None:
+                 host_ms: np.ndarray, lut: dict[str, float] | None, prior: dict[str, float] | None = None,
+                 features: str = DEFAULT_FEATURES, evidence_weight: float = EVIDENCE_WEIGHT) -> None:
         self.name, self.figures, self.host_ms, self.lut, self.prior = name, figures, host_ms, lut, prior
         self.measured = np.asarray([f.latency_ms for f in figures])
         self.source, self.source_meta = source, source_meta
         shape = lut or prior or {}
         layers = [LayerSig.from_key(k) for k in shape]
-        self.models = [RatioModel.fit(layers, source.layers_ms(layers)[0], [shape[k] for k in shape], features=f)
-                       for f in FEATURE_SETS] if shape else []
-        if not lut:  # a prior gives the shape only: the level comes from the networks
-            self.models = [replace(m, intercept=0.0) for m in self.models]
+        self.model = RatioModel.fit(layers, source.layers_ms(layers)[0], [shape[k] for k in shape],
+                                    features=features) if shape else None
+        if self.model is not None and not lut:  # a prior gives the shape only: the level comes from the networks
+            self.model = replace(self.model, intercept=0.0)
+        model = self.model
 
-        def sums_at(model: RatioModel) -> np.ndarray:
-            return network_sums(lambda ls: _target_ms(model, ls, source.layers_ms(ls)[0], lut or {},
-                                                      EVIDENCE_WEIGHT), figures)
+        def sums_at(shrink: float) -> np.ndarray:
+            assert model is not None
+            return network_sums(lambda ls: _target_ms(replace(model, shrink=shrink), ls, source.layers_ms(ls)[0],
+                                                      lut or {}, evidence_weight), figures)
 
-        self.sums_by_candidate = {(i, shrink): sums_at(replace(m, shrink=shrink))
-                                  for i, m in enumerate(self.models) for shrink in SHRINK_GRID}
+        self.sums_by_shrink = {shrink: sums_at(shrink) for shrink in SHRINK_GRID} if model is not None else {}
         self.host_sums = network_sums(lambda ls: source.layers_ms(ls)[0], figures)
         self.chosen: list[str] = []
 
     def transfer_predict(self, train: np.ndarray, test: np.ndarray) -> np.ndarray:
         """What `transfer_table` does with the `train` networks as figures, scored on `test`."""
-        if self.models:
-            key = (0, 1.0)
+        if self.model is not None:
+            shrink = 1.0
             if train.size >= MIN_SHRINK_NETWORKS:
-                key, _ = select_candidate({k: v[train] for k, v in self.sums_by_candidate.items()},
-                                          self.measured[train])
-                self.chosen.append(f"{self.models[key[0]].features}@{key[1]:g}")
-            sums = self.sums_by_candidate[key]
+                shrink, _ = select_shrink({k: v[train] for k, v in self.sums_by_shrink.items()}, self.measured[train])
+                self.chosen.append(f"shrink {shrink:g}")
+            sums = self.sums_by_shrink[shrink]
         else:
             sums = self.host_sums
         if train.size == 0:
@@ -234,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host-networks", choices=("measured", "layer-sums"), default="measured",
                         help="the baseline's host whole-network latency: measured end to end here (needs --measure "
                              "once), or the sum of this host's measured layer latencies (when the host is busy)")
+    parser.add_argument("--ratio-features", choices=sorted(FEATURE_SETS), default=DEFAULT_FEATURES,
+                        help="the per-layer ratio model's feature set (the default is what `mnas table transfer` uses)")
+    parser.add_argument("--evidence-weight", type=float, default=EVIDENCE_WEIGHT,
+                        help="weight of a layer's own lookup-table figure against the model's, in log space")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -254,16 +260,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"measured {measured} extra host layers", file=sys.stderr)
     source = source_latency(store, source_table)
     report: dict[str, Any] = {"source_table": source_table.meta.name, "baseline_host_latency": args.host_networks,
+                              "ratio_features": args.ratio_features, "evidence_weight": args.evidence_weight,
                               "choices": args.choices, "k": args.k, "seed": args.seed, "phones": {}}
     for name, (figures, lut, prior) in phones.items():
         if args.host_networks == "measured":
             host_ms = host_network_ms(store, figures, args.measure)
         else:
             host_ms = network_sums(lambda ls: source.layers_ms(ls)[0], figures)
-        phone = Phone(name, figures, source, source_table.meta, host_ms, lut, prior)
+        phone = Phone(name, figures, source, source_table.meta, host_ms, lut, prior, args.ratio_features,
+                      args.evidence_weight)
         entry: dict[str, Any] = {"figures": len(figures), "families": sorted({f.family for f in figures}),
                                  "lut_layers": len(lut or {}), "prior_layers": len(prior or {}),
-                                 "ratio_models": [m.to_dict() for m in phone.models],
+                                 "ratio_model": None if phone.model is None else phone.model.to_dict(),
                                  "leave_one_family_out": leave_one_family_out(phone)}
         if name == "pixel1":
             phone.chosen = []
@@ -275,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report, indent=1, default=float))
         return 0
-    print(f"source table: {report['source_table']}; baseline from host whole networks {args.host_networks}")
+    print(f"source table: {report['source_table']}; baseline from host whole networks {args.host_networks}; "
+          f"ratio features {args.ratio_features}, evidence weight {args.evidence_weight:g}")
     for name, entry in report["phones"].items():
         print(f"\n== {name}: {entry['figures']} published figures, families {', '.join(entry['families'])}, "
               f"{entry['lut_layers']} lookup-table layers of its own, {entry['prior_layers']} of another phone")
@@ -284,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"acceptance (K={acc['k']} MobileNetV2 + LUT, mean of {acc['transfer']['choices']} choices):")
             print(f"  transfer: {fmt(acc['transfer'])}")
             print(f"  baseline: {fmt(acc['baseline'])}")
-            print(f"  ratio models chosen on the K networks: {acc['chosen_models']}")
+            print(f"  shrink chosen on the K networks: {acc['chosen_models']}")
         print("leave one family out:")
         for family, row in entry["leave_one_family_out"].items():
             print(f"  {family:14s} (calibrated on {row['calibrated_on']:2d}) transfer: {fmt(row['transfer'])}")

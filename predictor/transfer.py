@@ -69,24 +69,38 @@ RATIO_FEATURES: tuple[str, ...] = (
     "log_mult_adds", "log_memory_bytes", "log_intensity", "log_hw", "log_cin", "log_cout", "log_mid",
     "kernel3", "kernel5", "kernel7", "stride2", "log_expand", "se",
     "op_stem", "op_head", "op_conv", "op_dsconv", "op_mbconv", "skip_identity",
+    "log_mult_adds_per_source_ms", "log_memory_bytes_per_source_ms",
 )
 
+KIND_FEATURES = ("kernel3", "kernel5", "kernel7", "stride2", "se", "op_stem", "op_head", "op_conv", "op_dsconv",
+                 "op_mbconv", "skip_identity")
+# The source's speed on the layer, as work per source-ms: the rate at which the source does the
+# layer's arithmetic and moves its bytes. With these, log(target/source) = c + g1 log(MACs/src)
+# + g2 log(bytes/src) says target ~ MACs^g1 x bytes^g2 x src^(1-g1-g2): a geometric blend of the
+# source's measured cost and the two roofline costs, weighted by the target's own evidence (a
+# phone whose runtime differs from the source's, e.g. no XNNPACK, follows the work more than the
+# source's timings). They are rates, not sizes, so they do not grow with the resolution.
+RATE_FEATURES = ("log_mult_adds_per_source_ms", "log_memory_bytes_per_source_ms")
 
-# The per-layer model's candidate feature sets: every feature, or only what kind of layer it is
-# (op, kernel, stride, squeeze-excite, skip: no size or width, so nothing to extrapolate). Which
-# one a transfer keeps is chosen on the target's calibration networks (`choose_ratio_model`).
+# The per-layer model's feature sets. `kind_rates` (the default) is the kind of layer (op, kernel,
+# stride, squeeze-excite, skip) plus the two rates: no size or width, because a partial table
+# measured at one input size confounds size with width and stage, and a model that uses them
+# extrapolates badly to other resolutions and multipliers (docs/architecture.md, "Transfer").
+# `kind` and `all` are kept to compare with (`mnas table transfer --ratio-features`).
 FEATURE_SETS: dict[str, tuple[str, ...]] = {
-    "all": RATIO_FEATURES,
-    "kind": ("kernel3", "kernel5", "kernel7", "stride2", "se", "op_stem", "op_head", "op_conv", "op_dsconv",
-             "op_mbconv", "skip_identity"),
+    "kind_rates": KIND_FEATURES + RATE_FEATURES,
+    "kind": KIND_FEATURES,
+    "all": RATIO_FEATURES[:19],
 }
+DEFAULT_FEATURES = "kind_rates"
 
 
-def _ratio_row(layer: LayerSig) -> list[float]:
+def _ratio_row(layer: LayerSig, source_ms: float) -> list[float]:
     cost = layer_cost(layer)
     flops = max(float(cost.mult_adds), 1.0)
     mem = max(float(memory_bytes(layer)), 1.0)
     op = op_name(layer)
+    src = max(float(source_ms), 1e-9)
     return [
         math.log(flops), math.log(mem), math.log(flops / mem), math.log(max(layer.h * layer.w, 1)),
         math.log(max(layer.cin, 1)), math.log(max(layer.cout, 1)), math.log(max(layer.mid, 1)),
@@ -94,14 +108,21 @@ def _ratio_row(layer: LayerSig) -> list[float]:
         math.log(max(layer.expand, 1)), float(layer.se > 0),
         float(op == "stem"), float(op == "head"), float(op == "conv"), float(op == "dsconv"), float(op == "mbconv"),
         float(layer.skip == "identity"),
+        math.log(flops / src), math.log(mem / src),
     ]
 
 
-def ratio_features(layers: Sequence[LayerSig]) -> np.ndarray:
-    """[len(layers), len(RATIO_FEATURES)] float64: what the per-layer ratio depends on."""
+def ratio_features(layers: Sequence[LayerSig], source_ms: Sequence[float] | np.ndarray) -> np.ndarray:
+    """[len(layers), len(RATIO_FEATURES)] float64: what the per-layer ratio depends on.
+
+    `source_ms`: the source's latency of each layer (the rate features divide by it).
+    """
     if not layers:
         return np.zeros((0, len(RATIO_FEATURES)))
-    return np.asarray([_ratio_row(layer) for layer in layers], dtype=np.float64)
+    src = np.asarray(source_ms, dtype=np.float64)
+    if src.shape != (len(layers),):
+        raise MnasError(f"transfer: {len(layers)} layers but {src.size} source latencies: expected one per layer")
+    return np.asarray([_ratio_row(layer, s) for layer, s in zip(layers, src, strict=True)], dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -122,28 +143,29 @@ class RatioModel:
     low: tuple[float, ...] = ()  # each feature's range in the evidence: features are clipped to it
     high: tuple[float, ...] = ()
     shrink: float = 1.0  # share of the per-layer deviation from the global ratio kept (chosen on networks)
-    features: str = "all"  # the `FEATURE_SETS` entry it was fitted on (the others have coefficient 0)
+    features: str = DEFAULT_FEATURES  # the `FEATURE_SETS` entry it was fitted on (the others have coefficient 0)
     feature_names: tuple[str, ...] = RATIO_FEATURES
 
     @classmethod
     def constant(cls, log_ratio: float, n: int = 0) -> RatioModel:
         return cls(intercept=float(log_ratio), n=n)
 
-    def log_ratio(self, layers: Sequence[LayerSig]) -> np.ndarray:
+    def log_ratio(self, layers: Sequence[LayerSig], source_ms: Sequence[float] | np.ndarray) -> np.ndarray:
+        """log(target/source) of each layer; `source_ms`: the source's latency of each."""
         out = np.full(len(layers), self.intercept, dtype=np.float64)
         if self.coef and layers:
             if tuple(self.feature_names) != RATIO_FEATURES:
                 raise MnasError("transfer ratio model: its features differ from this version's: expected one "
                                 "fitted by this mnas version (run `mnas table transfer` again)")
-            x = ratio_features(layers)
+            x = ratio_features(layers, source_ms)
             if self.low and self.high:  # never extrapolate past what the evidence showed
                 x = np.clip(x, np.asarray(self.low), np.asarray(self.high))
             x = (x - np.asarray(self.mean)) / np.asarray(self.scale)
             out = out + self.shrink * (x @ np.asarray(self.coef))
         return out
 
-    def ratio(self, layers: Sequence[LayerSig]) -> np.ndarray:
-        return np.exp(self.log_ratio(layers))
+    def ratio(self, layers: Sequence[LayerSig], source_ms: Sequence[float] | np.ndarray) -> np.ndarray:
+        return np.exp(self.log_ratio(layers, source_ms))
 
     def to_dict(self) -> dict[str, Any]:
         return {"intercept": self.intercept, "coef": list(self.coef), "mean": list(self.mean),
@@ -160,7 +182,7 @@ class RatioModel:
                        high=tuple(float(c) for c in data.get("high") or ()),
                        alpha=None if data.get("alpha") is None else float(data["alpha"]), n=int(data.get("n", 0)),
                        loo_rmse_log=None if data.get("loo_rmse_log") is None else float(data["loo_rmse_log"]),
-                       shrink=float(data.get("shrink", 1.0)), features=str(data.get("features", "all")),
+                       shrink=float(data.get("shrink", 1.0)), features=str(data.get("features", DEFAULT_FEATURES)),
                        feature_names=tuple(data.get("feature_names") or RATIO_FEATURES))
         except (KeyError, TypeError, ValueError) as exc:
             raise MnasError(f"transfer ratio model: malformed ({type(exc).__name__}: {exc}): expected one written "
@@ -169,7 +191,7 @@ class RatioModel:
     @classmethod
     def fit(cls, layers: Sequence[LayerSig], source_ms: Sequence[float] | np.ndarray,
             target_ms: Sequence[float] | np.ndarray, alphas: Sequence[float] = RIDGE_ALPHAS,
-            features: str = "all") -> RatioModel:
+            features: str = DEFAULT_FEATURES) -> RatioModel:
         """Ridge on standardised features (intercept unpenalised); alpha by leave-one-group-out CV.
 
         The groups are the layers' input spatial sizes: the table is used at sizes it never
@@ -190,7 +212,7 @@ class RatioModel:
             return cls.constant(float(np.mean(y)) if y.size else 0.0, int(y.size))
         if features not in FEATURE_SETS:
             raise MnasError(f"transfer: feature set {features!r}: expected one of {sorted(FEATURE_SETS)}")
-        x = ratio_features(layers)
+        x = ratio_features(layers, src)
         x[:, [i for i, name in enumerate(RATIO_FEATURES) if name not in FEATURE_SETS[features]]] = 0.0
         mean = x.mean(axis=0)
         scale = x.std(axis=0)
@@ -343,7 +365,8 @@ class TransferResult:
         out = np.asarray([math.nan if v is None else v.median_ms for v in values], dtype=np.float64)
         if missing:
             sub = [layers[i] for i in missing]
-            out[missing] = source.layers_ms(sub)[0] * self.ratio_model.ratio(sub)
+            sub_ms = source.layers_ms(sub)[0]
+            out[missing] = sub_ms * self.ratio_model.ratio(sub, sub_ms)
         return out
 
 
@@ -362,42 +385,12 @@ def network_sums(layer_ms: Callable[[Sequence[LayerSig]], np.ndarray],
 def _target_ms(model: RatioModel, layers: Sequence[LayerSig], src: np.ndarray, evidence: Mapping[str, float],
                evidence_weight: float) -> np.ndarray:
     """source x ratio, blended with a layer's own evidence where there is some (log space)."""
-    out = src * np.exp(model.log_ratio(layers))
+    out = src * np.exp(model.log_ratio(layers, src))
     for i, layer in enumerate(layers):
         seen = evidence.get(layer.key)
         if seen is not None:
             out[i] = math.exp(evidence_weight * math.log(seen) + (1.0 - evidence_weight) * math.log(out[i]))
     return out
-
-
-def choose_ratio_model(models: Sequence[RatioModel], source: SourceLatency, figures: Sequence[NetworkFigure],
-                       evidence: Mapping[str, float], evidence_weight: float = EVIDENCE_WEIGHT,
-                       forms: Sequence[str] = CALIBRATION_FORMS) -> tuple[RatioModel, dict[str, float]]:
-    """The (feature set, shrink) whose calibrated network sums predict the given figures best by
-    leave-one-network-out (see `choose_shrink`); ties go to the larger shrink (when the networks
-    cannot tell, the layer evidence decides), then to the earlier model."""
-    per = [f.arch.layers(f.resolution, f.num_classes) for f in figures]
-    flat = [layer for layers in per for layer in layers]
-    src, _ = source.layers_ms(flat)
-    starts = np.cumsum([0] + [len(layers) for layers in per[:-1]])
-    sums = {(i, shrink): np.add.reduceat(_target_ms(replace(m, shrink=shrink), flat, src, evidence, evidence_weight),
-                                         starts)
-            for i, m in enumerate(models) for shrink in SHRINK_GRID}
-    (index, shrink), scores = select_candidate(sums, [f.latency_ms for f in figures], forms)
-    named = {f"{models[i].features}@{v:g}": score for (i, v), score in scores.items()}
-    return replace(models[index], shrink=shrink), named
-
-
-def select_candidate(sums_by_candidate: Mapping[tuple[int, float], np.ndarray], measured: Sequence[float] | np.ndarray,
-                     forms: Sequence[str] = CALIBRATION_FORMS) -> tuple[tuple[int, float], dict[tuple[int, float], float]]:
-    """The (model index, shrink) whose sums calibrate best by leave-one-out; ties: larger shrink, earlier model."""
-    scores: dict[tuple[int, float], float] = {}
-    for key, sums in sums_by_candidate.items():
-        _, info = fit_network_calibration(sums, measured, forms)
-        loo = info.get("loo_mape_pct") or {}
-        scores[key] = float(min((v for v in loo.values() if math.isfinite(v)), default=math.inf))
-    best = min(scores, key=lambda k: (round(scores[k], 6), -k[1], k[0]))
-    return best, scores
 
 
 def choose_shrink(model: RatioModel, source: SourceLatency, figures: Sequence[NetworkFigure],
@@ -438,7 +431,8 @@ def transfer_table(source: SourceLatency, layers: Sequence[LayerSig], *, device_
                    figures: Sequence[NetworkFigure] = (), evidence_weight: float = EVIDENCE_WEIGHT,
                    resolution: int | None = None, evidence_label: str = "",
                    calibration_forms: Sequence[str] = CALIBRATION_FORMS,
-                   prior_evidence: Mapping[str, float] | None = None, prior_label: str = "") -> TransferResult:
+                   prior_evidence: Mapping[str, float] | None = None, prior_label: str = "",
+                   ratio_features_set: str = DEFAULT_FEATURES) -> TransferResult:
     """A table of `layers` for `device_name` from the source's latencies and the target's evidence.
 
     `prior_evidence`: a partial table of ANOTHER device (e.g. Pixel 1's for a Pixel 4 that has
@@ -460,25 +454,26 @@ def transfer_table(source: SourceLatency, layers: Sequence[LayerSig], *, device_
     shape_layers = [LayerSig.from_key(key) for key in shape]
     if shape_layers:
         shape_src, _ = source.layers_ms(shape_layers)
-        models = [RatioModel.fit(shape_layers, shape_src, [shape[k] for k in shape], features=name)
-                  for name in FEATURE_SETS]
-        model = models[0]
+        model = RatioModel.fit(shape_layers, shape_src, [shape[k] for k in shape], features=ratio_features_set)
     else:
-        models, model = [], RatioModel.constant(0.0)
+        model = RatioModel.constant(0.0)
     shrink_scores: dict[str, float] = {}
-    if models and len(figures) >= MIN_SHRINK_NETWORKS:
-        model, shrink_scores = choose_ratio_model(models, source, figures, evidence, evidence_weight,
-                                                  calibration_forms)
+    if shape_layers and len(figures) >= MIN_SHRINK_NETWORKS:
+        model, shrink_scores = choose_shrink(model, source, figures, evidence, evidence_weight, calibration_forms)
     if not ev_layers and figures:
         # no layer evidence of the target: its global ratio comes from the networks (measured vs source x shape)
         shaped = replace(model, intercept=0.0)
-        sums = network_sums(lambda ls: source.layers_ms(ls)[0] * shaped.ratio(ls), figures)
+        def shaped_ms(ls: Sequence[LayerSig]) -> np.ndarray:
+            ms = source.layers_ms(ls)[0]
+            return ms * shaped.ratio(ls, ms)
+
+        sums = network_sums(shaped_ms, figures)
         measured = np.asarray([f.latency_ms for f in figures])
         model = replace(shaped, intercept=float(np.median(np.log(measured / sums))))
 
     all_layers = list({layer.key: layer for layer in [*layers, *ev_layers]}.values())
     src_ms, where = source.layers_ms(all_layers)
-    log_ratio = model.log_ratio(all_layers)
+    log_ratio = model.log_ratio(all_layers, src_ms)
     created = time.time()
     entries: dict[str, TableEntry] = {}
     for layer, s, w, lr in zip(all_layers, src_ms, where, log_ratio, strict=True):
@@ -513,7 +508,7 @@ def transfer_table(source: SourceLatency, layers: Sequence[LayerSig], *, device_
                      "prior": {"label": prior_label, "layers": len(prior)} if prior and not ev_layers else None,
                      "networks": [{"name": f.name, "family": f.family, "arch": str(f.arch), "resolution": f.resolution,
                                    "latency_ms": f.latency_ms} for f in figures]},
-        "ratio_model": model.to_dict(), "model_choice_loo_mape_pct": shrink_scores, "calibration": None if result.calibration is None else {
+        "ratio_model": model.to_dict(), "shrink_choice_loo_mape_pct": shrink_scores, "calibration": None if result.calibration is None else {
             **result.calibration.to_dict(), **calibration_info},
         "created": created,
     }

@@ -41,6 +41,7 @@ from mnas.predictor.table import (
 )
 from mnas.predictor.transfer import (
     CALIBRATION_FORMS,
+    DEFAULT_FEATURES,
     NetworkFigure,
     SourceLatency,
     TransferResult,
@@ -142,7 +143,7 @@ def run_transfer(source: SourceLatency, source_table: LatencyTable, device_name:
                  layer_evidence: dict[str, float] | None = None, figures: Sequence[NetworkFigure] = (),
                  coverage: Sequence[LayerSig] | None = None, evidence_label: str = "",
                  calibration_forms: Sequence[str] = CALIBRATION_FORMS, prior_evidence: dict[str, float] | None = None,
-                 prior_label: str = "") -> TransferResult:
+                 prior_label: str = "", ratio_features_set: str = DEFAULT_FEATURES) -> TransferResult:
     """Transfer the source table plus `coverage` (default: the zoo's range) and the figures' layers."""
     layers = [LayerSig.from_key(key) for key in source_table.entries]
     layers += list(zoo_layers() if coverage is None else coverage)
@@ -151,7 +152,7 @@ def run_transfer(source: SourceLatency, source_table: LatencyTable, device_name:
     return transfer_table(source, layers, device_name=device_name, name=name, source_meta=source_table.meta,
                           layer_evidence=layer_evidence, figures=figures, evidence_label=evidence_label,
                           calibration_forms=calibration_forms, prior_evidence=prior_evidence,
-                          prior_label=prior_label)
+                          prior_label=prior_label, ratio_features_set=ratio_features_set)
 
 
 # ------------------------------------------------------------------------------ predictors

@@ -86,7 +86,7 @@ def test_noisy_evidence_is_shrunk_toward_the_global_ratio(space_layers: list[Lay
     result = transfer_table(_source(space_layers), space_layers, device_name="phone", name="p",
                             source_meta=_meta(), layer_evidence=evidence)
     others = [layer for layer in space_layers if layer.key not in evidence]
-    ratios = result.ratio_model.ratio(others)
+    ratios = result.ratio_model.ratio(others, [source_ms(layer) for layer in others])
     assert np.all(np.abs(ratios / 10.0 - 1.0) < 0.25)
     assert result.ratio_model.alpha is not None and result.ratio_model.alpha >= 1.0  # the CV chose to shrink
 
@@ -190,3 +190,32 @@ def test_a_phone_without_a_layer_table_borrows_another_phones_ratio_shape(space_
     got = np.asarray([result.table.entries[x.key].median_ms for x in unseen])
     want = np.asarray([0.5 * target_ms(x) for x in unseen])
     assert np.median(np.abs(got / want - 1.0)) <= 2 * TOLERANCE
+
+
+def roofline_phone_ms(layer: LayerSig) -> float:
+    """A synthetic phone that follows the work: its own compute and memory rates, no fixed cost
+    (so its ratio to the source changes with layer size, which the kind of layer cannot tell)."""
+    return layer_cost(layer).mult_adds / 0.3e9 * 1e3 + memory_bytes(layer) / 3e9 * 1e3
+
+
+def overhead_source_ms(layer: LayerSig) -> float:
+    """A source with a large per-layer cost (an interpreter's dispatch): most of a small layer's time."""
+    return source_ms(layer) + 0.05
+
+
+def test_rate_features_carry_a_work_following_phone_to_other_resolutions() -> None:
+    # evidence: a partial table at 224 only (as the Pixel-1 table); asked: the same networks at 96 and 128
+    archs = [zoo.get("mobilenet-v2", m) for m in (0.35, 0.5, 0.75, 1.0, 1.4)]
+    at224 = list({x.key: x for a in archs for x in a.layers(224) if x.kind == "block"}.values())
+    small = list({x.key: x for a in archs for r in (96, 128) for x in a.layers(r) if x.kind == "block"}.values())
+    source = SourceLatency([("overhead-host", {x.key: overhead_source_ms(x) for x in at224 + small})])
+    evidence = {x.key: roofline_phone_ms(x) for x in at224}
+    errors = {}
+    for features in ("kind_rates", "kind"):
+        result = transfer_table(source, small, device_name="phone", name="p", source_meta=_meta(),
+                                layer_evidence=evidence, ratio_features_set=features)
+        got = np.asarray([result.table.entries[x.key].median_ms for x in small])
+        want = np.asarray([roofline_phone_ms(x) for x in small])
+        errors[features] = float(np.quantile(np.abs(got / want - 1.0), 0.9))
+    assert errors["kind_rates"] <= TOLERANCE  # 90% of the layers within 5%, at sizes never seen
+    assert errors["kind"] > 2 * errors["kind_rates"]  # the kind of layer alone cannot follow the size
