@@ -350,7 +350,7 @@ def test_cli_list_keeps_its_measurement_table_and_adds_published_rows(
     code, out, _ = mnas(capsys, "--db", str(db), "results", "list", "--device", "pixel4")
     lines = out.splitlines()
     assert code == 0
-    assert lines[0].split() == ["id", "time", "device", "model", "runtime", "median_ms", "cv", "throttled"]
+    assert lines[0].split() == ["id", "time", "device", "model", "runtime", "median_ms", "cv", "throttled", "source"]
     assert "published figures (measured elsewhere, not here; never reused as measurements):" in lines
     code, out, _ = mnas(capsys, "--db", str(db), "results", "list", "--json")
     rows = json.loads(out)
