@@ -50,6 +50,7 @@ from mnas.errors import MnasError
 from mnas.search.accuracy import ProxyData, ProxyTask, ProxyTrainer
 from mnas.space import zoo
 from mnas.space.arch import Arch
+from mnas.space.cost import arch_cost
 from mnas.space.search_space import mnasnet
 
 # Shared by every setting: the same 1,000 held-out training images (same split seed) score all.
@@ -255,7 +256,7 @@ def summarize(records: Sequence[dict[str, Any]], jobs: Sequence[Job], settings: 
     out: dict[str, Any] = {"reference": {"archs": len(reference), "accuracy": reference,
                                          "seconds_per_child": float(np.mean(ref_seconds)) if ref_seconds else None,
                                          "accuracy_sd_across_archs": _sd(reference.values())},
-                           "settings": {}}
+                           "settings": {}, "zero_cost_baselines": cost_baselines(jobs, reference)}
     for setting in settings:
         per_arch: dict[str, dict[str, Any]] = {}
         for name in arch_names:
@@ -285,6 +286,20 @@ def summarize(records: Sequence[dict[str, Any]], jobs: Sequence[Job], settings: 
             "seconds_per_child": float(np.mean(seconds)) if seconds else None,
             "per_arch": per_arch,
         }
+    return out
+
+
+def cost_baselines(jobs: Sequence[Job], reference: dict[str, float]) -> dict[str, Any]:
+    """Kendall tau of the reference against zero-cost rankings (params, mult-adds at 224 px):
+    a proxy that trains must beat these to be worth its seconds."""
+    archs = {job.arch_name: job.arch for job in jobs if job.arch_name in reference}
+    names = list(archs)
+    refs = [reference[n] for n in names]
+    costs = [arch_cost(archs[n], 224, 1000) for n in names]
+    out: dict[str, Any] = {}
+    for label, values in (("params", [c.params for c in costs]), ("mult_adds_224px", [c.mult_adds for c in costs])):
+        tau, p = kendall([float(v) for v in values], refs)
+        out[label] = {"kendall_tau": tau, "kendall_p": p}
     return out
 
 
@@ -330,7 +345,10 @@ def print_summary(summary: dict[str, Any]) -> None:
     ref_s = "n/a" if ref["seconds_per_child"] is None else f"{ref['seconds_per_child']:.1f}"
     print(f"reference: {ref['archs']} archs, {ref_s} s/child, accuracy sd across archs "
           f"{ref['accuracy_sd_across_archs']:.3f}")
-    header = (f"{'setting':<10} {'archs':>5} {'seeds':>5} {'tau(mean)':>9} {'p':>8} {'tau(1 seed)':>11} "
+    for label, b in summary["zero_cost_baselines"].items():
+        tau = "n/a" if b["kendall_tau"] is None else f"{b['kendall_tau']:.3f}"
+        print(f"zero-cost baseline {label}: Kendall tau vs reference {tau}")
+    header = (f"{'setting':<16} {'archs':>5} {'seeds':>5} {'tau(mean)':>9} {'p':>8} {'tau(1 seed)':>11} "
               f"{'seed sd':>8} {'spread sd':>9} {'sd/spread':>9} {'s/child':>8}")
     print(header)
     print("-" * len(header))
@@ -339,7 +357,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         return "n/a" if value is None else format(value, spec)
 
     for name, s in summary["settings"].items():
-        print(f"{name:<10} {s['archs']:>5} {s['seeds']:>5} {fmt(s['kendall_tau'], '.3f'):>9} "
+        print(f"{name:<16} {s['archs']:>5} {s['seeds']:>5} {fmt(s['kendall_tau'], '.3f'):>9} "
               f"{fmt(s['kendall_p'], '.2g'):>8} {fmt(s['kendall_tau_single_seed_mean'], '.3f'):>11} "
               f"{fmt(s['seed_sd'], '.4f'):>8} {fmt(s['across_arch_sd'], '.4f'):>9} "
               f"{fmt(s['seed_sd_over_spread'], '.2f'):>9} {fmt(s['seconds_per_child'], '.1f'):>8}")

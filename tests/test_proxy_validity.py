@@ -72,6 +72,8 @@ def test_tau_and_sd_against_hand_computed_values(tmp_path: Path) -> None:
     assert good["seed_sd_over_spread"] == pytest.approx(0.2)
     assert good["seconds_per_child"] == pytest.approx(1.5) and good["archs"] == 3 and good["seeds"] == 3
     assert summary["reference"]["accuracy"] == pytest.approx(REFERENCE_ACC)
+    # wider networks have more parameters and score higher in the reference: tau +1
+    assert summary["zero_cost_baselines"]["params"]["kendall_tau"] == pytest.approx(1.0)
 
 
 def test_restart_trains_only_what_is_missing(tmp_path: Path) -> None:
