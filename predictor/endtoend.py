@@ -214,6 +214,7 @@ def _run(devices: Sequence[Device], jobs: list[_Job], store: Any, config: BenchC
     bar = tqdm(total=len(jobs), desc=label, unit="net", disable=not progress, dynamic_ncols=True)
     try:
         pool = run_device_pool(devices, jobs, measure, keep, name="nets")
+        measurement.extra.setdefault("resolution", job.resolution)  # read back by `evals.stored_figures`
     except StoreWriteError as exc:  # disk full, read-only: what was stored stays, a re-run reuses it
         stored = sum(1 for r in results for _, i in r if i is not None)
         raise StoreWriteError(f"{exc}; {label} networks: {stored} measurements stored: fix the cause and "

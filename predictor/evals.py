@@ -12,6 +12,7 @@ with its per-network rows and the plot it wrote.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -181,15 +182,49 @@ def list_evals(store: ReadStore, predictor_id: int | None = None) -> list[dict[s
 # ------------------------------------------------------------------------------ stored figures
 
 def stored_figures(store: Any, device_name: str, family: str | None = None) -> list[Any]:
-    """Every published figure of `device_name` in the store (`mnas results import`), as
-    `transfer.NetworkFigure`s (arch, resolution, latency, family, model name)."""
+    """Every whole-network figure of `device_name` in the store, as `transfer.NetworkFigure`s
+    (arch, resolution, latency, family, model name): the published ones (`mnas results import`)
+    and the ones measured here (`measured_figures`)."""
     from mnas.bench.published import published_figures
     from mnas.predictor.transfer import NetworkFigure
     from mnas.space.arch import Arch
 
-    return [NetworkFigure(Arch.parse(f.arch), int(f.resolution), float(f.latency_ms), family=f.family,
-                          name=f.model_name)
-            for f in published_figures(store, device_name=device_name, family=family)]
+    published = [NetworkFigure(Arch.parse(f.arch), int(f.resolution), float(f.latency_ms), family=f.family,
+                               name=f.model_name)
+                 for f in published_figures(store, device_name=device_name, family=family)]
+    return published + [f for f in measured_figures(store, device_name) if family is None or f.family == family]
+
+
+def measured_figures(store: Any, device_name: str) -> list[Any]:
+    """Whole networks measured on `device_name` (`mnas bench`, calibrate/eval, measured search),
+    under the paper's conditions (one thread, no delegate or extra flags, not throttled), as
+    `NetworkFigure`s with the device's headline statistic; the newest figure of each (arch,
+    resolution) stands. Only measurements that recorded their input resolution qualify (every
+    whole-network measurement does since it was added; older ones and single layers are skipped).
+    The family is `measured`, so `--holdout measured` scores a predictor on them alone.
+    """
+    from mnas.bench.types import headline_statistic
+    from mnas.predictor.transfer import NetworkFigure
+    from mnas.space.arch import Arch
+
+    frame = store.measurements_frame(include_json=True, device_name=device_name, threads=1, throttled=0)
+    statistic = headline_statistic(device_name)
+    newest: dict[tuple[str, int], Any] = {}
+    for row in frame.itertuples(index=False):
+        key = str(row.conditions_key)
+        if not isinstance(row.arch, str) or not row.arch or ";delegate=" in key or ";bm_args=" in key:
+            continue
+        resolution = (json.loads(row.measurement_json).get("extra") or {}).get("resolution")
+        value = row.min_ms if statistic == "min" else row.median_ms
+        if not isinstance(resolution, int) or value is None or not math.isfinite(value) or value <= 0:
+            continue
+        try:
+            arch = Arch.parse(row.arch)
+        except MnasError:
+            continue
+        newest[(row.arch, resolution)] = NetworkFigure(arch, resolution, float(value), family="measured",
+                                                       name=str(row.label or row.arch))
+    return list(newest.values())
 
 
 @dataclass
@@ -218,7 +253,7 @@ def evaluate_against_figures(predictor: AdditivePredictor, figures: Sequence[Any
     from mnas.predictor.transfer import fit_network_calibration, network_sums
 
     if not figures:
-        raise MnasError(f"no stored figures for device {device_name!r}: expected some imported with "
+        raise MnasError(f"no stored figures for device {device_name!r}: expected some measured here (`mnas bench`) or imported with "
                         "`mnas results import FILE --device NAME --source TEXT`")
     figures = list(figures)
     measured = np.asarray([f.latency_ms for f in figures])

@@ -173,6 +173,7 @@ class MeasuredLatency:
             raise MnasError(f"measured latency: {m.device_id} gave {median!r} ms for {arch}: expected a latency > 0")
         self.benchmarks += 1
         source = f"measured:{m.device_id}"
+        m.extra.setdefault("resolution", self.resolution)  # read back by `predictor.evals.stored_figures`
         try:
             row = self.store.add_measurement(m, label=self.label, arch=str(arch)) if self.store is not None else None
         except DuplicateMeasurement as duplicate:  # another process stored it meanwhile: its figure stands

@@ -86,3 +86,39 @@ def test_cli_eval_against_stored(store: ResultsStore, tmp_path: Path) -> None:
     assert np.isfinite(payload["kendall_tau"])
     result = CliRunner().invoke(cli_main, ["--db", db, "table", "eval", "--device", "phonex", "--holdout", "x"])
     assert result.exit_code != 0 and "--against stored" in str(result.exception)
+
+
+def test_networks_measured_here_are_figures_too(store: ResultsStore) -> None:
+    """A whole network measured on the device (its resolution recorded) is a figure like a published
+    one; single layers, other conditions and measurements without a resolution are not."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_store import make_measurement
+
+    from mnas.bench.types import BenchConfig, LatencyStats
+
+    def measured(i: int, name: str, m: float, r: int | None, ms: float, **config) -> None:
+        arch = zoo.get(name, m)
+        stats = LatencyStats(count=50, mean_us=ms * 1e3, std_us=1.0, min_us=ms * 1e3, max_us=ms * 1e3,
+                             median_us=ms * 1e3, p90_us=ms * 1e3)
+        meas = make_measurement(100 + i, device_name="phonex", stats=stats, op_profile=None,
+                                config=BenchConfig(warmup_runs=5, num_runs=50, min_secs=1.0, core=None, **config),
+                                extra={} if r is None else {"resolution": r})
+        store.add_measurement(meas, label=name, arch=str(arch))
+
+    measured(0, "mnasnet-b1", 0.5, 160, 99.0)  # superseded by the newer figure of the same network
+    measured(1, "mnasnet-b1", 0.5, 160, network_ms("mnasnet-b1", 0.5, 160))
+    measured(2, "mnasnet-a1", 0.75, None, 5.0)  # stored before resolutions were recorded
+    measured(3, "mnasnet-a1", 0.5, 160, 5.0, delegate="xnnpack")  # not the paper's conditions
+    figures = stored_figures(store, "phonex")
+    mine = [f for f in figures if f.family == "measured"]
+    assert len(figures) == len(NETWORKS) + 1 and len(mine) == 1
+    assert mine[0].resolution == 160 and str(mine[0].arch) == str(zoo.get("mnasnet-b1", 0.5))
+    assert mine[0].latency_ms == pytest.approx(network_ms("mnasnet-b1", 0.5, 160))
+    from mnas.predictor.registry import load_predictor
+
+    report = evaluate_against_figures(load_predictor(store, device="phonex", resolution=224), figures,
+                                      holdout="measured", device_name="phonex")
+    assert report["n"] == 1 and report["networks"][0]["family"] == "measured"
+    assert report["mape_pct"] < 1.0  # the published networks' gap carries over to the measured one
