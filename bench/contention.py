@@ -89,3 +89,40 @@ def contended_share(measurements: list[Measurement]) -> float | None:
     """Share of host measurements flagged as contended (None when none carries the flag)."""
     flags = [m.extra.get("contended") for m in measurements if "contended" in m.extra]
     return None if not flags else sum(bool(f) for f in flags) / len(flags)
+
+
+NOISY_CV = 0.05  # a coefficient of variation above this: the runs disagree too much to trust one figure
+
+FLAG_HINTS = {
+    "contended": "contended = other processes shared the pinned core (the guard's cpu_share below the minimum): "
+                 "the figure is inflated",
+    "throttled": "throttled = the clock dropped below its maximum during the run",
+    "noisy": f"noisy = the runs' CV exceeds {NOISY_CV}: the spread is too wide to trust one figure",
+}
+
+
+def figure_flags(measurement: Measurement, noisy_cv: float = NOISY_CV) -> list[str]:
+    """Why a shown figure should not be trusted at a glance: "contended", "throttled", "noisy" (in that order).
+
+    The same verdict wherever a figure is shown (`mnas bench` text and JSON), so a user never has
+    to compare a CV or a CPU share against a threshold by hand. Contended comes from the guard
+    (`extra["contended"]`, host only); throttled from the device's clock; noisy from the runs' CV.
+    """
+    flags = []
+    if measurement.extra.get("contended"):
+        flags.append("contended")
+    if measurement.throttled:
+        flags.append("throttled")
+    cv = measurement.stats.cv
+    if cv is not None and cv > noisy_cv:
+        flags.append("noisy")
+    return flags
+
+
+def flags_hint(flags: set[str] | list[str]) -> str | None:
+    """One line explaining the flags that were shown (None when none was), with what to do about them."""
+    shown = [name for name in FLAG_HINTS if name in set(flags)]
+    if not shown:
+        return None
+    return "note: " + "; ".join(FLAG_HINTS[name] for name in shown) + ". Re-run on a quiet machine (--force) before " \
+        "trusting these figures."

@@ -26,7 +26,7 @@ from mnas.bench.device_lock import hold_devices
 from mnas.bench.measure import PreparedModel, find_reusable, profile_devices
 from mnas.bench.pool import FailurePolicy, run_device_pool
 from mnas.bench.store import DuplicateMeasurement, StoreWriteError
-from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement
+from mnas.bench.types import BenchConfig, Device, DeviceProfile, Measurement, headline_statistic
 from mnas.errors import MnasError
 
 __all__ = ["BenchOutcome", "run_benchmarks"]
@@ -52,6 +52,7 @@ def run_benchmarks(
     force: bool = False,
     on_result: Callable[[BenchOutcome], None] | None = None,
     lock_timeout_s: float | None = None,
+    guard=None,  # mnas.bench.contention.ContentionGuard | None
 ) -> list[BenchOutcome]:
     """Measure every model on every device; failures are reported per pair, never raised.
 
@@ -72,11 +73,11 @@ def run_benchmarks(
     if store is not None:
         store.require_writable()  # a read-only store: one line now, before any device time is spent
     with hold_devices(devices, lock_timeout_s):
-        return _run_benchmarks(devices, models, config, store, force, on_result)
+        return _run_benchmarks(devices, models, config, store, force, on_result, guard)
 
 
 def _run_benchmarks(devices: Sequence[Device], models: Sequence[PreparedModel], config: BenchConfig, store,
-                    force: bool, on_result: Callable[[BenchOutcome], None] | None) -> list[BenchOutcome]:
+                    force: bool, on_result: Callable[[BenchOutcome], None] | None, guard=None) -> list[BenchOutcome]:
     outcomes: list[BenchOutcome] = []
     lock = threading.Lock()
 
@@ -102,7 +103,9 @@ def _run_benchmarks(devices: Sequence[Device], models: Sequence[PreparedModel], 
     def measure(device: Device, job: tuple[Device, PreparedModel]) -> Measurement:
         if store_failed:  # a figure that cannot be stored is lost: do not spend device time on it
             raise _NotSent(store_failed[0])
-        return device.benchmark(job[1].path, config)
+        if guard is None:
+            return device.benchmark(job[1].path, config)
+        return guard.benchmark(device, job[1].path, config, headline_statistic(getattr(device, "device_name", "host")))
 
     def keep(job: tuple[Device, PreparedModel], device_id: str, measurement: Measurement) -> None:
         model = job[1]

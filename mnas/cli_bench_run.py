@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from mnas.cli_table import guard_options
 from mnas.cli_util import (
     check_execution,
     db_path,
@@ -31,17 +32,30 @@ def _ms(us: float | None) -> float | None:
     return None if us is None else us / 1000.0
 
 
-def outcome_row(outcome) -> dict:
-    """One stable JSON row per (device, model); units in the key names."""
-    row = {"device_id": outcome.device_id, "model": outcome.model.label, "arch": outcome.model.arch,
-           "resolution": outcome.model.resolution, "model_sha256": outcome.model.sha256,
+def outcome_row(outcome, multiplier: float | None = None) -> dict:
+    """One stable JSON row per (device, model); keys from the vocabulary of docs/json.md.
+
+    `flags` names why the figure should not be trusted at a glance (`bench.contention.figure_flags`:
+    contended, throttled, noisy); `headline_ms` is the device's headline statistic
+    (`headline_statistic`: min on the host, median on phones).
+    """
+    row = {"device_id": outcome.device_id, "model_name": outcome.model.label, "arch": outcome.model.arch,
+           "resolution": outcome.model.resolution, "multiplier": multiplier if outcome.model.arch else None,
+           "model_sha256": outcome.model.sha256,
            "stored_id": outcome.stored_id, "reused": outcome.reused, "error": outcome.error,
            "delegate_fallback": getattr(outcome, "delegate_fallback", False)}
     m = outcome.measurement
     if m is not None:
+        from mnas.bench.contention import figure_flags
+        from mnas.bench.types import headline_statistic, latency_ms
+
         s = m.stats
+        statistic = headline_statistic(m.device_name)
         row.update({
-            "device_name": m.device_name, "runtime": m.runtime, "runtime_version": m.runtime_version,
+            "device_config": None if m.device_name == "host" else m.device_name, "runtime": m.runtime,
+            "runtime_version": m.runtime_version, "headline_statistic": statistic,
+            "headline_ms": latency_ms(m, statistic) if statistic == "min" or m.median_ms is not None else None,
+            "flags": figure_flags(m), "contended": m.extra.get("contended"), "cpu_share": m.extra.get("child_cpu_share"),
             "runs": s.count, "median_ms": m.median_ms, "mean_ms": _ms(s.mean_us), "std_ms": _ms(s.std_us),
             "min_ms": _ms(s.min_us), "max_ms": _ms(s.max_us), "p90_ms": _ms(s.p90_us), "cv": s.cv,
             "init_ms": _ms(m.init_us), "first_ms": _ms(m.first_us), "pinned_cores": list(m.pinned_cores),
@@ -53,7 +67,7 @@ def outcome_row(outcome) -> dict:
     return row
 
 
-def skipped_rows(unusable: list[str], prepared: list) -> list[dict]:
+def skipped_rows(unusable: list[str], prepared: list, multiplier: float | None = None) -> list[dict]:
     """One JSON row per (phone left out at selection, model), so `--json` names every pair.
 
     Same keys as `outcome_row` without a measurement: `device_id` is the phone's serial (None
@@ -64,8 +78,8 @@ def skipped_rows(unusable: list[str], prepared: list) -> list[dict]:
     for line in unusable:
         skipped = skipped_device(line)
         for model in prepared:
-            rows.append({"device_id": skipped["device_id"], "model": model.label, "arch": model.arch,
-                         "resolution": model.resolution, "model_sha256": model.sha256, "stored_id": None,
+            rows.append({"device_id": skipped["device_id"], "model_name": model.label, "arch": model.arch,
+                         "resolution": model.resolution, "multiplier": multiplier if model.arch else None, "model_sha256": model.sha256, "stored_id": None,
                          "reused": False, "error": skipped["error"], "delegate_fallback": False})
     return rows
 
@@ -82,6 +96,7 @@ def skipped_rows(unusable: list[str], prepared: list) -> list[dict]:
                    "ESTIMATE from its latency table where one exists.")
 @click.option("--core", type=int, default=None, help="Pin to this core (default: the fastest / config's).")
 @execution_options
+@guard_options(tries=3)
 @click.option("--resolution", type=int, default=None, help="Input size for zoo/arch models.")
 @click.option("--multiplier", type=float, default=1.0, show_default=True, help="Depth multiplier for zoo models.")
 @click.option("--dtype", type=click.Choice(["float32", "int8"]), default="float32", show_default=True,
@@ -100,10 +115,11 @@ def run(ctx: click.Context, models: tuple[str, ...], device_spec: str, runs: int
         profile_ops: bool, core: int | None, num_threads: int, delegate: str, bm_args: tuple[str, ...],
         resolution: int | None, multiplier: float, dtype: str,
         benchmark_binary: str | None, timeout_s: float, retries: int, force: bool, lock_timeout_s: float | None,
-        as_json: bool) -> None:
+        tries: int, min_cpu_share: float, as_json: bool) -> None:
     """Benchmark MODEL... (.tflite files, zoo names or arch strings) on one pinned core (or one per --threads)."""
     from tqdm import tqdm
 
+    from mnas.bench.contention import ContentionGuard
     from mnas.bench.devices import select_devices
     from mnas.bench.harness import run_benchmarks
     from mnas.bench.models import prepare_model
@@ -135,24 +151,32 @@ def run(ctx: click.Context, models: tuple[str, ...], device_spec: str, runs: int
             elif outcome.error:
                 tqdm.write(f"mnas: error: {' '.join(outcome.error.split())}", file=sys.stderr)
         outcomes = run_benchmarks(devices, prepared, config, store=store, force=force, on_result=progress,
-                                  lock_timeout_s=lock_timeout_s)
-    rows = [outcome_row(o) for o in outcomes]
+                                  lock_timeout_s=lock_timeout_s,
+                                  guard=ContentionGuard(min_cpu_share=min_cpu_share, tries=tries))
+    rows = [outcome_row(o, multiplier) for o in outcomes]
     if profile_ops:  # each row's op table, or why it has none (stderr and JSON)
         from mnas.cli_op_profile import attach_op_profiles
         attach_op_profiles(rows, outcomes, store)
-    skipped = skipped_rows(unusable, prepared)
+    skipped = skipped_rows(unusable, prepared, multiplier)
     if as_json:
         echo_json(rows + skipped)
     else:
+        host = any(r["device_id"] == "host" for r in rows)
         table = [{
-            "device": r["device_id"], "model": r["model"], "median_ms": _fmt(r.get("median_ms")),
+            "device": r["device_id"], "model": r["model_name"], "median_ms": _fmt(r.get("median_ms")),
+            **({HOST_MIN: _fmt(r.get("min_ms"))} if host else {}),
             "mean_ms": _fmt(r.get("mean_ms")), "p90_ms": _fmt(r.get("p90_ms")), "cv": _fmt(r.get("cv"), 3),
             "runs": r.get("runs"), "core": ",".join(map(str, r.get("pinned_cores") or [])),
             "status": _status(r),
         } for r in rows]
-        table += [{"device": r["device_id"], "model": r["model"], "median_ms": "-", "mean_ms": "-", "p90_ms": "-",
-                   "cv": "-", "runs": None, "core": "", "status": "skipped"} for r in skipped]
+        table += [{"device": r["device_id"], "model": r["model_name"], "median_ms": "-", **({HOST_MIN: "-"} if host else {}),
+                   "mean_ms": "-", "p90_ms": "-", "cv": "-", "runs": None, "core": "", "status": "skipped"}
+                  for r in skipped]
         echo_table(table)
+        from mnas.bench.contention import flags_hint
+        hint = flags_hint({flag for r in rows for flag in r.get("flags") or []})
+        if hint:
+            click.echo(hint)
         if profile_ops:
             from mnas.cli_op_profile import echo_top_ops
             echo_top_ops(rows)
@@ -168,7 +192,11 @@ def _status(row: dict) -> str:
         return "delegate fell back: not stored"
     if row["error"]:  # a figure with an error: measured, but the store refused it
         return "not stored" if row.get("median_ms") is not None or row.get("runs") else "failed"
-    return ("stored" if row["reused"] else "measured") + (" THROTTLED" if row.get("throttled") else "")
+    flags = row.get("flags") or []  # contended, throttled, noisy: shown instead of a plain measured/stored
+    return ",".join(flags) if flags else ("stored" if row["reused"] else "measured")
+
+
+HOST_MIN = "min_ms (host headline)"  # the host's headline statistic, labelled beside the median
 
 
 def _fmt(value, digits: int = 2) -> str:

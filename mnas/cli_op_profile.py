@@ -32,7 +32,7 @@ def attach_op_profiles(rows: Sequence[dict[str, Any]], outcomes: Sequence[Any], 
         row["op_profile_estimate"] = None
         if m is None or row["op_profile_note"] != HOST_NOTE:
             if row["op_profile_note"]:
-                _note(f"{row['device_id']}: {row['model']}: {row['op_profile_note']}", said)
+                _note(f"{row['device_id']}: {row['model_name']}: {row['op_profile_note']}", said)
             continue
         _note(HOST_NOTE, said)
         model = outcome.model
@@ -60,7 +60,7 @@ def _note(text: str, said: set[str]) -> None:
 def echo_top_ops(rows: Sequence[dict[str, Any]], count: int = TOP_OPS) -> None:
     """After the results table: each measurement's top ops by share of time, or its estimate (labelled)."""
     for row in rows:
-        title = f"{row['device_id']} {row['model']}"
+        title = f"{row['device_id']} {row['model_name']}"
         profile = row.get("op_profile")
         if profile:
             click.echo(f"\ntop {min(count, len(profile))} of {len(profile)} ops by time: {title} "

@@ -53,7 +53,7 @@ def test_json_has_a_row_for_every_skipped_phone_and_model(bench_with_skipped_pho
     rows = json.loads(captured.out)
     assert len(rows) == 2 + 3 * 2  # the measured phone's pairs, then every (skipped phone, model) pair
     skipped = rows[2:]
-    assert [(r["device_id"], r["model"]) for r in skipped] == [
+    assert [(r["device_id"], r["model_name"]) for r in skipped] == [
         ("192.168.1.7:5555", "small_conv.tflite"), ("192.168.1.7:5555", "second.tflite"),
         ("R58M", "small_conv.tflite"), ("R58M", "second.tflite"),
         ("P4X", "small_conv.tflite"), ("P4X", "second.tflite")]

@@ -19,12 +19,12 @@ def test_bench_int8_is_stored_apart_from_float_and_reused_as_itself(tmp_path: Pa
     out = mnas(db, "bench", "mnasnet-small", "--resolution", "96", "--dtype", "int8", *FAST, "--json")
     assert out.returncode == 0, out.stderr
     (row,) = json.loads(out.stdout)
-    assert row["model"] == "mnasnet-small-int8" and row["median_ms"] > 0 and not row["reused"]
+    assert row["model_name"] == "mnasnet-small-int8" and row["median_ms"] > 0 and not row["reused"]
     (written,) = (tmp_path / "models").glob("mnasnet-small-int8-96-*.tflite")
     ops = [o["op"] for o in op_signatures(written.read_bytes())]
     assert ops[0] == "QUANTIZE" and ops[-1] == "DEQUANTIZE"
     float_run = json.loads(mnas(db, "bench", "mnasnet-small", "--resolution", "96", *FAST, "--json").stdout)
-    assert [(r["model"], r["reused"]) for r in float_run] == [("mnasnet-small", False)]
+    assert [(r["model_name"], r["reused"]) for r in float_run] == [("mnasnet-small", False)]
     again = json.loads(mnas(db, "bench", "mnasnet-small", "--resolution", "96", "--dtype", "int8", *FAST,
                             "--json").stdout)
     assert [(r["reused"], r["median_ms"]) for r in again] == [(True, row["median_ms"])]

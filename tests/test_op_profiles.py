@@ -217,7 +217,7 @@ def test_host_rows_get_the_note_and_an_estimate_labelled_as_such(tmp_path: Path,
                                     model=PreparedModel(Path("a.tflite"), "mnasnet-a1", "0" * 64, str(arch), 96)),
                     SimpleNamespace(measurement=host, reused=False,
                                     model=PreparedModel(Path("b.tflite"), "b.tflite", "1" * 64))]
-        rows: list[dict[str, Any]] = [{"device_id": "host", "model": "mnasnet-a1"}, {"device_id": "host", "model": "b"}]
+        rows: list[dict[str, Any]] = [{"device_id": "host", "model_name": "mnasnet-a1"}, {"device_id": "host", "model_name": "b"}]
         attach_op_profiles(rows, outcomes, store)
     assert rows[0]["op_profile"] is None and rows[0]["op_profile_note"] == HOST_NOTE
     estimate = rows[0]["op_profile_estimate"]

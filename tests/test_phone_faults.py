@@ -149,7 +149,7 @@ def assert_one_line_per_failed_model(run, serial: str, models: list[Path]) -> No
     for line, model in zip(run.errors, models, strict=True):
         assert line.startswith(f"mnas: error: {serial}") and model.name in line, line
     failed = [row for row in run.json() if row["device_id"] == serial and row["error"]]
-    assert [row["model"] for row in failed] == [m.name for m in models]
+    assert [row["model_name"] for row in failed] == [m.name for m in models]
     assert all(row["stored_id"] is None and "median_ms" not in row for row in failed)
 
 
@@ -497,7 +497,7 @@ def test_kill_mid_run_keeps_what_was_stored_and_a_rerun_completes_without_duplic
             calls_before = len(bm_calls(phone))
             second = run_cli(env, *args, timeout_s=120)
             assert second.rc == 0, second.describe()
-            assert [(r["model"], r["reused"], r["error"]) for r in second.json()] == [
+            assert [(r["model_name"], r["reused"], r["error"]) for r in second.json()] == [
                 (m.name, i < done, None) for i, m in enumerate(models)]
             assert len(bm_calls(phone)) - calls_before == 4 - done  # only the missing ones ran
             rows = rows_for(db, phone.serial)

@@ -29,7 +29,9 @@ from mnas.bench.store import (
     sqlite_cause,
 )
 
-FAST = ["--runs", "3", "--warmup", "1", "--min-secs", "0"]
+# --min-cpu-share 0: the contention guard flags nothing, so reuse is exact whatever the load
+# (flagging is tested in tests/test_bench_contention_flag.py)
+FAST = ["--runs", "3", "--warmup", "1", "--min-secs", "0", "--min-cpu-share", "0"]
 SEVEN = ["mnasnet-a1", "mnasnet-b1", "mnasnet-small", "mnasnet-d1", "mnasnet-d1-320", "mobilenet-v2",
          "stem16,r1_k3_s11_e1_i16_o16_noskip,head64"]
 
@@ -217,12 +219,12 @@ def test_full_disk_during_a_seven_model_bench_then_a_rerun_measures_exactly_the_
     line = one_error_line(full.stderr)
     assert line == f"mnas: error: {db}: cannot write: disk full (sqlite: database or disk is full)"
     rows = json.loads(full.stdout)
-    assert [r["model"] for r in rows][:6] == SEVEN[:6] and len(rows) == 7
+    assert [r["model_name"] for r in rows][:6] == SEVEN[:6] and len(rows) == 7
     # the first write that needed a new page after the third model failed: that model's figure is shown
     k = next(i for i, r in enumerate(rows) if r["error"])
     assert 3 <= k <= 5, rows
     assert all(r["error"] is None and r["stored_id"] is not None for r in rows[:k])
-    assert rows[k]["error"] == f"{rows[k]['device_id']}: {rows[k]['model']}: measured but not stored: {line[13:]}"
+    assert rows[k]["error"] == f"{rows[k]['device_id']}: {rows[k]['model_name']}: measured but not stored: {line[13:]}"
     assert rows[k]["median_ms"] > 0 and rows[k]["stored_id"] is None
     for row in rows[k + 1:]:  # one may have been in flight; nothing more is sent to the device
         assert row["stored_id"] is None
