@@ -175,6 +175,24 @@ BENCH_MIGRATIONS.append("""
               WHERE json_valid(doc) AND json_type(doc, '$.op_profile') = 'array') m,
              json_each(m.doc, '$.op_profile') row;
 """)
+# Migration 4: names are labels, not identities. A model (a sha256) may be benchmarked under
+# several names (two file names of one .tflite); `model_labels` keeps every name it was given,
+# and each measurement keeps the name given in ITS run (`measurements.model_label`), so listing
+# shows what the user called it then rather than the last name used. Measurements stored before
+# keep the only name the store held for their model (earlier names were overwritten then).
+BENCH_MIGRATIONS.append("""
+    CREATE TABLE model_labels (
+        model_sha256 TEXT NOT NULL REFERENCES models(sha256),
+        label TEXT NOT NULL,
+        first_used_at REAL NOT NULL,
+        last_used_at REAL NOT NULL,
+        PRIMARY KEY (model_sha256, label)
+    );
+    INSERT INTO model_labels (model_sha256, label, first_used_at, last_used_at)
+        SELECT sha256, label, added_at, added_at FROM models WHERE label IS NOT NULL;
+    ALTER TABLE measurements ADD COLUMN model_label TEXT;
+    UPDATE measurements SET model_label = (SELECT label FROM models WHERE models.sha256 = measurements.model_sha256);
+""")
 OP_PROFILE_COLUMNS = ("node_type", "name", "start_ms", "first_ms", "avg_ms", "percent", "cdf_percent", "mem_kb",
                       "times_called")
 
@@ -671,9 +689,10 @@ class ResultsStore:
         """
         from mnas.bench.measure import reuse_blocker
 
-        row = measurement_row(m)
+        row = {**measurement_row(m), "model_label": label}
         columns = ", ".join(row)
         placeholders = ", ".join(f":{name}" for name in row)
+        duplicate: DuplicateMeasurement | None = None
         with self.transaction() as conn:
             if not force:
                 stored = conn.execute(
@@ -685,19 +704,66 @@ class ResultsStore:
                 reusable = [int(i) for i, throttled, extra in stored
                             if reuse_blocker(throttled, json.loads(extra) if extra else None) is None]
                 if len(reusable) >= max(1, max_reusable):
-                    raise DuplicateMeasurement(
+                    duplicate = DuplicateMeasurement(
                         f"{self.path}: measurement {reusable[0]} already holds {label or m.model_path} on "
                         f"{m.device_id} ({m.runtime} {m.runtime_version}) under the same conditions: not stored "
                         "again (pass --force to store another)", reusable[0])
-            self._upsert_model(conn, m.model_sha256, m.model_path, label, arch)
-            cursor = conn.execute(f"INSERT INTO measurements ({columns}) VALUES ({placeholders})", row)
-            measurement_id = int(cursor.lastrowid)
-            if m.op_profile is not None:
-                conn.executemany(
-                    f"INSERT INTO op_profiles (measurement_id, run_order, {', '.join(OP_PROFILE_COLUMNS)}) "
-                    f"VALUES (?, ?, {', '.join('?' * len(OP_PROFILE_COLUMNS))})",
-                    [(measurement_id, index, *_op_values(op)) for index, op in enumerate(m.op_profile)])
-            return measurement_id
+                    if label:  # not stored again, but the name it was given this time is kept
+                        self._add_label(conn, m.model_sha256, label)
+            if duplicate is None:
+                measurement_id = self._insert_measurement(conn, m, row, columns, placeholders, label, arch)
+        if duplicate is not None:
+            raise duplicate
+        return measurement_id
+
+    def _insert_measurement(self, conn: sqlite3.Connection, m: Measurement, row: dict[str, Any], columns: str,
+                            placeholders: str, label: str | None, arch: str | None) -> int:
+        """Insert the model (and its label), the measurement and its op table; the new id."""
+        self._upsert_model(conn, m.model_sha256, m.model_path, label, arch)
+        if label:
+            self._add_label(conn, m.model_sha256, label)
+        cursor = conn.execute(f"INSERT INTO measurements ({columns}) VALUES ({placeholders})", row)
+        measurement_id = int(cursor.lastrowid)
+        if m.op_profile is not None:
+            conn.executemany(
+                f"INSERT INTO op_profiles (measurement_id, run_order, {', '.join(OP_PROFILE_COLUMNS)}) "
+                f"VALUES (?, ?, {', '.join('?' * len(OP_PROFILE_COLUMNS))})",
+                [(measurement_id, index, *_op_values(op)) for index, op in enumerate(m.op_profile)])
+        return measurement_id
+
+    # ---- model labels (names are labels, not identities)
+
+    @staticmethod
+    def _add_label(conn: sqlite3.Connection, sha256: str, label: str) -> None:
+        now = time.time()
+        conn.execute("INSERT INTO model_labels (model_sha256, label, first_used_at, last_used_at) VALUES (?, ?, ?, ?) "
+                     "ON CONFLICT(model_sha256, label) DO UPDATE SET last_used_at = excluded.last_used_at",
+                     (sha256, label, now, now))
+
+    def add_model_label(self, sha256: str, label: str) -> None:
+        """Keep `label` as one of the names of the stored model `sha256` (a run that reused its figure).
+
+        A model the store does not hold yet gets nothing here: its label is kept when its first
+        measurement is stored (`add_measurement`).
+        """
+        with self.transaction() as conn:
+            if conn.execute("SELECT 1 FROM models WHERE sha256 = ?", (sha256,)).fetchone():
+                self._add_label(conn, sha256, label)
+
+    def model_labels(self, sha256s: Sequence[str] | None = None) -> dict[str, list[str]]:
+        """Every name each model was benchmarked under, first used first: {sha256: [label, ...]}."""
+        sql = "SELECT model_sha256, label FROM model_labels"
+        params: list[Any] = []
+        if sha256s is not None:
+            sha256s = list(dict.fromkeys(sha256s))
+            if not sha256s:
+                return {}
+            sql += f" WHERE model_sha256 IN ({', '.join('?' * len(sha256s))})"
+            params = sha256s
+        labels: dict[str, list[str]] = {}
+        for sha, label in self.read(sql + " ORDER BY first_used_at, label", params):
+            labels.setdefault(sha, []).append(label)
+        return labels
 
     def op_profile(self, measurement_id: int) -> list[OpProfileRow] | None:
         """The per-op table stored with a measurement, in run order; None when it was taken without one.
@@ -750,18 +816,43 @@ class ResultsStore:
                          "ORDER BY id", (pattern,))
         return [int(i) for i, doc in rows if (json.loads(doc).get("extra") or {}).get(key) == value]
 
-    def recent_measurements(self, limit: int | None = 50) -> list[dict[str, Any]]:
-        """One summary row per measurement, newest first."""
+    def recent_measurements(self, limit: int | None = 50, *, device: str | Sequence[str] | None = None,
+                            model: str | None = None, since: float | None = None) -> list[dict[str, Any]]:
+        """One summary row per measurement, newest first; `model_label` is the name given in its run.
+
+        Filters: `device` is a device name (pixel4) or id (serial, host), or several; `model` is any name the
+        model was benchmarked under, its arch string or a sha256 prefix; `since` an epoch time
+        (measurements taken at or after it).
+        """
+        where: list[str] = []
+        params: list[Any] = []
+        if device is not None:
+            names = [device] if isinstance(device, str) else list(device)
+            marks = ", ".join("?" * len(names))
+            where.append(f"(m.device_name IN ({marks}) OR m.device_id IN ({marks}))" if names else "0")
+            params += names + names
+        if model is not None:
+            clause = ("(m.model_label = ? OR models.arch = ? OR EXISTS (SELECT 1 FROM model_labels l WHERE "
+                      "l.model_sha256 = m.model_sha256 AND l.label = ?)")
+            params += [model, model, model]
+            if re.fullmatch(r"[0-9a-f]{6,64}", model.lower()):  # a sha256 (prefix), as `results list` shows it
+                clause += " OR m.model_sha256 LIKE ?"
+                params.append(model.lower() + "%")
+            where.append(clause + ")")
+        if since is not None:
+            where.append("m.timestamp >= ?")
+            params.append(float(since))
         sql = (
             "SELECT m.id, m.timestamp, m.device_id, m.device_name, m.model_sha256, "
-            "models.label AS model_label, m.runtime, m.runtime_version, m.median_ms, m.cv, "
-            "m.throttled FROM measurements m LEFT JOIN models ON models.sha256 = m.model_sha256 "
-            "ORDER BY m.timestamp DESC, m.id DESC"
+            "COALESCE(m.model_label, models.label) AS model_label, models.arch AS arch, m.runtime, "
+            "m.runtime_version, m.median_ms, m.min_ms, m.cv, m.throttled, m.threads, m.pinned_cores, "
+            "m.conditions_key FROM measurements m "
+            "LEFT JOIN models ON models.sha256 = m.model_sha256"
+            + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY m.timestamp DESC, m.id DESC"
         )
-        params: tuple[Any, ...] = ()
         if limit is not None:
             sql += " LIMIT ?"
-            params += (int(limit),)
+            params.append(int(limit))
         with self._lock:
             cursor = self._conn.execute(sql, params)
             names = [d[0] for d in cursor.description]

@@ -109,13 +109,15 @@ def skipped_rows(unusable: list[str], prepared: list, multiplier: float | None =
               "(and store the new figure beside the old one).")
 @click.option("--lock-timeout", "lock_timeout_s", type=click.FloatRange(min=0), default=None,
               help="Seconds to wait for a device another mnas run is using (default: $MNAS_LOCK_TIMEOUT or 3600).")
+@click.option("--plot", "plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a bar chart of this run (one bar per device and model, ms) to this .png file.")
 @json_option
 @click.pass_context
 def run(ctx: click.Context, models: tuple[str, ...], device_spec: str, runs: int, warmup: int, min_secs: float,
         profile_ops: bool, core: int | None, num_threads: int, delegate: str, bm_args: tuple[str, ...],
         resolution: int | None, multiplier: float, dtype: str,
         benchmark_binary: str | None, timeout_s: float, retries: int, force: bool, lock_timeout_s: float | None,
-        tries: int, min_cpu_share: float, as_json: bool) -> None:
+        tries: int, min_cpu_share: float, as_json: bool, plot: Path | None = None) -> None:
     """Benchmark MODEL... (.tflite files, zoo names or arch strings) on one pinned core (or one per --threads)."""
     from tqdm import tqdm
 
@@ -130,6 +132,9 @@ def run(ctx: click.Context, models: tuple[str, ...], device_spec: str, runs: int
                          core=core, timeout_s=timeout_s, num_threads=num_threads, delegate=delegate,
                          bm_args=parse_bm_args(bm_args))
     check_execution(device_spec, config)
+    if plot is not None:  # a bad file name is told before any device time is spent
+        from mnas.bench.plots import check_png_path
+        check_png_path(plot)
     database = db_path(ctx)
     prepared = [prepare_model(spec, database.parent / "models", resolution, multiplier, dtype) for spec in models]
     unusable: list[str] = []
@@ -181,6 +186,12 @@ def run(ctx: click.Context, models: tuple[str, ...], device_spec: str, runs: int
             from mnas.cli_op_profile import echo_top_ops
             echo_top_ops(rows)
         click.echo(f"results: {database}")
+    if plot is not None:  # after the figures are printed: a plot that cannot be written loses none of them
+        from mnas.bench.plots import bench_run_figure, save_png
+        save_png(bench_run_figure([(o.model.label, o.measurement) for o in outcomes
+                                   if o.measurement is not None and not o.delegate_fallback]), plot)
+        if not as_json:
+            click.echo(f"plot: {plot}")
     if unusable or any(r["error"] for r in rows):
         # Each failure was reported on stderr as it happened. Not ctx.exit(1): mnas.cli.main runs
         # click with standalone_mode=False, where an Exit's code is returned and then dropped.

@@ -28,7 +28,7 @@ _FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 @click.group(cls=DefaultGroup, default_command="list")
 def results() -> None:
-    """Stored measurements and published figures: `list` (default), `export`, `import`, `ops`."""
+    """Stored measurements and published figures: `list` (default), `compare`, `export`, `import`, `ops`."""
 
 
 def _iso(timestamp: float) -> str:
@@ -51,20 +51,27 @@ def _published_row(figure: Any) -> dict[str, Any]:
               help="Newest N measurements (and at most N published figures).")
 @click.option("--device", "device", default=None,
               help="Only this device: its name (pixel1) or id (serial, host).")
+@click.option("--model", "model", default=None,
+              help="Only this model: any name it was benchmarked under, its arch string or a sha256 prefix.")
+@click.option("--since", "since", default=None, metavar="DATE",
+              help="Only figures taken (published ones: imported) at or after DATE: ISO-8601 date or datetime "
+                   "(2026-11-30, 2026-11-30T14:00, ...+02:00; local time unless it names a zone).")
 @click.pass_context
-def list_cmd(ctx: click.Context, as_json: bool, limit: int, device: str | None) -> None:
-    """One row per measurement: id, time, device, model, runtime, median_ms, cv, throttled, source
-    (measured, or a hand-run log kept with `mnas bench parse --store`);
-    then the published figures (not measured here): device, model, latency_ms, source, ..."""
+def list_cmd(ctx: click.Context, as_json: bool, limit: int, device: str | None, model: str | None,
+             since: str | None) -> None:
+    """One row per measurement: id, time, device, model (the name given in THAT run), runtime,
+    median_ms, cv, throttled, source (measured, or a hand-run log kept with `mnas bench parse --store`);
+    then the published figures (not measured here): device, model, latency_ms, source, ...
+    `--json` adds `model_labels`: every name the model was benchmarked under."""
     from mnas.bench.hand_log import HAND_RUN_SOURCE
     from mnas.bench.published import published_figures
     from mnas.bench.store import ResultsStore
 
+    since_s = parse_since(since)
     with ResultsStore(db_path(ctx), create=False) as store:
-        rows = store.recent_measurements(None if device is not None else limit)
-        if device is not None:
-            rows = [r for r in rows if device in (r["device_name"], r["device_id"])][:limit]
-        figures = published_figures(store, device)
+        rows = store.recent_measurements(limit, device=device, model=model, since=since_s)
+        labels = store.model_labels([r["model_sha256"] for r in rows])
+        figures = [f for f in published_figures(store, device) if _published_matches(f, model, since_s)]
         hand_run = set(store.measurements_with_extra("source", HAND_RUN_SOURCE))
     more_figures = max(0, len(figures) - limit)
     figures = figures[:limit]
@@ -76,6 +83,7 @@ def list_cmd(ctx: click.Context, as_json: bool, limit: int, device: str | None) 
             "device": row["device_name"],
             "device_id": row["device_id"],
             "model": row["model_label"] or row["model_sha256"][:12],
+            "model_labels": labels.get(row["model_sha256"], []),
             "model_sha256": row["model_sha256"],
             "runtime": row["runtime"],
             "runtime_version": row["runtime_version"],
@@ -122,6 +130,94 @@ def list_cmd(ctx: click.Context, as_json: bool, limit: int, device: str | None) 
         )
         if more_figures:
             click.echo(f"({more_figures} more published figures: raise --limit)")
+
+@results.command("compare")
+@click.argument("devices", nargs=-1, required=True)
+@click.option("--model", "model", default=None,
+              help="Only this model: any name it was benchmarked under, its arch string or a sha256 prefix.")
+@click.option("--since", "since", default=None, metavar="DATE",
+              help="Only figures taken at or after DATE (ISO-8601 date or datetime, as `results list --since`).")
+@click.option("--all-models", "include_single", is_flag=True,
+              help="Also list models measured on only one of the devices (default: at least two).")
+@click.option("--plot", "plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a grouped bar chart (one bar per device, ms) to this .png file.")
+@json_option
+@click.pass_context
+def compare_cmd(ctx: click.Context, devices: tuple[str, ...], model: str | None, since: str | None,
+                include_single: bool, plot: Path | None, as_json: bool) -> None:
+    """Compare DEVICES (names like pixel4, serials, host; the first is the reference) side by side.
+
+    One row per model measured on at least two of them: each device's headline latency
+    (host: minimum, phones: median; the newest figure that is neither throttled nor
+    contended), its ratio to the first device, and the conditions that differ between them.
+    """
+    from mnas.bench.compare import compare_devices, comparison_figure
+    from mnas.bench.store import ResultsStore
+
+    if plot is not None:
+        from mnas.bench.plots import check_png_path
+
+        check_png_path(plot)
+    since_s = parse_since(since)
+    with ResultsStore(db_path(ctx), create=False) as store:
+        comparison = compare_devices(store, devices, model=model, since=since_s, include_single=include_single)
+    if plot is not None:
+        if not comparison.rows:
+            raise MnasError(f"--plot {plot}: nothing to plot: no model was measured on two of {', '.join(devices)}")
+        from mnas.bench.plots import save_png
+
+        save_png(comparison_figure(comparison), plot)
+    if as_json:
+        echo_json({**comparison.to_dict(), "plot": None if plot is None else str(plot)})
+        return
+    echo_table([_compare_row(comparison, row) for row in comparison.rows],
+               ["model", *(f"{d} ms" for d in devices), *(f"{d}/{devices[0]}" for d in devices[1:]), "differs"])
+    stats = ", ".join(f"{d} {s}" for d, s in zip(devices, comparison.statistics, strict=True))
+    click.echo(f"latency: each device's headline statistic ({stats}), ms")
+    if comparison.single_device_models and not include_single:
+        click.echo(f"({comparison.single_device_models} models measured on only one of these devices: "
+                   "--all-models lists them)")
+    if plot is not None:
+        click.echo(f"plot: {plot}")
+
+
+def _compare_row(comparison: Any, row: Any) -> dict[str, str]:
+    """One text row: latencies, ratios to the first device, and `name a/b/c` for each differing condition."""
+    out = {"model": row.model_name}
+    for device, figure in zip(comparison.devices, row.figures, strict=True):
+        out[f"{device} ms"] = "-" if figure is None else f"{figure.latency_ms:.3f}" + (f" ({figure.flag})"
+                                                                                        if figure.flag else "")
+    for device, ratio in zip(comparison.devices[1:], row.ratios()[1:], strict=True):
+        out[f"{device}/{comparison.devices[0]}"] = "-" if ratio is None else f"{ratio:.2f}x"
+    out["differs"] = "; ".join(f"{name} {'/'.join(v or '-' for v in values)}"
+                               for name, values in row.differences().items()) or "-"
+    return out
+
+
+def parse_since(value: str | None) -> float | None:
+    """`--since DATE` as an epoch time: an ISO-8601 date (its midnight) or datetime, local time
+    unless it names a zone; anything else is one line (exit 2)."""
+    if value is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise MnasError(f"--since {value!r}: expected an ISO-8601 date or datetime "
+                        "(2026-11-30, 2026-11-30T14:00 or 2026-11-30T14:00:00+02:00)") from None
+    return when.timestamp()  # a naive datetime is local time, as `results list` prints it
+
+
+def _published_matches(figure: Any, model: str | None, since: float | None) -> bool:
+    """A published figure passes `--model` (its name or arch) and `--since` (when it was imported)."""
+    if model is not None and model not in (figure.model_name, figure.arch):
+        return False
+    if since is not None:
+        imported = dt.datetime.fromisoformat(figure.imported_at)
+        if imported.tzinfo is None:
+            imported = imported.replace(tzinfo=dt.timezone.utc)  # stored as UTC
+        return imported.timestamp() >= since
+    return True
+
 
 
 @results.command("import")

@@ -10,12 +10,15 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mnas.search.run_config import RunConfig
 from mnas.search.run_store import RunStore, SampleRow
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def pareto_front(latency_ms: Sequence[float], accuracy: Sequence[float]) -> list[int]:
@@ -47,58 +50,75 @@ def accuracy_label(config: RunConfig) -> str:
     return "proxy accuracy" if config.accuracy.kind == "proxy" else "cheap stand-in score (NOT an accuracy)"
 
 
-def _plots(samples: list[SampleRow], target_ms: float, folder: Path, acc_label: str = "proxy accuracy") -> dict[str, str]:
-    import matplotlib
+def latency_origin(config: RunConfig) -> str:
+    """Where the run's latencies come from, naming the device, for figure titles."""
+    latency = config.latency
+    device = latency.device_name or latency.device
+    if latency.kind == "predicted":
+        return f"latency predicted for {device}"
+    return f"latency {latency.kind} on {device}"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    folder.mkdir(parents=True, exist_ok=True)
+def _plots(samples: list[SampleRow], target_ms: float, folder: Path, acc_label: str = "proxy accuracy",
+           run: str = "search run") -> dict[str, str]:
+    """The report's figures written as PNG files: {"pareto_png": path, ...}."""
+    from mnas.bench.plots import save_png
+
+    files = {"pareto_png": "pareto.png", "reward_png": "reward.png", "latency_png": "latency_hist.png"}
+    figures = report_figures(samples, target_ms, acc_label, run)
+    return {key: str(save_png(figures[key], folder / name)) for key, name in files.items()}
+
+
+def report_figures(samples: list[SampleRow], target_ms: float, acc_label: str = "proxy accuracy",
+                   run: str = "search run") -> dict[str, Figure]:
+    """Pareto scatter, reward curve and latency histogram of a run; every title names `run`
+    (the run id and where its latencies come from, with the device), axes carry units, and
+    child indices and counts get integer ticks."""
+    from mnas.bench.plots import integer_ticks, new_figure
+
     lat = np.array([s.latency_ms for s in samples])
     acc = np.array([s.accuracy for s in samples])
     rew = np.array([s.reward for s in samples])
-    paths = {}
+    figures: dict[str, Figure] = {}
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = new_figure(6, 4.5)
     ax.scatter(lat, acc, s=12, alpha=0.5, label="children")
     front = sorted(pareto_front(lat, acc), key=lambda i: lat[i])
     ax.plot(lat[front], acc[front], "r.-", label="Pareto front")
     ax.axvline(target_ms, color="gray", ls="--", label=f"T = {target_ms:g} ms")
     ax.set_xlabel("latency (ms)")
     ax.set_ylabel(acc_label)
-    ax.set_title(f"{acc_label.split(' (')[0]} vs latency")
+    ax.set_title(f"{acc_label.split(' (')[0]} vs latency, {len(samples)} children\n{run}", fontsize=9)
     ax.legend()
     fig.tight_layout()
-    paths["pareto_png"] = str(folder / "pareto.png")
-    fig.savefig(paths["pareto_png"], dpi=110)
-    plt.close(fig)
+    figures["pareto_png"] = fig
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure(6, 4)
     ax.plot(np.arange(len(rew)), rew, ".", alpha=0.4, label="reward")
     window = max(1, min(20, len(rew) // 5))
     if len(rew) >= window:
         smooth = np.convolve(rew, np.ones(window) / window, mode="valid")
         ax.plot(np.arange(window - 1, len(rew)), smooth, "r-", label=f"moving mean ({window})")
     ax.plot(np.arange(len(rew)), np.maximum.accumulate(rew), "g-", label="best so far")
-    ax.set_xlabel("child")
-    ax.set_ylabel("reward")
+    ax.set_xlabel("child (sample index)")
+    ax.set_ylabel("reward ACC x (LAT/T)^w (unitless)")
+    ax.set_title(f"reward per child\n{run}", fontsize=9)
+    integer_ticks(ax, x=True)
     ax.legend()
     fig.tight_layout()
-    paths["reward_png"] = str(folder / "reward.png")
-    fig.savefig(paths["reward_png"], dpi=110)
-    plt.close(fig)
+    figures["reward_png"] = fig
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure(6, 4)
     ax.hist(lat, bins=min(40, max(5, len(lat) // 3)), alpha=0.8)
     ax.axvline(target_ms, color="r", ls="--", label=f"T = {target_ms:g} ms")
     ax.set_xlabel("latency (ms)")
-    ax.set_ylabel("children")
+    ax.set_ylabel("children (count)")
+    ax.set_title(f"latency of {len(samples)} children\n{run}", fontsize=9)
+    integer_ticks(ax, y=True)
     ax.legend()
     fig.tight_layout()
-    paths["latency_png"] = str(folder / "latency_hist.png")
-    fig.savefig(paths["latency_png"], dpi=110)
-    plt.close(fig)
-    return paths
+    figures["latency_png"] = fig
+    return figures
 
 
 def latency_error(samples: list[SampleRow]) -> dict[str, Any]:
@@ -167,7 +187,8 @@ def make_report(runs: RunStore, run_id: str, config: RunConfig, folder: Path, to
                           "latency_source": r["latency_source"], "arch_hash": r["arch_hash"], "arch": r["arch"]}
                          for r in finalized[:top]]
     if samples:
-        report["plots"] = _plots(samples, target, folder, report["accuracy_label"])
+        report["plots"] = _plots(samples, target, folder, report["accuracy_label"],
+                                 f"run {run_id}: {latency_origin(config)}")
     return report
 
 

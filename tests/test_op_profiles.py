@@ -116,9 +116,11 @@ def test_migration_copies_profiles_stored_before_the_table_existed(tmp_path: Pat
     # make it a version-2 store, as written before migration 3: no op_profiles table
     with sqlite3.connect(path) as conn:
         conn.execute("DROP TABLE op_profiles")
+        conn.execute("DROP TABLE model_labels")  # and what migration 4 added
+        conn.execute("ALTER TABLE measurements DROP COLUMN model_label")
         conn.execute("UPDATE mnas_schema SET version = 2 WHERE component = 'bench'")
     with ResultsStore(path) as store:
-        assert store.schema_version("bench") == len(BENCH_MIGRATIONS) == 3
+        assert store.schema_version("bench") == len(BENCH_MIGRATIONS) >= 3
         assert store.op_profile(first) == recorded_profile()
         again = store.op_profile(second)
         assert again is not None and [(r.node_type, r.avg_ms, r.times_called) for r in again] == [

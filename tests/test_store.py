@@ -264,8 +264,8 @@ def test_recent_measurements_rows(tmp_path):
     assert [r["id"] for r in rows] == [3, 2]
     assert rows[0]["model_label"] == "m2" and rows[0]["median_ms"] == pytest.approx(20.7925)
     assert set(rows[0]) == {"id", "timestamp", "device_id", "device_name", "model_sha256",
-                            "model_label", "runtime", "runtime_version", "median_ms", "cv",
-                            "throttled"}
+                            "model_label", "arch", "runtime", "runtime_version", "median_ms", "min_ms", "cv",
+                            "throttled", "threads", "pinned_cores", "conditions_key"}
 
 
 def test_store_path_is_a_folder(tmp_path):
