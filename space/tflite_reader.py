@@ -20,6 +20,11 @@ The reads go through the `flatbuffers` runtime's `Table` (vtable lookups) at the
 field slots, the same ones the generated `tflite` classes read (the tests hold the two
 equal on real models); this module adds the bounds checks those accessors do not make, so
 a corrupt offset is a reason, never an IndexError or a silently wrong number.
+
+`read_graph` goes one step further for `mnas predict model.tflite`: once the structure check
+has passed, it reads the main subgraph's operators (name, version, tensors, the options that
+change what they compute) and tensors (shape, type, small int32 constants), so
+`predictor/tflite_layers.py` can map a model written by any tool onto mnas layers.
 """
 
 from __future__ import annotations
@@ -31,11 +36,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import flatbuffers
+import tflite
 
 from mnas.errors import MnasError
-from mnas.space.tflite_schema import FILE_IDENTIFIER, SCHEMA_VERSION
+from mnas.space.tflite_schema import FILE_IDENTIFIER, OP_NAMES, SCHEMA_VERSION, TYPE_NAMES
 
-__all__ = ["ModelSummary", "TfliteFormatError", "check_model_bytes", "check_model_file"]
+__all__ = ["ModelGraph", "ModelSummary", "OperatorInfo", "TensorInfo", "TfliteFormatError", "check_model_bytes",
+           "check_model_file", "read_graph", "read_graph_file"]
 
 
 class TfliteFormatError(MnasError):
@@ -220,5 +227,166 @@ def check_model_file(path: str | os.PathLike[str]) -> ModelSummary:
 def _checked(target: Path, data: bytes | mmap.mmap) -> ModelSummary:
     try:
         return check_model_bytes(data)
+    except TfliteFormatError as exc:
+        raise TfliteFormatError(f"{target}: not a valid TFLite model: {exc}") from None
+
+
+# ------------------------------------------------------------------------- the graph, read
+
+# What `read_graph` returns: enough of the main subgraph to map its ops onto layers (which op,
+# which tensors, their shapes and types, the options that change what an op computes). It is read
+# only after `check_model_bytes` has passed, so the generated `tflite` classes (which check no
+# bounds) only walk tables known to lie inside the file; option tables are not covered by that
+# check, so a failure there is still turned into a TfliteFormatError.
+
+_ACTIVATION_NAMES = {code: name for name, code in vars(tflite.ActivationFunctionType).items() if isinstance(code, int)}
+_PADDING_NAMES = {code: name for name, code in vars(tflite.Padding).items() if isinstance(code, int)}
+_SMALL_CONSTANT = 16  # int32 constants up to this many values are read (axes, shapes, paddings)
+
+# builtin op -> (options class, {our key: getter name}); activation and padding become names
+_OPTION_FIELDS: dict[str, tuple[type, dict[str, str]]] = {
+    "CONV_2D": (tflite.Conv2DOptions, {"padding": "Padding", "stride_h": "StrideH", "stride_w": "StrideW",
+                                       "dilation_h": "DilationHFactor", "dilation_w": "DilationWFactor",
+                                       "act": "FusedActivationFunction"}),
+    "DEPTHWISE_CONV_2D": (tflite.DepthwiseConv2DOptions, {
+        "padding": "Padding", "stride_h": "StrideH", "stride_w": "StrideW", "depth_multiplier": "DepthMultiplier",
+        "dilation_h": "DilationHFactor", "dilation_w": "DilationWFactor", "act": "FusedActivationFunction"}),
+    "AVERAGE_POOL_2D": (tflite.Pool2DOptions, {"padding": "Padding", "stride_h": "StrideH", "stride_w": "StrideW",
+                                               "filter_h": "FilterHeight", "filter_w": "FilterWidth",
+                                               "act": "FusedActivationFunction"}),
+    "MAX_POOL_2D": (tflite.Pool2DOptions, {"padding": "Padding", "stride_h": "StrideH", "stride_w": "StrideW",
+                                           "filter_h": "FilterHeight", "filter_w": "FilterWidth",
+                                           "act": "FusedActivationFunction"}),
+    "ADD": (tflite.AddOptions, {"act": "FusedActivationFunction"}),
+    "MUL": (tflite.MulOptions, {"act": "FusedActivationFunction"}),
+    "FULLY_CONNECTED": (tflite.FullyConnectedOptions, {"act": "FusedActivationFunction"}),
+    "CONCATENATION": (tflite.ConcatenationOptions, {"axis": "Axis", "act": "FusedActivationFunction"}),
+    "MEAN": (tflite.ReducerOptions, {"keep_dims": "KeepDims"}),
+}
+# defaults of the schema when an op has no options table at all
+_OPTION_DEFAULTS = {"padding": "SAME", "stride_h": 1, "stride_w": 1, "dilation_h": 1, "dilation_w": 1,
+                    "depth_multiplier": 1, "filter_h": 1, "filter_w": 1, "act": "NONE", "axis": 0,
+                    "keep_dims": False}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor of the main subgraph: name, shape, element type name ("FLOAT32", "INT8", ...),
+    whether a buffer holds its data (a weight or constant), and the values of a small int32
+    constant (MEAN axes, a RESHAPE shape; None otherwise)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    constant: bool
+    values: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class OperatorInfo:
+    """One operator, in execution order: its builtin name ("CUSTOM:<code>" for a custom op),
+    operator version, tensor indices (-1 = an absent optional input) and the options that shape
+    what it computes (`padding` "SAME"/"VALID", `act` "NONE"/"RELU"/"RELU6"/..., strides,
+    dilations, filter sizes, depth multiplier, keep_dims, axis; absent for other ops)."""
+
+    index: int
+    op: str
+    version: int
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    options: dict[str, int | str | bool]
+
+
+@dataclass(frozen=True)
+class ModelGraph:
+    """The main (first) subgraph of a model, plus the model's description and subgraph count."""
+
+    tensors: tuple[TensorInfo, ...]
+    operators: tuple[OperatorInfo, ...]
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    subgraphs: int
+    description: str
+
+
+def _options(operator: tflite.Operator, name: str) -> dict[str, int | str | bool]:
+    spec = _OPTION_FIELDS.get(name)
+    if spec is None:
+        return {}
+    cls, fields = spec
+    table = operator.BuiltinOptions()
+    if table is None:
+        values: dict[str, int | str | bool] = {key: _OPTION_DEFAULTS[key] for key in fields}
+        return values
+    options = cls()
+    options.Init(table.Bytes, table.Pos)
+    values = {key: getattr(options, getter)() for key, getter in fields.items()}
+    if "act" in values:
+        values["act"] = _ACTIVATION_NAMES.get(int(values["act"]), str(values["act"]))
+    if "padding" in values:
+        values["padding"] = _PADDING_NAMES.get(int(values["padding"]), str(values["padding"]))
+    if "keep_dims" in values:
+        values["keep_dims"] = bool(values["keep_dims"])
+    return values
+
+
+def _tensor(model: tflite.Model, subgraph: tflite.SubGraph, index: int) -> TensorInfo:
+    tensor = subgraph.Tensors(index)
+    shape = tuple(int(d) for d in tensor.ShapeAsNumpy()) if tensor.ShapeLength() else ()
+    buffer = model.Buffers(tensor.Buffer()) if tensor.Buffer() else None
+    stored = buffer is not None and (buffer.DataLength() > 0 or buffer.Offset() > 1)
+    dtype = TYPE_NAMES.get(tensor.Type(), str(tensor.Type()))
+    values = None
+    if buffer is not None and dtype == "INT32" and 0 < buffer.DataLength() <= 4 * _SMALL_CONSTANT:
+        raw = bytes(buffer.DataAsNumpy().tobytes())
+        values = struct.unpack_from(f"<{len(raw) // 4}i", raw)
+    name = tensor.Name()
+    return TensorInfo(name.decode("utf-8", "replace") if name else "", shape, dtype, stored, values)
+
+
+def _read_graph(data: bytes | bytearray | memoryview | mmap.mmap) -> ModelGraph:
+    summary = check_model_bytes(data)
+    model = tflite.Model.GetRootAsModel(data, 0)
+    subgraph = model.Subgraphs(0)
+    tensors = tuple(_tensor(model, subgraph, i) for i in range(subgraph.TensorsLength()))
+    operators = []
+    for index in range(subgraph.OperatorsLength()):
+        operator = subgraph.Operators(index)
+        code = model.OperatorCodes(operator.OpcodeIndex())
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        name = OP_NAMES.get(builtin, f"BUILTIN_{builtin}")
+        if name == "CUSTOM":
+            custom = code.CustomCode()
+            name = f"CUSTOM:{custom.decode('utf-8', 'replace') if custom else '?'}"
+        inputs = tuple(int(i) for i in operator.InputsAsNumpy()) if operator.InputsLength() else ()
+        outputs = tuple(int(i) for i in operator.OutputsAsNumpy()) if operator.OutputsLength() else ()
+        operators.append(OperatorInfo(index, name, code.Version(), inputs, outputs, _options(operator, name)))
+    description = model.Description()
+    return ModelGraph(
+        tensors=tensors, operators=tuple(operators),
+        inputs=tuple(int(i) for i in subgraph.InputsAsNumpy()) if subgraph.InputsLength() else (),
+        outputs=tuple(int(i) for i in subgraph.OutputsAsNumpy()) if subgraph.OutputsLength() else (),
+        subgraphs=summary.subgraphs, description=description.decode("utf-8", "replace") if description else "")
+
+
+def read_graph(data: bytes | bytearray | memoryview | mmap.mmap) -> ModelGraph:
+    """The main subgraph of a `.tflite` (checked first), or TfliteFormatError saying why it is not one."""
+    try:
+        return _read_graph(data)
+    except TfliteFormatError:
+        raise
+    except (struct.error, IndexError, ValueError, OverflowError, TypeError, AttributeError) as exc:
+        raise TfliteFormatError(f"unreadable flatbuffer ({type(exc).__name__}: {exc})") from None
+
+
+def read_graph_file(path: str | os.PathLike[str]) -> ModelGraph:
+    """`read_graph` of a file; MnasError naming the file when it cannot be read or is not a model."""
+    target = Path(path)
+    try:
+        data = target.read_bytes()
+    except OSError as exc:
+        raise MnasError(f"{target}: cannot read the model: {exc.strerror or exc}") from None
+    try:
+        return read_graph(data)
     except TfliteFormatError as exc:
         raise TfliteFormatError(f"{target}: not a valid TFLite model: {exc}") from None
