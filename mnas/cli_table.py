@@ -717,16 +717,24 @@ def _import_published(ctx: click.Context, file: str, name: str | None, device_na
 @click.option("--resolution", type=int, default=224, show_default=True)
 @click.option("--multiplier", type=float, default=1.0, show_default=True, help="Depth multiplier for zoo models.")
 @click.option("--predictor", "predictor_id", type=int, default=None, help="Predictor id (default: the device's latest).")
+@click.option("--per-layer", is_flag=True,
+              help="For .tflite files: print each layer found in the model (the JSON always carries them).")
 @json_option
 @click.pass_context
 def predict(ctx: click.Context, archs: tuple[str, ...], device_spec: str, resolution: int, multiplier: float,
-            predictor_id: int | None, as_json: bool) -> None:
-    """Predicted latency of ARCH... (zoo names or arch strings) from the device's latest predictor."""
+            predictor_id: int | None, per_layer: bool, as_json: bool) -> None:
+    """Predicted latency of ARCH... (zoo names, arch strings, or float32 .tflite files mapped onto mnas layers,
+    with the operators no layer covers listed) from the device's latest predictor."""
+    from mnas.cli_predict_tflite import echo_models, predict_models, read_models
     from mnas.predictor.fitting import prediction_rows
     from mnas.predictor.selection import load_device_predictor, resolve_device_name, runtime_filter
     from mnas.space.resolve import resolve_arch
 
-    resolved = [(text, resolve_arch(text, multiplier)) for text in archs]
+    given = {name: ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
+             for name in ("resolution", "multiplier")}
+    models = read_models(archs, resolution, given["resolution"], given["multiplier"], per_layer)
+    resolution = models.resolution if models is not None else resolution
+    resolved = [] if models is not None else [(text, resolve_arch(text, multiplier)) for text in archs]
     if not db_path(ctx).exists() and predictor_id is None and device_spec != "host":
         # no results store yet (a fresh clone): a table shipped for the device still answers
         device_name = resolve_device_name(device_spec, None)
@@ -736,13 +744,16 @@ def predict(ctx: click.Context, archs: tuple[str, ...], device_spec: str, resolu
             device_name = resolve_device_name(device_spec, store)
             predictor = load_device_predictor(store, device_name, resolution, runtime_filter(device_name),
                                               predictor_id, _space("mnasnet"))
-    rows = prediction_rows(predictor, resolved)
+    rows = prediction_rows(predictor, resolved) if models is None else predict_models(models, predictor)
     if as_json:
         echo_json(rows)
         return
-    echo_table([{"arch": r["input"] if len(r["input"]) <= 40 else r["arch_hash"], "predicted_ms": _fmt(r["predicted_ms"], 2),
-                 "layers": r["layers"], "from_table": r["layers_from_table"], "from_learned": r["layers_from_learned"]}
-                for r in rows])
+    if models is not None:
+        echo_models(rows, device_name, per_layer)
+    else:
+        echo_table([{"arch": r["input"] if len(r["input"]) <= 40 else r["arch_hash"],
+                     "predicted_ms": _fmt(r["predicted_ms"], 2), "layers": r["layers"],
+                     "from_table": r["layers_from_table"], "from_learned": r["layers_from_learned"]} for r in rows])
     first = rows[0]
     click.echo(f"predictor {first['predictor_id']} ({first['predictor_kind']}, "
                f"{'calibrated on ' + str(first['calibration_samples']) + ' networks' if first['calibrated'] else 'uncalibrated'}"
