@@ -166,6 +166,11 @@ def _reusable(store, force: bool, profile: DeviceProfile, model: PreparedModel,
     if store is None or force:
         return None
     found = find_reusable(store, profile, model.sha256, config)
+    if found:  # the name this run gave the model is kept beside the others (names are labels)
+        try:
+            store.add_model_label(model.sha256, model.label)
+        except StoreWriteError:  # a full disk loses the name, not the reused figure
+            pass
     return found[0][0] if found else None
 
 
