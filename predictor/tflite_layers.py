@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ from mnas.predictor.calibration import calibrated
 from mnas.predictor.features import layer_mparams
 from mnas.space.arch import LayerSig, same_output_size
 from mnas.space.tflite_graph import check_sig
-from mnas.space.tflite_reader import ModelGraph, OperatorInfo, read_graph_file
+from mnas.space.tflite_reader import OPTION_DEFAULTS, ModelGraph, OperatorInfo, read_graph_file
 
 __all__ = ["MappedLayer", "TfliteLayers", "UnmappedOp", "map_graph", "op_flops", "predict_mapped", "read_layers"]
 
@@ -135,12 +135,18 @@ def op_flops(graph: ModelGraph, op: OperatorInfo) -> int:
     return out
 
 
+def _formed(op: OperatorInfo) -> bool:
+    """Whether an op has an input and an output to follow (a damaged file may give it neither)."""
+    return bool(op.inputs) and bool(op.outputs) and op.inputs[0] >= 0 and op.outputs[0] >= 0
+
+
 class _Matcher:
     """Greedy pattern matching over one graph; every matched op is claimed once."""
 
     def __init__(self, graph: ModelGraph) -> None:
         self.g = graph
-        self.ops = graph.operators
+        # every option an op may be asked for is present (the schema's default where the file has none)
+        self.ops = tuple(replace(op, options={**OPTION_DEFAULTS, **op.options}) for op in graph.operators)
         self.consumers: dict[int, list[int]] = {}
         self.producers = {tensor: op.index for op in self.ops for tensor in op.outputs}
         for op in self.ops:
@@ -154,7 +160,16 @@ class _Matcher:
     # ---------------------------------------------------------------- graph helpers
 
     def shape(self, tensor: int) -> tuple[int, ...]:
-        return self.g.tensors[tensor].shape
+        """The tensor's shape; () for an absent optional tensor (index -1)."""
+        return self.g.tensors[tensor].shape if tensor >= 0 else ()
+
+    def constant(self, tensor: int) -> bool:
+        return tensor >= 0 and self.g.tensors[tensor].constant
+
+    def values(self, op: OperatorInfo, position: int) -> tuple[int, ...] | None:
+        """The small int32 constant at input `position` of `op` (MEAN axes), else None."""
+        return self.g.tensors[op.inputs[position]].values if len(op.inputs) > position >= 0 \
+            and op.inputs[position] >= 0 else None
 
     def next_op(self, tensor: int, *names: str) -> OperatorInfo | None:
         """The only (unclaimed) consumer of `tensor`, if it is one of `names`."""
@@ -162,7 +177,7 @@ class _Matcher:
         if len(users) != 1 or tensor in self.outputs or users[0] in self.claimed:
             return None
         op = self.ops[users[0]]
-        return op if op.op in names else None
+        return op if op.op in names and _formed(op) else None
 
     def activated(self, op: OperatorInfo) -> tuple[str | None, int, tuple[int, ...]]:
         """(act name or None, the tensor after the activation, ops folded in) of a conv/FC output."""
@@ -184,7 +199,7 @@ class _Matcher:
         x, f, y = self.shape(op.inputs[0]), self.shape(op.inputs[1]), self.shape(op.outputs[0])
         if len(x) != 4 or len(f) != 4 or len(y) != 4 or x[0] != 1:
             return f"shapes {x} -> {y}: expected one NHWC image"
-        if not self.g.tensors[op.inputs[1]].constant:
+        if not self.constant(op.inputs[1]):
             return "its filter is computed at run time, not a weight"
         kernel, kernel_w = f[1], f[2]
         stride, stride_w = int(op.options["stride_h"]), int(op.options["stride_w"])
@@ -235,7 +250,7 @@ class _Matcher:
         if len(x) != 4:
             return None
         if pool.op == "MEAN":
-            axes = self.g.tensors[pool.inputs[1]].values if len(pool.inputs) > 1 and pool.inputs[1] >= 0 else None
+            axes = self.values(pool, 1)
             if axes is None or sorted(a % 4 for a in axes) != [1, 2]:
                 return None
         elif (pool.options["filter_h"], pool.options["filter_w"]) != (x[1], x[2]) or pool.options["act"] != "NONE":
@@ -248,9 +263,9 @@ class _Matcher:
             out = view.outputs[0]
             view = self.next_op(out, *_VIEWS)
         fc = self.next_op(out, "FULLY_CONNECTED")
-        if fc is None or fc.options.get("act") != "NONE" or len(self.shape(fc.inputs[1])) != 2:
+        if fc is None or fc.options.get("act") != "NONE" or len(fc.inputs) < 2 or len(self.shape(fc.inputs[1])) != 2:
             return None
-        if not self.g.tensors[fc.inputs[1]].constant or self.shape(fc.inputs[1])[1] != x[3]:
+        if not self.constant(fc.inputs[1]) or self.shape(fc.inputs[1])[1] != x[3]:
             return None
         return fc, x[3], [*ops, fc.index]
 
@@ -292,7 +307,7 @@ class _Matcher:
         if op.op != "FULLY_CONNECTED" or op.options.get("act") != "NONE" or len(op.inputs) < 2:
             return False
         weights = self.shape(op.inputs[1]) if op.inputs[1] >= 0 else ()
-        if len(weights) != 2 or not self.g.tensors[op.inputs[1]].constant or _count(self.shape(op.inputs[0])) != weights[1]:
+        if len(weights) != 2 or not self.constant(op.inputs[1]) or _count(self.shape(op.inputs[0])) != weights[1]:
             return False
         sig = LayerSig(kind="head", op="fc", cin=weights[1], cout=weights[1], h=1, w=1, act=self.model_act(),
                        classes=weights[0])
@@ -304,14 +319,14 @@ class _Matcher:
 
     def squeeze_excite(self, tensor: int) -> tuple[int, int, list[int]] | None:
         """(SE width, the scaled tensor, ops) of an SE on `tensor`, else None."""
-        users = [self.ops[i] for i in self.consumers.get(tensor, []) if i not in self.claimed]
+        users = [self.ops[i] for i in self.consumers.get(tensor, []) if i not in self.claimed and _formed(self.ops[i])]
         if len(users) != 2 or tensor in self.outputs:
             return None
         mean = next((u for u in users if u.op == "MEAN"), None)
         mul = next((u for u in users if u.op == "MUL"), None)
         if mean is None or mul is None or not mean.options.get("keep_dims"):
             return None
-        axes = self.g.tensors[mean.inputs[1]].values if len(mean.inputs) > 1 and mean.inputs[1] >= 0 else None
+        axes = self.values(mean, 1)
         if axes is None or sorted(a % 4 for a in axes) != [1, 2]:
             return None
         reduce = self.next_op(mean.outputs[0], "CONV_2D")
@@ -362,7 +377,7 @@ class _Matcher:
 
     def producer(self, tensor: int) -> OperatorInfo | None:
         index = self.producers.get(tensor)
-        return None if index is None or index in self.claimed else self.ops[index]
+        return None if index is None or index in self.claimed or not _formed(self.ops[index]) else self.ops[index]
 
     def only_for(self, tensor: int, user: int) -> bool:
         return self.consumers.get(tensor, []) == [user] and tensor not in self.outputs
@@ -443,7 +458,7 @@ class _Matcher:
 
     def run(self) -> TfliteLayers:
         for op in self.ops:
-            if op.index in self.claimed:
+            if op.index in self.claimed or not _formed(op):
                 continue
             for match in (self.head, self.block, self.pool_head, self.lone_fc):
                 if match(op):
@@ -482,7 +497,11 @@ def read_layers(path: str | Path) -> TfliteLayers:
 
     An int8 model is read, then refused: every predictor is fitted on float32 layers.
     """
-    mapped = map_graph(read_graph_file(path))
+    graph = read_graph_file(path)
+    try:
+        mapped = map_graph(graph)
+    except (IndexError, KeyError, ValueError, TypeError, ZeroDivisionError) as exc:  # a damaged graph the checks let by
+        raise MnasError(f"{path}: cannot map its graph onto layers ({type(exc).__name__}: {exc})") from None
     if mapped.dtype != "float32":
         raise MnasError(f"{path}: an {mapped.dtype} (quantized) model: the latency predictors are fitted on float32 "
                         "layers and would not predict it: expected a float32 .tflite (e.g. `mnas arch export` "

@@ -41,7 +41,7 @@ import tflite
 from mnas.errors import MnasError
 from mnas.space.tflite_schema import FILE_IDENTIFIER, OP_NAMES, SCHEMA_VERSION, TYPE_NAMES
 
-__all__ = ["ModelGraph", "ModelSummary", "OperatorInfo", "TensorInfo", "TfliteFormatError", "check_model_bytes",
+__all__ = ["OPTION_DEFAULTS", "ModelGraph", "ModelSummary", "OperatorInfo", "TensorInfo", "TfliteFormatError", "check_model_bytes",
            "check_model_file", "read_graph", "read_graph_file"]
 
 
@@ -263,8 +263,8 @@ _OPTION_FIELDS: dict[str, tuple[type, dict[str, str]]] = {
     "CONCATENATION": (tflite.ConcatenationOptions, {"axis": "Axis", "act": "FusedActivationFunction"}),
     "MEAN": (tflite.ReducerOptions, {"keep_dims": "KeepDims"}),
 }
-# defaults of the schema when an op has no options table at all
-_OPTION_DEFAULTS = {"padding": "SAME", "stride_h": 1, "stride_w": 1, "dilation_h": 1, "dilation_w": 1,
+# the schema's defaults, for an op whose options table is absent (and for graphs built by hand)
+OPTION_DEFAULTS = {"padding": "SAME", "stride_h": 1, "stride_w": 1, "dilation_h": 1, "dilation_w": 1,
                     "depth_multiplier": 1, "filter_h": 1, "filter_w": 1, "act": "NONE", "axis": 0,
                     "keep_dims": False}
 
@@ -316,7 +316,7 @@ def _options(operator: tflite.Operator, name: str) -> dict[str, int | str | bool
     cls, fields = spec
     table = operator.BuiltinOptions()
     if table is None:
-        values: dict[str, int | str | bool] = {key: _OPTION_DEFAULTS[key] for key in fields}
+        values: dict[str, int | str | bool] = {key: OPTION_DEFAULTS[key] for key in fields}
         return values
     options = cls()
     options.Init(table.Bytes, table.Pos)

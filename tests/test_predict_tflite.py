@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -250,3 +251,27 @@ def test_a_calibration_that_goes_below_zero_gives_way_to_the_layer_sum() -> None
     predictor.calibration_ = Calibration(coef_sum=1.0, coef_layers=0.0, intercept_ms=-100.0, n=10)
     row = predict_mapped(predictor, mapped)
     assert row["calibration_applied"] is False and row["predicted_ms"] == row["layer_sum_ms"] > 0
+
+
+def test_damaged_files_and_graphs_are_refused_or_mapped_never_a_crash() -> None:
+    data = FOREIGN.read_bytes()
+    rng = np.random.default_rng(0)
+    outcomes = {"mapped": 0, "refused": 0}
+    for _ in range(300):  # the tables lie in the file's first ~9 KB (the weights after them)
+        damaged = bytearray(data)
+        for position in rng.integers(0, 9000, size=int(rng.integers(1, 4))):
+            damaged[int(position)] = int(rng.integers(0, 256))
+        try:
+            map_graph(read_graph(bytes(damaged)))
+            outcomes["mapped"] += 1
+        except MnasError:
+            outcomes["refused"] += 1
+    assert outcomes["mapped"] and outcomes["refused"]
+    # indices the structure check allows (-1: an absent optional tensor) in any operator's place
+    graph = read_graph(data)
+    for op in graph.operators:
+        for variant in ({"inputs": ()}, {"outputs": ()}, {"options": {}}, {"op": "CONV_2D"}, {"op": "MEAN"},
+                        *({"inputs": op.inputs[:j] + (-1,) + op.inputs[j + 1:]} for j in range(len(op.inputs)))):
+            operators = list(graph.operators)
+            operators[op.index] = replace(op, **variant)
+            map_graph(replace(graph, operators=tuple(operators)))
