@@ -145,7 +145,8 @@ def evaluate_on_device(predictor: AdditivePredictor, devices: Sequence[Device], 
             for n, p in zip(networks, predicted, strict=True)]
     written = None
     if plot is not None:
-        title = f"predictor {predictor.predictor_id} ({predictor.kind}) on {len(rows)} held-out networks"
+        title = (f"predictor {predictor.predictor_id} ({predictor.kind}) on {len(rows)} held-out networks, "
+                 f"{', '.join(d.device_id for d in devices)} ({predictor.statistic})")
         written = scatter_png(predicted, measured, plot, title)
     eval_id = save_eval(store, predictor.predictor_id, devices[0].device_id, seed, config, metrics, rows, written,
                         coverage)
