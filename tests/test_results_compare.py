@@ -230,6 +230,26 @@ def test_bench_run_figure_names_devices_statistics_and_flags() -> None:
         bench_run_figure([])
 
 
+def test_bench_plot_with_a_bad_name_is_refused_before_measuring(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "r" / "mnas.db"
+    code, out, err = mnas(capsys, db, "bench", str(small_conv(tmp_path)), "--runs", "3", "--plot",
+                          str(tmp_path / "run.svg"))
+    assert code == 2 and out == "" and err.strip().count("\n") == 0
+    assert f"--plot {tmp_path / 'run.svg'}: expected a .png file name" in err
+    assert not db.exists() or not ResultsStore(db).recent_measurements(None)
+
+
+@pytest.mark.slow
+def test_bench_plot_on_the_host_writes_the_run_chart(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db, plot = tmp_path / "r" / "mnas.db", tmp_path / "run.png"
+    code, out, err = mnas(capsys, db, "bench", str(small_conv(tmp_path)), "--runs", "3", "--warmup", "1",
+                          "--min-secs", "0", "--plot", str(plot))
+    assert code == 0, err
+    assert f"plot: {plot}" in out
+    assert_png(plot)
+
+
 # ============================================================================ search report figures
 
 
