@@ -47,7 +47,7 @@ def _resolution(model: str, resolution: int | None) -> int:
 @click.argument("model")
 @click.option("--resolution", type=int, default=None, help="Input size (default: the model's).")
 @click.option("--multiplier", type=float, default=1.0, show_default=True, help="Depth multiplier (zoo models).")
-@click.option("--classes", type=int, default=1000, show_default=True)
+@click.option("--classes", type=int, default=1000, show_default=True, help="Classifier outputs (the head's size).")
 @json_option
 def show_cmd(model: str, resolution: int | None, multiplier: float, classes: int, as_json: bool) -> None:
     """Blocks, params and mult-adds per block of a zoo NAME or an arch STRING."""
@@ -68,8 +68,8 @@ def show_cmd(model: str, resolution: int | None, multiplier: float, classes: int
 
 
 @arch.command("sample")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--count", type=int, default=1, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampler seed (same seed, same archs).")
+@click.option("--count", type=int, default=1, show_default=True, help="Architectures to sample.")
 @json_option
 def sample_cmd(seed: int, count: int, as_json: bool) -> None:
     """Sample architectures of the MnasNet search space (seeded)."""
@@ -99,8 +99,8 @@ def sample_cmd(seed: int, count: int, as_json: bool) -> None:
 @click.argument("model")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Output .tflite file.")
 @click.option("--resolution", type=int, default=None, help="Input size (default: the model's).")
-@click.option("--multiplier", type=float, default=1.0, show_default=True)
-@click.option("--classes", type=int, default=1000, show_default=True)
+@click.option("--multiplier", type=float, default=1.0, show_default=True, help="Depth multiplier (zoo models).")
+@click.option("--classes", type=int, default=1000, show_default=True, help="Classifier outputs (the head's size).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the initialised weights (and, for int8, of the calibration inputs).")
 @click.option("--dtype", type=click.Choice(["float32", "int8"]), default="float32", show_default=True,

@@ -31,10 +31,12 @@ def search() -> None:
 @device_option(help="host, a phone serial, all, or (predicted) a config name.", dest="device")
 @click.option("--predictor", "predictor_id", type=int, default=None, help="Stored predictor id (default: latest for the device).")
 @click.option("--share", type=float, default=0.1, show_default=True, help="Hybrid: share of samples also measured.")
-@click.option("--algorithm", type=click.Choice(["ppo", "random", "evolution"]), default="ppo", show_default=True)
+@click.option("--algorithm", type=click.Choice(["ppo", "random", "evolution"]), default="ppo", show_default=True,
+              help="ppo: the paper's LSTM controller; random and (regularized) evolution: baselines.")
 @click.option("--samples", type=int, default=20, show_default=True, help="Budget: number of children.")
 @click.option("--target-ms", type=float, default=75.0, show_default=True, help="Latency target T (ms).")
-@click.option("--reward", "reward_preset", type=click.Choice(["soft", "hard", "custom"]), default="soft", show_default=True)
+@click.option("--reward", "reward_preset", type=click.Choice(["soft", "hard", "custom"]), default="soft", show_default=True,
+              help="ACC x (LAT/T)^w: soft alpha = beta = -0.07, hard alpha = 0, beta = -1, custom --alpha/--beta.")
 @click.option("--alpha", type=float, default=None, help="Custom exponent when LAT <= T.")
 @click.option("--beta", type=float, default=None, help="Custom exponent when LAT > T.")
 @click.option("--latency-resolution", type=int, default=224, show_default=True, help="Input size of timed models.")
@@ -43,14 +45,15 @@ def search() -> None:
 @click.option("--dataset", default="fashion-mnist", show_default=True,
               help="fashion-mnist, digits, an ImageFolder tree, a CIFAR-10 python folder (its pickles are read by a "
                    "restricted unpickler that refuses anything but the real batches' arrays) or an .npz.")
-@click.option("--proxy-resolution", type=int, default=32, show_default=True)
+@click.option("--proxy-resolution", type=int, default=32, show_default=True,
+              help="Image size (px) each child is trained on (the proxy task).")
 @click.option("--proxy-strides", type=click.Choice(["auto", "reduced", "full"]), default="auto", show_default=True,
               help="reduced: the proxy trains with the stem and the first stride-2 block at stride 1 (total stride "
                    "8), so late blocks see feature maps of their timed sizes (4x4 at 32 px); full: the timed "
                    "strides; auto: reduced below 64 px.")
-@click.option("--epochs", type=float, default=1.0, show_default=True)
+@click.option("--epochs", type=float, default=1.0, show_default=True, help="Proxy training epochs per child.")
 @click.option("--steps", type=int, default=None, help="Training steps per child (overrides --epochs).")
-@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Proxy training batch size.")
 @click.option("--train-samples", type=int, default=4096, show_default=True, help="Training images per child (cap).")
 @click.option("--val-samples", type=int, default=2000, show_default=True,
               help="Held-out images each child is scored on (cap).")
@@ -58,15 +61,17 @@ def search() -> None:
 @click.option("--keep-models", is_flag=True,
               help="Measured latency: keep every timed .tflite in results/runs/RUN/models (default: each is deleted "
                    "once its latency is stored; ~15 MB per child at 224 px).")
-@click.option("--warmup", type=int, default=3, show_default=True)
-@click.option("--min-secs", type=float, default=0.5, show_default=True)
+@click.option("--warmup", type=int, default=3, show_default=True, help="Measured latency: warm-up runs.")
+@click.option("--min-secs", type=float, default=0.5, show_default=True,
+              help="Measured latency: time the runs for at least this many seconds.")
 @click.option("--latency-threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="Measured latency: benchmark threads (benchmark_model --num_threads), one core each.")
 @click.option("--delegate", type=click.Choice(DELEGATES), default="default", show_default=True,
               help="Measured latency: " + DELEGATE_HELP)
 @click.option("--bm-arg", "bm_args", multiple=True, metavar="FLAG=VALUE",
               help="Measured latency on phones: one more benchmark_model flag (repeatable).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Run seed: the controller (or baseline sampler), proxy training, which hybrid samples are measured.")
 @click.option("--threads", type=int, default=1, show_default=True,
               help="torch threads of this process (controller and proxy training); more than 1 only pays on an "
                    "otherwise idle machine.")
@@ -182,7 +187,7 @@ def _open_run(ctx: click.Context, run_id: str, out_dir: str | None, kind: str):
 
 @search.command("report")
 @click.argument("run_id")
-@click.option("--top", type=int, default=10, show_default=True)
+@click.option("--top", type=int, default=10, show_default=True, help="Children in the top-k table.")
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Folder for the PNGs (default: results/runs/RUN/report).")
 @json_option
@@ -226,7 +231,7 @@ def report_cmd(ctx: click.Context, run_id: str, top: int, out_dir: str | None, a
 
 @search.command("export")
 @click.argument("run_id")
-@click.option("--top", type=int, default=3, show_default=True)
+@click.option("--top", type=int, default=3, show_default=True, help="Best children to export.")
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Folder (default: results/runs/RUN/export).")
 @json_option

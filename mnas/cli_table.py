@@ -160,8 +160,9 @@ def table() -> None:
 
 
 @table.command("plan")
-@click.option("--space", "space_name", type=click.Choice(SPACES), default="mnasnet", show_default=True)
-@click.option("--resolution", type=int, default=224, show_default=True)
+@click.option("--space", "space_name", type=click.Choice(SPACES), default="mnasnet", show_default=True,
+              help="Search space whose distinct layers make the table.")
+@click.option("--resolution", type=int, default=224, show_default=True, help="Input size (px) of the networks.")
 @device_option(default=None, help="host, a serial, all or a comma list (for the estimate).")
 @click.option("--name", "table_name", default=None, help="Table name (default: derived from the device).")
 @click.option("--min-secs", type=float, default=0.2, show_default=True, help="Timed seconds per layer (estimate).")
@@ -199,8 +200,9 @@ def plan_cmd(ctx: click.Context, space_name: str, resolution: int, device_spec: 
 
 @table.command("build")
 @device_option(help="host, a phone SERIAL, all, or a comma list (the phones share one build).")
-@click.option("--space", "space_name", type=click.Choice(SPACES), default="mnasnet", show_default=True)
-@click.option("--resolution", type=int, default=224, show_default=True)
+@click.option("--space", "space_name", type=click.Choice(SPACES), default="mnasnet", show_default=True,
+              help="Search space whose distinct layers make the table.")
+@click.option("--resolution", type=int, default=224, show_default=True, help="Input size (px) of the networks.")
 @click.option("--name", "table_name", default=None, help="Table name (default: <device>-r<res>-<runtime>-<version>).")
 @click.option("--limit", type=click.IntRange(min=0), default=None, help="Measure at most N layers in this run.")
 @click.option("--executor", "executor_kind", type=click.Choice(["local", "ray"]), default="local", show_default=True,
@@ -281,7 +283,7 @@ def _heal_line(heal: Any) -> str:
 @table.command("fit")
 @device_option(help="host, a serial or a device name (picks its table).")
 @click.option("--table", "table_name", default=None, help="Table name (default: the device's largest at --resolution).")
-@click.option("--resolution", type=int, default=224, show_default=True)
+@click.option("--resolution", type=int, default=224, show_default=True, help="Input size (px) of the table to fit.")
 @click.option("--kind", type=click.Choice(("lookup", "learned")), default="lookup", show_default=True,
               help="lookup: table sums with a learned fallback for missing layers; learned: a regressor only.")
 @click.option("--model", "model_name", type=click.Choice(("gbr", "rf")), default="gbr", show_default=True,
@@ -290,7 +292,7 @@ def _heal_line(heal: Any) -> str:
 @click.option("--statistic", type=click.Choice(("auto", "median", "min")), default="auto", show_default=True,
               help="Per-model latency: median of the timed runs, or min (auto: min on the shared host, "
                    "median on phones).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the learned model.")
 @json_option
 @click.pass_context
 def fit_cmd(ctx: click.Context, device_spec: str, table_name: str | None, resolution: int, kind: str,
@@ -330,7 +332,8 @@ def network_target_options(func):
     """--device, --resolution and --predictor, shared by the commands that measure whole networks."""
     for option in reversed([
         device_option(help="host, a serial, or a comma list of phones of one model."),
-        click.option("--resolution", type=int, default=224, show_default=True),
+        click.option("--resolution", type=int, default=224, show_default=True,
+                     help="Input size (px) of the networks measured (and of the predictor)."),
         click.option("--predictor", "predictor_id", type=int, default=None,
                      help="Predictor id (default: the device's latest)."),
     ]):
@@ -714,7 +717,7 @@ def _import_published(ctx: click.Context, file: str, name: str | None, device_na
 @click.command("predict")
 @click.argument("archs", nargs=-1, required=True)
 @device_option(help="host, a serial or a device name.")
-@click.option("--resolution", type=int, default=224, show_default=True)
+@click.option("--resolution", type=int, default=224, show_default=True, help="Input size (px) of the networks.")
 @click.option("--multiplier", type=float, default=1.0, show_default=True, help="Depth multiplier for zoo models.")
 @click.option("--predictor", "predictor_id", type=int, default=None, help="Predictor id (default: the device's latest).")
 @click.option("--per-layer", is_flag=True,
