@@ -113,11 +113,11 @@ def _run_benchmarks(devices: Sequence[Device], models: Sequence[PreparedModel], 
             report(BenchOutcome(device_id, model, measurement, None, store_error=str(store_failed[0]),
                                 error=f"{device_id}: {model.label}: measured but not stored: store unwritable"))
             return
+        if model.resolution is not None:  # a whole network's figure is a figure of (arch, resolution)
+            measurement.extra.setdefault("resolution", model.resolution)
         try:
             stored_id = (store.add_measurement(measurement, label=model.label, arch=model.arch, force=force)
                          if store is not None else None)
-        if model.resolution is not None:  # a whole network's figure is a figure of (arch, resolution)
-            measurement.extra.setdefault("resolution", model.resolution)
         except DuplicateMeasurement as duplicate:  # another process stored this pair meanwhile: keep its figure
             report(BenchOutcome(device_id, model, store.get_measurement(duplicate.existing_id), None, reused=True))
             return

@@ -202,6 +202,7 @@ def _run(devices: Sequence[Device], jobs: list[_Job], store: Any, config: BenchC
             job.path.unlink(missing_ok=True)
 
     def keep(job: _Job, device_id: str, measurement: Measurement) -> None:
+        measurement.extra.setdefault("resolution", job.resolution)  # read back by `evals.stored_figures`
         try:  # max_reusable None (reuse off): every measurement is stored
             measurement_id = store.add_measurement(measurement, label=label, arch=str(job.arch),
                                                    force=max_reusable is None, max_reusable=max_reusable or 1)
@@ -214,7 +215,6 @@ def _run(devices: Sequence[Device], jobs: list[_Job], store: Any, config: BenchC
     bar = tqdm(total=len(jobs), desc=label, unit="net", disable=not progress, dynamic_ncols=True)
     try:
         pool = run_device_pool(devices, jobs, measure, keep, name="nets")
-        measurement.extra.setdefault("resolution", job.resolution)  # read back by `evals.stored_figures`
     except StoreWriteError as exc:  # disk full, read-only: what was stored stays, a re-run reuses it
         stored = sum(1 for r in results for _, i in r if i is not None)
         raise StoreWriteError(f"{exc}; {label} networks: {stored} measurements stored: fix the cause and "
