@@ -391,23 +391,57 @@ def load_all(folder: str | Path | None = None) -> dict[str, DeviceConfig]:
     return configs
 
 
+# getprop keys that name one phone (its serial) or one build of one model (its fingerprint)
+SERIAL_PROPERTY = "ro.serialno"
+FINGERPRINT_PROPERTY = "ro.build.fingerprint"
+IDENTITY_PROPERTIES = (SERIAL_PROPERTY, FINGERPRINT_PROPERTY)
+
+
+def specificity(config: DeviceConfig) -> tuple[bool, bool, int]:
+    """How narrowly a config claims phones: by serial, then by build fingerprint, then by key count.
+
+    A config written by `mnas devices probe` for one phone names its serial, so it outranks a
+    shipped config of the same model (which matches on model and device only) instead of
+    making that phone ambiguous.
+    """
+    return (SERIAL_PROPERTY in config.match, FINGERPRINT_PROPERTY in config.match, len(config.match))
+
+
 def match_config(props: Mapping[str, str], configs: Mapping[str, DeviceConfig] | Iterable[DeviceConfig]
                  ) -> DeviceConfig | None:
     """The config whose `match` the phone's properties satisfy; None when none does.
 
-    When several match, the one with the most match keys wins; a tie is an error (two configs
-    claim the phone and the pinned core would depend on file order).
+    When several match, the most specific wins (`specificity`: one that names the phone's
+    serial, then its build fingerprint, then the most match keys); a tie is an error (two
+    configs claim the phone and the pinned core would depend on file order).
     """
     candidates = list(configs.values()) if isinstance(configs, Mapping) else list(configs)
     matching = [c for c in candidates if c.matches(props)]
     if not matching:
         return None
-    matching.sort(key=lambda c: len(c.match), reverse=True)
-    if len(matching) > 1 and len(matching[0].match) == len(matching[1].match):
-        names = ", ".join(sorted(c.name for c in matching if len(c.match) == len(matching[0].match)))
+    matching.sort(key=specificity, reverse=True)
+    if len(matching) > 1 and specificity(matching[0]) == specificity(matching[1]):
+        names = ", ".join(sorted(c.name for c in matching if specificity(c) == specificity(matching[0])))
         raise MnasError(f"phone {props.get('ro.product.model', '?')!r} matches several device "
-                        f"configs equally ({names}); make their `match` sections distinct")
+                        f"configs equally ({names}); make their `match` sections distinct (a config "
+                        f"whose match names the phone's {SERIAL_PROPERTY} wins over the others)")
     return matching[0]
+
+
+def bind_to_phone(config: DeviceConfig, props: Mapping[str, str], generic: bool = False) -> DeviceConfig:
+    """`config` with the phone's serial and build fingerprint recorded in `properties` and, unless
+    `generic`, the serial (else the fingerprint) added to `match`, so it wins over a config of
+    the same model (`specificity`). A phone that reports neither keeps a model-wide match."""
+    identity = {key: props[key] for key in IDENTITY_PROPERTIES if props.get(key)}
+    match = dict(config.match)
+    if not generic:
+        for key in IDENTITY_PROPERTIES:
+            if key in identity:
+                match[key] = (identity[key],)
+                break
+    bound = dataclasses.replace(config, properties={**config.properties, **identity}, match=match)
+    parse_config(bound.to_dict(), bound.label, expected_name=config.name)  # same rules as a load
+    return bound
 
 
 # --------------------------------------------------------------------------- writing

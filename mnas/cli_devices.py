@@ -113,18 +113,25 @@ def devices(ctx: click.Context, as_json: bool, timeout_s: float) -> None:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Config file to write, e.g. device_configs/pixel4.yaml (its name = file stem).")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@click.option("--generic", is_flag=True,
+              help="Match every phone of this model (ro.product.model + ro.product.device) instead of "
+                   "this phone's serial; a shipped config of the same model then makes the phone ambiguous.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.1), default=30.0,
               show_default=True, help="Seconds allowed for each adb call.")
 @json_option
-def probe(serial: str, output: Path, force: bool, timeout_s: float, as_json: bool) -> None:
-    """Read SERIAL's getprop and CPU topology and write its device config to OUTPUT."""
+def probe(serial: str, output: Path, force: bool, generic: bool, timeout_s: float, as_json: bool) -> None:
+    """Read SERIAL's getprop and CPU topology and write its device config to OUTPUT.
+
+    The config records the phone's serial and build fingerprint and matches on its serial
+    (unless --generic), so it wins over a shipped config of the same model.
+    """
     from mnas.bench.adb import (
         AdbDevice,
         adb_client,
         adb_unavailable_reason,
         list_devices,
     )
-    from mnas.bench.device_config import dump_config, load_all, match_config
+    from mnas.bench.device_config import bind_to_phone, dump_config
 
     if output.suffix != ".yaml":
         raise MnasError(f"{output}: expected a .yaml file name (device_configs/NAME.yaml)")
@@ -141,28 +148,50 @@ def probe(serial: str, output: Path, force: bool, timeout_s: float, as_json: boo
     if states[serial] != "device":
         raise MnasError(f"phone {serial} is in state '{states[serial]}', expected 'device'")
     phone = AdbDevice(serial, None, client, timeout_s=timeout_s, retries=0)
-    config = phone.probe_config(output.stem, label=str(output))
+    props = phone.getprops()
+    config = bind_to_phone(phone.probe_config(output.stem, label=str(output)), props, generic=generic)
     dump_config(config, output)
-
-    others: list[str] = []
-    try:
-        existing = {n: c for n, c in load_all().items() if c.source is None
-                    or c.source.resolve() != output.resolve()}
-        match = match_config(phone.getprops(), existing)
-        if match is not None:
-            others.append(match.name)
-    except MnasError:
-        pass
+    others, chosen, notes = _standing(config, output, props)
     if as_json:
-        echo_json({"path": str(output), "config": config.to_dict(), "also_matched_by": others})
+        echo_json({"path": str(output), "config": config.to_dict(), "also_matched_by": others,
+                   "matched_by": chosen, "notes": notes})
         return
     cluster_text = ", ".join(f"{c.name} {list(c.cores)} {c.max_freq_khz} kHz"
                              for c in config.clusters)
     click.echo(f"wrote {output}: {config.properties.get('ro.product.model', '?')} "
                f"({config.properties.get('ro.product.device', '?')}), {len(config.cores)} cores: "
                f"{cluster_text}; pin core {config.pin_core} (mask {config.pin_mask})")
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+
+
+def _standing(config: Any, output: Path, props: dict[str, str]) -> tuple[list[str], str | None, list[str]]:
+    """After a probe: the other configs that match the phone, the one mnas will pick among them and
+    the new one (None when they tie), and one note per thing the user should know."""
+    from mnas.bench.device_config import default_config_dir, load_all, match_config
+
+    notes: list[str] = []
+    try:
+        existing = [c for c in load_all().values()
+                    if c.source is None or c.source.resolve() != output.resolve()]
+    except MnasError as exc:
+        existing = []
+        notes.append(f"device configs not loaded ({exc})")
+    others = sorted(c.name for c in existing if c.matches(props))
+    try:
+        picked = match_config(props, [*existing, config])
+        chosen = picked.name if picked is not None else None
+    except MnasError as exc:
+        chosen = None
+        notes.append(str(exc))
     for name in others:
-        click.echo(f"note: the existing device config '{name}' also matches this phone", err=True)
+        notes.append(f"the existing device config '{name}' also matches this phone"
+                     + (f"; '{chosen}' wins" if chosen else ""))
+    folder = default_config_dir()
+    if output.resolve().parent != folder.resolve():
+        notes.append(f"{output} is outside the device-config folder {folder}: mnas reads configs from there "
+                     "only (move the file there, or set MNAS_DEVICE_CONFIGS to its folder)")
+    return others, chosen, notes
 
 
 # `mnas devices loopback start/stop` lives in its own module (a stand-in phone for tests).

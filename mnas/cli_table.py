@@ -632,21 +632,26 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
 
 @table.command("export")
 @click.argument("name")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="FILE.json or FILE.json.gz")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="FILE.json or FILE.json.gz (what `mnas table import` reads), or FILE.csv (one row per layer).")
 @json_option
 @click.pass_context
 def export_cmd(ctx: click.Context, name: str, output: str, as_json: bool) -> None:
-    """Write table NAME (entries + metadata) to one portable file."""
-    from mnas.predictor.table import export_table, load_table
+    """Write table NAME (entries + metadata) to one portable file, or to CSV."""
+    from mnas.predictor.table import load_table
+    from mnas.predictor.table_csv import table_file_format, write_table_file
 
+    file_format = table_file_format(output)  # an unknown suffix fails before the store is opened
     with _store(ctx, create=False) as store:
         loaded = load_table(store, name, allow_empty=True)
-    path = export_table(loaded, output)
-    payload = {"table": name, "entries": len(loaded), "path": str(path), "size_bytes": path.stat().st_size}
+    path = write_table_file(loaded, output)
+    payload = {"table": name, "entries": len(loaded), "path": str(path), "format": file_format,
+               "size_bytes": path.stat().st_size}
     if as_json:
         echo_json(payload)
     else:
-        click.echo(f"table {name}: {len(loaded)} entries written to {path} ({payload['size_bytes']} bytes)")
+        click.echo(f"table {name}: {len(loaded)} entries written to {path} ({file_format}, "
+                   f"{payload['size_bytes']} bytes)")
 
 
 @table.command("import")

@@ -252,9 +252,11 @@ def test_probe_writes_the_config_the_phone_was_started_from(lab: dict[str, Any],
     assert run.json()["also_matched_by"] == [name]  # the shipped config matches the same phone
     probed, original = load_config(output), load_config(Path(phone.config_path))
     # What probe reads from the phone: getprop values, the match keys, the clusters (cores and
-    # cpuinfo_max_freq from sysfs) and the pinned core (the fastest, highest id).
-    assert probed.properties == original.properties
-    assert probed.match == original.match
+    # cpuinfo_max_freq from sysfs) and the pinned core (the fastest, highest id); plus the
+    # phone's serial, recorded and matched on so the probed config wins over the shipped one.
+    serial = f"loopback-{name}"
+    assert probed.properties == {**original.properties, "ro.serialno": serial}
+    assert probed.match == {**original.match, "ro.serialno": (serial,)}
     assert probed.clusters == original.clusters
     assert probed.pin_core == original.pin_core
     # Not read from the phone, by design: the thermal policy (probe writes the defaults, which the
@@ -262,7 +264,8 @@ def test_probe_writes_the_config_the_phone_was_started_from(lab: dict[str, Any],
     # stem given to -o, chosen equal here) and benchmark_binary (a host path; none in either).
     assert probed.thermal == original.thermal
     assert probed.description == f"probed from {phone.serial}" != original.description
-    assert dataclasses.replace(probed, description=original.description) == original
+    assert dataclasses.replace(probed, description=original.description, properties=original.properties,
+                               match=original.match) == original
 
 
 # ============================================================================ mnas bench --device all
