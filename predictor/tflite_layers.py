@@ -21,8 +21,9 @@ ones for these layers), matched greedily in execution order along tensor edges:
   whole map) -> [RESHAPE / SQUEEZE] -> FULLY_CONNECTED; without the conv, the pool and the FC
   (a head of op "fc"); a FULLY_CONNECTED alone on a vector is a head "fc" on a 1x1 map.
 
-Convs must be square, undilated, of stride 1 or 2 and SAME-padded (VALID only where it gives the
-same output, e.g. 1x1). A linear projection is what mnas writes; a projection with a fused ReLU
+Convs must be square, undilated, of stride 1 or 2 and SAME-padded (VALID where it gives the same
+output: a 1x1, or a conv reading an explicit PAD of H and W, as converters write PyTorch's padded
+convs; that PAD stays listed as unmapped, since the copy is not part of a mnas layer). A linear projection is what mnas writes; a projection with a fused ReLU
 (MobileNetV1-style) is mapped to the same layer and the row says so. Anything else — ops with no
 mnas layer kind (SOFTMAX, CONCATENATION, PAD, MAX_POOL_2D, HARD_SWISH, ...) and convs outside
 these patterns — is listed as unmapped, and the total covers the mapped layers only.
@@ -209,6 +210,10 @@ class _Matcher:
             return f"stride {stride}x{stride_w}: expected 1 or 2 in both directions"
         if op.options["dilation_h"] != 1 or op.options["dilation_w"] != 1:
             return "dilated: mnas layers are undilated"
+        source = op.inputs[0]
+        padded = self.explicit_pad(op, y, stride) if op.options["padding"] == "VALID" else None
+        if padded is not None:
+            source, x = padded
         same = (same_output_size(x[1], stride), same_output_size(x[2], stride))
         if (y[1], y[2]) != same:
             return (f"{op.options['padding']} padding gives {y[1]}x{y[2]} from {x[1]}x{x[2]}: mnas layers are "
@@ -216,7 +221,22 @@ class _Matcher:
         cout = y[3]
         if op.op == "DEPTHWISE_CONV_2D" and cout != x[3]:
             return f"depth multiplier {cout // max(x[3], 1)}: expected 1"
-        return {"h": x[1], "w": x[2], "cin": x[3], "cout": cout, "kernel": kernel, "stride": stride}
+        return {"h": x[1], "w": x[2], "cin": x[3], "cout": cout, "kernel": kernel, "stride": stride, "x": source}
+
+    def explicit_pad(self, op: OperatorInfo, y: tuple[int, ...], stride: int) -> tuple[int, tuple[int, ...]] | None:
+        """(unpadded input tensor, its shape) when a VALID conv reads a PAD of H and W only that makes it
+        compute the SAME conv's output size (as converters write PyTorch's padded convs), else None.
+        The PAD stays unmapped: its copy is not part of a mnas layer."""
+        pad = self.producer(op.inputs[0])
+        if pad is None or pad.op not in ("PAD", "PADV2") or not self.only_for(op.inputs[0], op.index):
+            return None
+        paddings = self.values(pad, 1)
+        x = self.shape(pad.inputs[0])
+        if paddings is None or len(paddings) != 8 or any(paddings[i] for i in (0, 1, 6, 7)) or len(x) != 4:
+            return None
+        if (same_output_size(x[1], stride), same_output_size(x[2], stride)) != (y[1], y[2]):
+            return None
+        return pad.inputs[0], x
 
     def pointwise(self, op: OperatorInfo | None) -> dict[str, int] | None:
         """Geometry of a stride-1 1x1 CONV_2D, else None."""
@@ -394,6 +414,9 @@ class _Matcher:
         if op.op == "CONV_2D":
             act, out, folded = self.activated(op)
             following = self.next_op(out, "DEPTHWISE_CONV_2D")
+            pad = self.next_op(out, "PAD", "PADV2") if following is None else None
+            if pad is not None:  # expand -> PAD -> VALID depthwise (a converted PyTorch stride-2 block)
+                following = self.next_op(pad.outputs[0], "DEPTHWISE_CONV_2D")
             if self.pointwise(op) is not None and act in ("relu", "relu6") and following is not None:
                 expand_geometry = self.pointwise(op)
                 ops += [op.index, *folded]
@@ -403,6 +426,8 @@ class _Matcher:
         geometry = self.conv_geometry(depthwise)
         if isinstance(geometry, str):
             return False
+        if expand_geometry is None:
+            x = geometry["x"]  # past an explicit PAD
         act, y, folded = self.activated(depthwise)
         if act not in ("relu", "relu6") or (expand_geometry is not None and act != self.activated(op)[0]):
             return False
@@ -436,14 +461,18 @@ class _Matcher:
             return False
         common = {"cin": geometry["cin"], "cout": geometry["cout"], "h": geometry["h"], "w": geometry["w"],
                   "kernel": geometry["kernel"], "stride": geometry["stride"], "act": act}
-        if not self.layers and op.inputs[0] in self.g.inputs:
+        if not self.layers and geometry["x"] in self.g.inputs:
             return self.add(LayerSig(kind="stem", op="conv", **common), [op.index, *folded])
         se, y, se_ops = self.squeeze_excite(y) or (0, y, [])
-        skip, _, skip_ops = self.skip(op.inputs[0], y, geometry["cin"], geometry["cout"], geometry["stride"])
+        skip, _, skip_ops = self.skip(geometry["x"], y, geometry["cin"], geometry["cout"], geometry["stride"])
         sig = LayerSig(kind="block", op="conv", mid=geometry["cout"], se=se, skip=skip, **common)
         return self.add(sig, [op.index, *folded, *se_ops, *skip_ops])
 
     def reason(self, op: OperatorInfo) -> str:
+        users = self.consumers.get(op.outputs[0], []) if _formed(op) else []
+        if op.op in ("PAD", "PADV2") and len(users) == 1 and users[0] in self.claimed:
+            return (f"explicit padding of the VALID {self.ops[users[0]].op} #{users[0]}, mapped as a SAME one: "
+                    "the copy itself is not predicted")
         if op.op in ("CONV_2D", "DEPTHWISE_CONV_2D"):
             geometry = self.conv_geometry(op)
             if isinstance(geometry, str):
