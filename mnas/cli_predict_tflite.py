@@ -82,7 +82,7 @@ def _predictor_fields(predictor: Any) -> dict[str, Any]:
 
 def predict_models(models: TfliteModels, predictor: Any) -> list[dict[str, Any]]:
     """One JSON row per file: the prediction, its layers, the unmapped operators and the predictor."""
-    return [{"input": text, "path": str(Path(text).resolve()), "model_sha256": sha256,
+    return [{"input": text, "model_path": str(Path(text).resolve()), "model_sha256": sha256,
              **predict_mapped(predictor, mapped), **_predictor_fields(predictor)}
             for text, sha256, mapped in models.models]
 
@@ -92,7 +92,7 @@ def echo_models(rows: list[dict[str, Any]], device_name: str, per_layer: bool) -
     for row in rows:
         click.echo(f"{row['input']}: {row['predicted_ms']:.2f} ms predicted on {device_name} (resolution "
                    f"{row['resolution']}; {row['layers']} layers: {row['layers_from_table']} from the table, "
-                   f"{row['layers_from_learned']} learned; {row['mapped_operators']} of {row['operators']} "
+                   f"{row['layers_from_learned']} learned; {row['mapped_ops']} of {row['ops']} "
                    "operators mapped)")
         if row["calibrated"] and not row["calibration_applied"]:
             click.echo("  (the calibration, fitted on whole networks, gives a figure <= 0 ms for a model this small: "
@@ -100,16 +100,16 @@ def echo_models(rows: list[dict[str, Any]], device_name: str, per_layer: bool) -
         if per_layer:
             echo_table([{"layer": r["layer"], "kind": r["kind"], "predicted_ms": f"{r['predicted_ms']:.3f}",
                          "source": r["source"], "MFLOPs": f"{r['flops'] / 1e6:.1f}",
-                         "operators": f"{r['operators'][0]}-{r['operators'][-1]}", "key": r["key"]}
+                         "operators": f"{r['run_orders'][0]}-{r['run_orders'][-1]}", "key": r["layer_key"]}
                         for r in row["per_layer"]])
             for r in row["per_layer"]:
                 for note in r["notes"]:
                     click.echo(f"  layer {r['layer']}: {note}")
-        unmapped = row["unmapped_operators"]
+        unmapped = row["unmapped_ops"]
         if not unmapped:
             click.echo("every operator maps onto a mnas layer")
             continue
         click.echo(f"{len(unmapped)} operators map onto no mnas layer ({100 * row['unmapped_flops_share']:.1f}% of "
                    f"{row['flops'] / 1e6:.1f} MFLOPs; not in the predicted total):")
         for op in unmapped:
-            click.echo(f"  #{op['operator']} {op['op']} ({op['flops'] / 1e6:.2f} MFLOPs): {op['reason']}")
+            click.echo(f"  #{op['run_order']} {op['node_type']} ({op['flops'] / 1e6:.2f} MFLOPs): {op['reason']}")

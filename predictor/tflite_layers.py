@@ -561,18 +561,18 @@ def predict_mapped(predictor: Any, mapped: TfliteLayers) -> dict[str, Any]:
     table = getattr(predictor, "table", None)
     in_table: set[str] = set(table.latencies(predictor.statistic)) if table is not None else set()
     per_layer = [{
-        "layer": index, "kind": layer.sig.op if layer.sig.kind == "block" else layer.sig.kind, "key": layer.sig.key,
-        "operators": list(layer.ops), "flops": layer.flops, "predicted_ms": float(ms),
+        "layer": index, "kind": layer.sig.op if layer.sig.kind == "block" else layer.sig.kind,
+        "layer_key": layer.sig.key, "run_orders": list(layer.ops), "flops": layer.flops, "predicted_ms": float(ms),
         "source": "table" if layer.sig.key in in_table else "learned", "notes": list(layer.notes),
     } for index, (layer, ms) in enumerate(zip(mapped.layers, layer_ms, strict=True))]
     from_table = sum(row["source"] == "table" for row in per_layer)
     return {
-        "resolution": mapped.resolution, "predicted_ms": total, "layer_sum_ms": raw, "calibration_applied": applied,
+        "resolution": mapped.resolution, "dtype": mapped.dtype, "predicted_ms": total, "layer_sum_ms": raw, "calibration_applied": applied,
         "layers": len(sigs), "layers_from_table": from_table, "layers_from_learned": len(sigs) - from_table,
-        "operators": mapped.operators, "mapped_operators": mapped.operators - len(mapped.unmapped),
+        "ops": mapped.operators, "mapped_ops": mapped.operators - len(mapped.unmapped),
         "flops": mapped.flops, "unmapped_flops": mapped.unmapped_flops,
         "unmapped_flops_share": mapped.unmapped_flops_share,
-        "unmapped_operators": [{"operator": op.index, "op": op.op, "flops": op.flops, "reason": op.reason}
-                               for op in mapped.unmapped],
+        "unmapped_ops": [{"run_order": op.index, "node_type": op.op, "flops": op.flops, "reason": op.reason}
+                         for op in mapped.unmapped],
         "per_layer": per_layer,
     }

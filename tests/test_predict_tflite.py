@@ -111,8 +111,9 @@ def test_cli_predict_of_an_export_equals_the_arch_prediction_on_a_fresh_clone(tm
     assert file_row["predicted_ms"] == pytest.approx(arch_row["predicted_ms"], rel=0.01)
     for key in ("layers", "layers_from_table", "layers_from_learned", "table", "calibrated", "calibration_samples"):
         assert file_row[key] == arch_row[key], key
-    assert file_row["unmapped_operators"] == [] and file_row["unmapped_flops_share"] == 0.0
-    assert [r["key"] for r in file_row["per_layer"]] == [s.key for s in zoo.get("mnasnet-a1").layers(224)]
+    assert file_row["unmapped_ops"] == [] and file_row["unmapped_flops_share"] == 0.0
+    assert file_row["dtype"] == "float32" and file_row["model_path"] == str(model.resolve())
+    assert [r["layer_key"] for r in file_row["per_layer"]] == [s.key for s in zoo.get("mnasnet-a1").layers(224)]
     text = mnas("--db", db, "predict", str(model), "--device", "pixel1", "--per-layer")
     assert text.returncode == 0, text.stderr
     assert "every operator maps onto a mnas layer" in text.stdout
@@ -166,8 +167,8 @@ def test_cli_predict_of_the_foreign_fixture_names_the_unmapped_ops(tmp_path: Pat
     assert out.returncode == 0, out.stderr
     row = json.loads(out.stdout)[0]
     assert row["resolution"] == 32  # the model's input side
-    assert (row["layers"], row["operators"], row["mapped_operators"]) == (5, 17, 11)
-    assert [op["op"] for op in row["unmapped_operators"]] == ["PAD", "CONV_2D", "MAX_POOL_2D", "CONCATENATION", "PAD",
+    assert (row["layers"], row["ops"], row["mapped_ops"]) == (5, 17, 11)
+    assert [op["node_type"] for op in row["unmapped_ops"]] == ["PAD", "CONV_2D", "MAX_POOL_2D", "CONCATENATION", "PAD",
                                                               "SOFTMAX"]
     assert row["unmapped_flops_share"] == pytest.approx(156682 / 2021002)
     assert row["predicted_ms"] > 0 and sum(r["predicted_ms"] for r in row["per_layer"]) == pytest.approx(
