@@ -32,8 +32,10 @@ FLOPs (for the unmapped share): 2 per multiply-accumulate of CONV_2D, DEPTHWISE_
 FULLY_CONNECTED, one per window element of a pool or input element of a reduction, one per output
 element of an elementwise op, none for ops that only move data (RESHAPE, CONCATENATION, PAD, ...).
 
-Only float32 models are predicted: the tables behind every predictor time float32 layers, so an
-int8 model is refused with one line rather than predicted at the wrong precision.
+Only float32 models are predicted (float16 weights, dequantized when the model is loaded, count
+as float32): the tables behind every predictor time float32 layers, so an int8 model, fully
+quantized or with int8 weights only (dynamic range), is refused with one line rather than
+predicted at the wrong precision.
 """
 
 from __future__ import annotations
@@ -165,7 +167,17 @@ class _Matcher:
         return self.g.tensors[tensor].shape if tensor >= 0 else ()
 
     def constant(self, tensor: int) -> bool:
-        return tensor >= 0 and self.g.tensors[tensor].constant
+        """A weight: stored in the file, or a DEQUANTIZE of a stored one (float16 weights)."""
+        if tensor < 0:
+            return False
+        return self.g.tensors[tensor].constant or self.weight_dequantize(tensor) is not None
+
+    def weight_dequantize(self, tensor: int) -> OperatorInfo | None:
+        """The DEQUANTIZE that turns a stored (float16) weight into `tensor`, else None."""
+        producer = self.producer(tensor)
+        if producer is None or producer.op != "DEQUANTIZE" or not producer.inputs:
+            return None
+        return producer if self.g.tensors[producer.inputs[0]].constant else None
 
     def values(self, op: OperatorInfo, position: int) -> tuple[int, ...] | None:
         """The small int32 constant at input `position` of `op` (MEAN axes), else None."""
@@ -255,8 +267,11 @@ class _Matcher:
             check_sig(sig)
         except MnasError:
             return False
+        weights = [d.index for i in ops for t in self.ops[i].inputs if t >= 0
+                   for d in (self.weight_dequantize(t),) if d is not None]
+        ops = sorted({*ops, *weights})  # a float16 weight's DEQUANTIZE belongs to the layer that reads it
         self.claimed.update(ops)
-        self.layers.append(MappedLayer(sig, tuple(sorted(ops)), self.flops(ops), tuple(notes)))
+        self.layers.append(MappedLayer(sig, tuple(ops), self.flops(ops), tuple(notes)))
         return True
 
     # ---------------------------------------------------------------- patterns
@@ -507,12 +522,13 @@ def _resolution(graph: ModelGraph) -> int | None:
 
 
 def _compute_dtype(graph: ModelGraph) -> str:
-    """"float32", or the quantized type the first conv / FC computes in (its input's type)."""
+    """"float32", or the quantized type a conv / FC reads: its input (full-integer models) or its
+    weights (dynamic-range models, whose kernels are hybrid, not float)."""
     for op in graph.operators:
-        if op.op in _COMPUTE and op.inputs and op.inputs[0] >= 0:
-            dtype = graph.tensors[op.inputs[0]].dtype
-            if dtype in _QUANTIZED:
-                return dtype.lower()
+        if op.op in _COMPUTE:
+            for tensor in op.inputs[:2]:
+                if tensor >= 0 and graph.tensors[tensor].dtype in _QUANTIZED:
+                    return graph.tensors[tensor].dtype.lower()
     return "float32"
 
 

@@ -182,9 +182,10 @@ def test_cli_predict_of_the_foreign_fixture_names_the_unmapped_ops(tmp_path: Pat
 # ------------------------------------------------------------- patterns a converter writes
 
 def _graph(ops: list[tuple[str, list[int], list[int], dict]], shapes: dict[int, tuple[int, ...]],
-           constants: set[int], inputs: tuple[int, ...] = (0,)) -> ModelGraph:
+           constants: set[int], inputs: tuple[int, ...] = (0,), dtypes: dict[int, str] | None = None) -> ModelGraph:
     count = max(shapes) + 1
-    tensors = tuple(TensorInfo(f"t{i}", shapes.get(i, ()), "FLOAT32", i in constants) for i in range(count))
+    tensors = tuple(TensorInfo(f"t{i}", shapes.get(i, ()), (dtypes or {}).get(i, "FLOAT32"), i in constants)
+                    for i in range(count))
     defaults = {"padding": "SAME", "stride_h": 1, "stride_w": 1, "dilation_h": 1, "dilation_w": 1, "act": "NONE",
                 "depth_multiplier": 1}
     operators = tuple(OperatorInfo(i, name, 1, tuple(ins), tuple(outs), {**defaults, **options})
@@ -210,6 +211,19 @@ def test_convs_outside_the_patterns_are_unmapped_with_a_reason() -> None:
     assert mapped.layers == ()
     assert [op.reason for op in mapped.unmapped] == ["dilated: mnas layers are undilated",
                                                      "kernel 2x2: expected an odd square kernel"]
+
+
+def test_float16_weights_count_as_float32_and_int8_weights_are_int8() -> None:
+    # a stem whose filter is a DEQUANTIZE of a float16 constant (float16 post-training quantization)
+    shapes = {0: (1, 8, 8, 3), 1: (4, 3, 3, 3), 2: (4, 3, 3, 3), 3: (1, 4, 4, 4)}
+    ops = [("DEQUANTIZE", [1], [2], {}), ("CONV_2D", [0, 2], [3], {"act": "RELU", "stride_h": 2, "stride_w": 2})]
+    mapped = map_graph(_graph(ops, shapes, {1}, dtypes={1: "FLOAT16"}))
+    assert [layer.sig.key for layer in mapped.layers] == ["stem:conv:8x8x3:o4:k3:s2"]
+    assert mapped.layers[0].ops == (0, 1) and mapped.unmapped == () and mapped.dtype == "float32"
+    # dynamic-range quantization: float activations, int8 weights (hybrid kernels)
+    hybrid_ops = [("CONV_2D", [0, 1], [3], {"act": "RELU", "stride_h": 2, "stride_w": 2})]
+    hybrid = map_graph(_graph(hybrid_ops, shapes, {1}, dtypes={1: "INT8"}))
+    assert hybrid.dtype == "int8" and len(hybrid.layers) == 1
 
 
 # ----------------------------------------------------------------------------- refusals
