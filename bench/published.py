@@ -138,9 +138,9 @@ class ImportReport:
     skipped_rows: list[int] = field(default_factory=list)  # the file line of each skipped row
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.path, "device": self.device, "column": self.column, "unit": self.unit,
+        return {"file": self.path, "device_config": self.device, "column": self.column, "unit": self.unit,
                 "rows": self.rows, "imported": self.imported, "already_stored": self.already_stored,
-                "skipped": [{"row": row, "model": name, "reason": reason}
+                "skipped": [{"row": row, "model_name": name, "reason": reason}
                             for row, (name, reason) in zip(self.skipped_rows, self.skipped, strict=True)]}
 
 

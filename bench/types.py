@@ -245,6 +245,7 @@ class DeviceProfile:
     runtime: str
     runtime_version: str
     state: str = "online"
+    android_build: str | None = None  # phones: ro.build.fingerprint (the exported figures name their build)
 
 
 @runtime_checkable

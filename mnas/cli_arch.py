@@ -26,7 +26,7 @@ def list_cmd(as_json: bool) -> None:
         entry = zoo.entry(name)
         model = zoo.get(name)
         cost = arch_cost(model, entry.default_resolution)
-        rows.append({"name": name, "resolution": entry.default_resolution, "params": cost.params,
+        rows.append({"model_name": name, "resolution": entry.default_resolution, "params": cost.params,
                      "mult_adds": cost.mult_adds, "description": entry.description})
     if as_json:
         echo_json(rows)
@@ -59,7 +59,7 @@ def show_cmd(model: str, resolution: int | None, multiplier: float, classes: int
     total = arch_cost(net, res, classes)
     blocks = [{"block": name, "params": c.params, "mult_adds": c.mult_adds} for name, c in block_costs(net, res, classes)]
     if as_json:
-        echo_json({"arch": str(net), "hash": net.hash, "resolution": res, "params": total.params,
+        echo_json({"arch": str(net), "arch_hash": net.hash, "resolution": res, "params": total.params,
                    "mult_adds": total.mult_adds, "blocks": blocks})
         return
     click.echo(f"arch: {net}\nhash: {net.hash}  resolution: {res}")
@@ -85,7 +85,7 @@ def sample_cmd(seed: int, count: int, as_json: bool) -> None:
         tokens = space.sample_tokens(rng)
         net = space.decode(tokens)
         cost = arch_cost(net)
-        rows.append({"arch": str(net), "hash": net.hash, "tokens": tokens, "params": cost.params,
+        rows.append({"arch": str(net), "arch_hash": net.hash, "tokens": tokens, "params": cost.params,
                      "mult_adds": cost.mult_adds})
     if as_json:
         echo_json(rows if count > 1 else rows[0])
@@ -117,8 +117,8 @@ def export_cmd(model: str, output: str, resolution: int | None, multiplier: floa
     net = resolve_arch(model, multiplier)
     res = _resolution(model, resolution)
     info = write_arch(net, Path(output), resolution=res, num_classes=classes, seed=seed, dtype=dtype)
-    payload = {"arch": str(net), "hash": net.hash, "path": str(output), "resolution": res, "dtype": dtype,
-               "size_bytes": info.size, "ops": info.ops, "params": info.params, "sha256": info.sha256}
+    payload = {"arch": str(net), "arch_hash": net.hash, "path": str(output), "resolution": res, "dtype": dtype,
+               "size_bytes": info.size, "ops": info.ops, "params": info.params, "model_sha256": info.sha256}
     if as_json:
         echo_json(payload)
     else:

@@ -35,26 +35,37 @@ def bench() -> None:
     """Benchmark .tflite models on a device (default: run), or parse benchmark_model logs."""
 
 
-def _stats_fields(prefix: str, stats: LatencyStats | None) -> dict[str, Any]:
-    names = ("count", "mean_us", "std_us", "min_us", "max_us", "median_us", "p5_us", "p90_us", "p95_us")
-    return {f"{prefix}_{name}": (getattr(stats, name) if stats is not None else None) for name in names}
+def _stats_fields(prefix: str, stats: LatencyStats | None, units: str) -> dict[str, Any]:
+    names = ("mean", "std", "min", "max", "median", "p5", "p90", "p95")
+    fields: dict[str, Any] = {f"{prefix}_count": stats.count if stats is not None else None}
+    for name in names:
+        fields.update(_time_field(f"{prefix}_{name}", getattr(stats, f"{name}_us") if stats is not None else None,
+                                  units))
+    return fields
 
 
-def output_summary(out: BenchmarkOutput, source: str) -> dict[str, Any]:
-    """A flat, unit-suffixed view of a parsed output (the `--json` payload)."""
+def _time_field(name: str, us: float | None, units: str) -> dict[str, Any]:
+    """`{name}_ms` (the vocabulary's unit, docs/json.md), or `{name}_us` as the log printed it when asked."""
+    if units == "us":
+        return {f"{name}_us": us}
+    return {f"{name}_ms": None if us is None else us / 1000.0}
+
+
+def output_summary(out: BenchmarkOutput, source: str, units: str = "ms") -> dict[str, Any]:
+    """A flat, unit-suffixed view of a parsed output (the `--json` payload): ms, or us under `--units us`."""
     payload: dict[str, Any] = {
         "source": source,
         "complete": out.complete,
-        "init_us": out.init_us,
-        "first_us": out.first_us,
-        "warmup_avg_us": out.warmup_avg_us,
-        "inference_avg_us": out.inference_avg_us,
-        **_stats_fields("warmup", out.warmup),
-        **_stats_fields("inference", out.inference),
+        **_time_field("init", out.init_us, units),
+        **_time_field("first", out.first_us, units),
+        **_time_field("warmup_avg", out.warmup_avg_us, units),
+        **_time_field("inference_avg", out.inference_avg_us, units),
+        **_stats_fields("warmup", out.warmup, units),
+        **_stats_fields("inference", out.inference, units),
         "init_memory_mb": out.init_memory_mb,
         "overall_memory_mb": out.overall_memory_mb,
         "peak_memory_mb": out.peak_memory_mb,
-        "params": out.params,
+        "log_params": out.params,
         "errors": out.errors,
         "rejected": out.rejected,
         "op_profile": op_rows(out.op_profile) if out.op_profile is not None else None,
@@ -83,11 +94,13 @@ def output_summary(out: BenchmarkOutput, source: str) -> dict[str, Any]:
               help="With --store: threads the run used, when the log does not say (no 'Num threads' line).")
 @click.option("--core", type=click.IntRange(min=0), default=None,
               help="With --store: the core the run was pinned to (taskset); default: recorded as unknown.")
+@click.option("--units", type=click.Choice(["ms", "us"]), default="ms", show_default=True,
+              help="Unit of the printed times: ms (as every other command), or us as benchmark_model prints them.")
 @json_option
 @click.pass_context
 def parse_cmd(ctx: click.Context, log: str, store_it: bool, device: str | None, model: str | None,
               resolution: int | None, multiplier: float, benchmark_binary: str | None, threads: int | None,
-              core: int | None, as_json: bool) -> None:
+              core: int | None, units: str, as_json: bool) -> None:
     """Parse a saved benchmark_model output LOG and print its figures; `--store` keeps it as a measurement."""
     path = Path(log)
     if store_it:  # every option checked before the log is read: nothing is stored from bad input
@@ -105,7 +118,7 @@ def parse_cmd(ctx: click.Context, log: str, store_it: bool, device: str | None, 
     if not out.has_figures:
         last_error = f"; last error: {quote_line(out.errors[-1], quoted=False)}" if out.errors else ""
         raise MnasError(f"{log}: no benchmark_model output (no timing, memory or profiling line){last_error}")
-    payload = output_summary(out, log)
+    payload = output_summary(out, log, units)
     if store_it:
         payload["stored"] = _store_log(ctx, out, path, hashlib.sha256(data).hexdigest(), str(device), str(model),
                                        resolution, multiplier, benchmark_binary, threads, core)
@@ -114,9 +127,9 @@ def parse_cmd(ctx: click.Context, log: str, store_it: bool, device: str | None, 
         _note_incomplete(out, log)
         return
     scalar_keys = [
-        "complete", "init_us", "first_us", "warmup_avg_us", "inference_avg_us",
-        "inference_count", "inference_mean_us", "inference_std_us", "inference_min_us",
-        "inference_max_us", "inference_median_us", "inference_p5_us", "inference_p95_us",
+        "complete", *(f"{name}_{units}" for name in (
+            "init", "first", "warmup_avg", "inference_avg")), "inference_count",
+        *(f"inference_{name}_{units}" for name in ("mean", "std", "min", "max", "median", "p5", "p95")),
         "warmup_count", "init_memory_mb", "overall_memory_mb", "peak_memory_mb",
     ]
     rows = [{"field": key, "value": "-" if payload[key] is None else payload[key]} for key in scalar_keys]
@@ -130,8 +143,8 @@ def parse_cmd(ctx: click.Context, log: str, store_it: bool, device: str | None, 
         stored = payload["stored"]
         verb = f"not stored again: {stored['already_stored_reason']} is" if stored["already_stored"] else "stored as"
         click.echo(f"\n{log}: {verb} measurement {stored['measurement_id']} ({stored['device_id']}, "
-                   f"{stored['model']}, {stored['runtime']} {stored['runtime_version']}, "
-                   f"{stored['conditions_key']})")
+                   f"{stored['model_name']}, {stored['runtime']} {stored['runtime_version']}, "
+                   f"{stored['conditions']})")
     _note_incomplete(out, log)
 
 
@@ -174,9 +187,9 @@ def _store_log(ctx: click.Context, out: BenchmarkOutput, path: Path, log_sha256:
                 existing, reason = duplicate.existing_id, "a measurement of this model on this device under the same conditions"
     return {"measurement_id": existing, "already_stored": reason is not None, "already_stored_reason": reason,
             "device_id": measurement.device_id,
-            "device_name": measurement.device_name, "model": prepared.label, "model_sha256": prepared.sha256,
+            "device_config": measurement.device_name, "model_name": prepared.label, "model_sha256": prepared.sha256,
             "runtime": measurement.runtime, "runtime_version": measurement.runtime_version,
-            "conditions_key": measurement.config.conditions_key(), "flags": flags, "log_sha256": log_sha256}
+            "conditions": measurement.config.conditions_key(), "run_flags": flags, "log_sha256": log_sha256}
 
 
 def _note_incomplete(out: BenchmarkOutput, log: str) -> None:

@@ -52,10 +52,10 @@ def outcome_row(outcome, multiplier: float | None = None) -> dict:
         s = m.stats
         statistic = headline_statistic(m.device_name)
         row.update({
-            "device_config": None if m.device_name == "host" else m.device_name, "runtime": m.runtime,
+            "device_config": m.device_name, "runtime": m.runtime,
             "runtime_version": m.runtime_version, "headline_statistic": statistic,
             "headline_ms": latency_ms(m, statistic) if statistic == "min" or m.median_ms is not None else None,
-            "flags": figure_flags(m), "contended": m.extra.get("contended"), "cpu_share": m.extra.get("child_cpu_share"),
+            "flags": figure_flags(m), "contended": m.extra.get("contended"), "child_cpu_share": m.extra.get("child_cpu_share"),
             "runs": s.count, "median_ms": m.median_ms, "mean_ms": _ms(s.mean_us), "std_ms": _ms(s.std_us),
             "min_ms": _ms(s.min_us), "max_ms": _ms(s.max_us), "p90_ms": _ms(s.p90_us), "cv": s.cv,
             "init_ms": _ms(m.init_us), "first_ms": _ms(m.first_us), "pinned_cores": list(m.pinned_cores),

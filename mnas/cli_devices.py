@@ -43,6 +43,15 @@ def _host_row(notes: list[str]) -> dict[str, Any]:
     return row
 
 
+def _json_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A device row in the vocabulary of docs/json.md (the text table keeps its short headers)."""
+    host = row["kind"] == "host"
+    return {"device_id": row["id"], "kind": row["kind"], "state": row["state"],
+            "phone_model": None if host else row["model"], "cpu_model": row["model"] if host else None,
+            "device_config": row["config"], "pinned_cores": [] if row["pin_core"] is None else [row["pin_core"]],
+            "max_freq_khz": row["max_freq_khz"], "runtime": row["runtime"]}
+
+
 def collect_devices(timeout_s: float) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows for the host and every phone, plus one-line notes about what could not be read."""
     from mnas.bench.adb import adb_client, adb_unavailable_reason, discover_phones
@@ -101,7 +110,7 @@ def devices(ctx: click.Context, as_json: bool, timeout_s: float) -> None:
         return
     rows, notes = collect_devices(timeout_s)
     if as_json:
-        echo_json({"devices": rows, "notes": notes})
+        echo_json({"devices": [_json_row(row) for row in rows], "notes": notes})
         return
     echo_table([{k: ("-" if v is None else v) for k, v in row.items()} for row in rows], _COLUMNS)
     for note in notes:
@@ -153,7 +162,8 @@ def probe(serial: str, output: Path, force: bool, generic: bool, timeout_s: floa
     dump_config(config, output)
     others, chosen, notes = _standing(config, output, props)
     if as_json:
-        echo_json({"path": str(output), "config": config.to_dict(), "also_matched_by": others,
+        echo_json({"path": str(output), "device_config": config.name, "config_contents": config.to_dict(),
+                   "also_matched_by": others,
                    "matched_by": chosen, "notes": notes})
         return
     cluster_text = ", ".join(f"{c.name} {list(c.cores)} {c.max_freq_khz} kHz"

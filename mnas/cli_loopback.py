@@ -15,7 +15,7 @@ import click
 
 from mnas.bench.loopback import manager
 from mnas.bench.loopback.faults import FAULTS
-from mnas.cli_util import echo_json, echo_table, json_option
+from mnas.cli_util import echo_json, echo_table, iso_at, json_option
 
 _FAULT_HELP = "; ".join(
     f"{name}{'' if spec.kind is None else f'[={spec.default:g}]'}: {spec.help}" for name, spec in FAULTS.items()
@@ -36,6 +36,15 @@ def _row(phone: manager.LoopbackPhone | dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+_RENAMED = {"serial": "device_id", "config": "device_config"}
+
+
+def _json_phone(data: dict[str, Any]) -> dict[str, Any]:
+    """A recorded phone in the vocabulary of docs/json.md (the state file keeps its own field names)."""
+    row = {_RENAMED.get(key, key): value for key, value in data.items() if key not in ("host_core", "started_at")}
+    return {**row, "pinned_cores": [data["host_core"]], "started_at": iso_at(data.get("started_at"))}
+
+
 @click.group()
 def loopback() -> None:
     """Phones on loopback: adbd stand-ins the real adb server accepts."""
@@ -52,7 +61,7 @@ def start(config: str, count: int, faults: tuple[str, ...], host_core: int | Non
     """Start COUNT loopback phones and adb-connect them; prints their serials."""
     phones = manager.start(config, count, faults, folder=folder, host_core=host_core)
     if as_json:
-        echo_json([ph.to_dict() for ph in phones])
+        echo_json([_json_phone(ph.to_dict()) for ph in phones])
         return
     for phone in phones:
         click.echo(phone.serial)
@@ -82,7 +91,7 @@ def status(folder: str | None, as_json: bool) -> None:
     """List recorded loopback phones: process alive, adb state, faults."""
     rows = manager.status(folder)
     if as_json:
-        echo_json(rows)
+        echo_json([_json_phone(r) for r in rows])
         return
     echo_table([_row(r) for r in rows], ["serial", "config", "pid", "host_core", "running", "adb_state", "faults"])
 

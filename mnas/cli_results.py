@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from mnas.cli_util import DefaultGroup, db_path, echo_json, echo_table, json_option
+from mnas.cli_util import DefaultGroup, db_path, echo_json, echo_table, iso_at, json_option
 from mnas.errors import MnasError
 
 _FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -37,7 +37,7 @@ def _iso(timestamp: float) -> str:
 
 def _published_row(figure: Any) -> dict[str, Any]:
     return {
-        "id": figure.figure_id, "published": True, "device": figure.device_name, "model": figure.model_name,
+        "id": figure.figure_id, "published": True, "device_config": figure.device_name, "model_name": figure.model_name,
         "family": figure.family, "arch": figure.arch, "multiplier": figure.multiplier,
         "resolution": figure.resolution, "latency_ms": figure.latency_ms, "source": figure.source,
         "runtime": figure.runtime, "threads": figure.threads, "column": figure.column, "unit": figure.unit,
@@ -78,13 +78,12 @@ def list_cmd(ctx: click.Context, as_json: bool, limit: int, device: str | None, 
     payload = [
         {
             "id": row["id"],
-            "time": _iso(row["timestamp"]),
-            "timestamp": row["timestamp"],
-            "device": row["device_name"],
+            "measured_at": iso_at(row["timestamp"]),
+            "device_config": row["device_name"],
             "device_id": row["device_id"],
-            "model": row["model_label"] or row["model_sha256"][:12],
-            "model_labels": labels.get(row["model_sha256"], []),
+            "model_name": row["model_label"] or row["model_sha256"][:12],
             "model_sha256": row["model_sha256"],
+            "model_labels": labels.get(row["model_sha256"], []),
             "runtime": row["runtime"],
             "runtime_version": row["runtime_version"],
             "median_ms": row["median_ms"],
@@ -103,7 +102,7 @@ def list_cmd(ctx: click.Context, as_json: bool, limit: int, device: str | None, 
         echo_table(
             [
                 {
-                    "id": r["id"], "time": r["time"], "device": r["device"], "model": r["model"],
+                    "id": r["id"], "time": _iso(dt.datetime.fromisoformat(r["measured_at"]).timestamp()), "device": r["device_config"], "model": r["model_name"],
                     "runtime": r["runtime"], "median_ms": "-" if r["median_ms"] is None else f"{r['median_ms']:.3f}",
                     "cv": "-" if r["cv"] is None else f"{r['cv']:.3f}",
                     "throttled": "yes" if r["throttled"] else "no", "source": r["source"],
@@ -118,7 +117,7 @@ def list_cmd(ctx: click.Context, as_json: bool, limit: int, device: str | None, 
         echo_table(
             [
                 {
-                    "id": r["id"], "device": r["device"], "model": r["model"], "family": r["family"],
+                    "id": r["id"], "device": r["device_config"], "model": r["model_name"], "family": r["family"],
                     "multiplier": f"{r['multiplier']:g}", "resolution": r["resolution"],
                     "latency_ms": f"{r['latency_ms']:.3f}", "runtime": r["runtime"] or "-",
                     "threads": r["threads"] or "-", "source": r["source"],
@@ -273,7 +272,7 @@ def export_cmd(ctx: click.Context, fmt: str | None, output: Path) -> None:
         raise MnasError(f"{output}: cannot tell the format from the suffix {output.suffix!r} "
                         "(pass --format csv|parquet)")
     with ResultsStore(db_path(ctx), create=False) as store:
-        frame = store.measurements_frame()
+        frame = export_frame(store)
 
     def write(tmp: str) -> None:
         if fmt == "csv":
@@ -287,6 +286,49 @@ def export_cmd(ctx: click.Context, fmt: str | None, output: Path) -> None:
 
     _write_atomically(output, write)
     click.echo(f"wrote {len(frame)} measurements to {output} ({fmt})")
+
+
+def export_frame(store: Any) -> Any:
+    """Every measurement with its conditions, plus what a reader needs to use a figure on its own.
+
+    Added to the store's columns: `model_name`, `resolution` (zoo/arch networks), `headline_statistic`
+    and `headline_ms` (min on the host, median on phones: `bench.types.headline_statistic`),
+    `measured_at` (ISO-8601), `phone_model` and `android_build` (phones; null on the host), and the
+    contention guard's `contended` / `child_cpu_share` (host). Types are the same from CSV and
+    Parquet: an empty text is missing in both, a column with no value at all is float NaN in both
+    (CSV cannot tell its type), and
+    `pinned_cores` is a JSON list ("[4]"), not a number CSV would read back as one.
+    """
+    from mnas.bench.types import headline_statistic
+
+    frame = store.measurements_frame()
+    devices = {row[0]: row[1:] for row in store.read(
+        "SELECT device_id, kind, model, json_extract(profile_json, '$.android_build') FROM devices")}
+    extras = {row[0]: row[1:] for row in store.read(
+        "SELECT id, json_extract(measurement_json, '$.extra.resolution'), json_extract(measurement_json, "
+        "'$.extra.contended'), json_extract(measurement_json, '$.extra.child_cpu_share') FROM measurements")}
+    phone = [devices.get(d, (None, None, None)) for d in frame["device_id"]]
+    extra = [extras.get(i, (None, None, None)) for i in frame["id"]]
+    statistics = [headline_statistic(name) for name in frame["device_name"]]
+    frame["model_name"] = frame["label"]
+    frame["resolution"] = [e[0] for e in extra]
+    frame["headline_statistic"] = statistics
+    frame["headline_ms"] = [row["min_ms"] if stat == "min" else row["median_ms"]
+                            for stat, (_, row) in zip(statistics, frame.iterrows(), strict=True)]
+    frame["measured_at"] = [iso_at(t) for t in frame["timestamp"]]
+    frame["phone_model"] = [p[1] if p[0] == "adb" else None for p in phone]
+    frame["android_build"] = [p[2] if p[0] == "adb" else None for p in phone]
+    frame["contended"] = [None if e[1] is None else bool(e[1]) for e in extra]
+    frame["child_cpu_share"] = [e[2] for e in extra]
+    frame["pinned_cores"] = [json.dumps([int(c) for c in str(v).split(",") if c.strip()]) if v is not None else "[]"
+                             for v in frame["pinned_cores"]]
+    import pandas as pd
+
+    for column in frame.columns:  # CSV reads "" as missing, and a column of nothing but missing as float
+        if pd.api.types.is_object_dtype(frame[column]) or pd.api.types.is_string_dtype(frame[column]):
+            values = frame[column].replace("", None)
+            frame[column] = values.astype("float64") if values.isna().all() else values
+    return frame
 
 
 def _write_atomically(output: Path, write: Callable[[str], None]) -> None:
@@ -346,7 +388,7 @@ def ops_cmd(ctx: click.Context, measurement_id: int, fmt: str | None, output: Pa
     if rows is not None and top is not None:
         rows = top_ops(rows, top)
     note = None if profile is not None else missing_profile_note(m) or "no op profile stored"
-    payload = {"measurement_id": measurement_id, "device": m.device_name, "device_id": m.device_id,
+    payload = {"measurement_id": measurement_id, "device_config": m.device_name, "device_id": m.device_id,
                "model_sha256": m.model_sha256, "model_path": m.model_path, "runtime": m.runtime,
                "median_ms": m.median_ms, "op_profile": rows, "op_profile_note": note}
     if output is not None:

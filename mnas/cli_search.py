@@ -16,6 +16,7 @@ from mnas.cli_util import (
     device_option,
     echo_json,
     echo_table,
+    iso_at,
     json_option,
 )
 
@@ -169,8 +170,8 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
     from mnas.search.run_store import RunStore
 
     rows = RunStore(ResultsStore(db_path(ctx), create=False)).runs()
-    if as_json:
-        echo_json(rows)
+    if as_json:  # times as ISO-8601 `*_at` strings (docs/json.md)
+        echo_json([{**{k: v for k, v in r.items() if k != "created"}, "created_at": iso_at(r["created"])} for r in rows])
     else:
         echo_table([{**r, "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"]))} for r in rows])
 

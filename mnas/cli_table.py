@@ -23,6 +23,7 @@ from mnas.cli_util import (
     echo_json,
     echo_table,
     execution_options,
+    iso_at,
     json_option,
     skipped_device,
 )
@@ -188,7 +189,7 @@ def plan_cmd(ctx: click.Context, space_name: str, resolution: int, device_spec: 
     finally:
         if store is not None:
             store.close()
-    payload = {"space": space_name, "table": table_name, "device": device_spec, **plan}
+    payload = {"space": space_name, "table": table_name, "device_spec": device_spec, **plan}
     if as_json:
         echo_json(payload)
         return
@@ -250,8 +251,9 @@ def build_cmd(ctx: click.Context, device_spec: str, space_name: str, resolution:
             click.echo(f"mnas: interrupted: table {stop.table_name!r} holds {stop.stored} layers; every stored layer "
                        "is kept: run the same command again to resume", err=True)
             raise SystemExit(130) from None  # not ctx.exit: mnas.cli.main drops click's exit codes
-    payload = {**result.to_dict(), "device": device_spec, "executor": executor_kind, "resolution": resolution,
-               "conditions": config.conditions_key(), "skipped_devices": list(skipped)}
+        contended = contended_entries(store, result.table_id)
+    payload = {**result.to_dict(), "device_spec": device_spec, "executor": executor_kind, "resolution": resolution,
+               "conditions": config.conditions_key(), "skipped_devices": list(skipped), **contended}
     if as_json:
         echo_json(payload)
     else:
@@ -262,12 +264,44 @@ def build_cmd(ctx: click.Context, device_spec: str, space_name: str, resolution:
             click.echo(f"{result.retaken} of them replaced stored entries flagged contended or throttled")
         if result.heal is not None:
             click.echo(_heal_line(result.heal))
+        _echo_contended(result.table_name, contended)
         if result.remaining:
             click.echo("run the same command again to continue")
     for line in result.failures:
         click.echo(f"mnas: error: {line}", err=True)
     if result.failures:
         raise SystemExit(1)
+
+
+def contended_entries(store: Any, table_id: int) -> dict[str, Any]:
+    """How many of a table's entries were measured while other processes shared the core, and their share.
+
+    The verdict is the one reuse rule's (`predictor.table.retake_reasons`); an empty table has no share (None).
+    """
+    from mnas.predictor.table import retake_reasons
+
+    reasons = retake_reasons(store, table_id)
+    count = sum(reason == "contended" for reason in reasons.values())
+    return {"contended_entries": count, "contended_share": count / len(reasons) if reasons else None}
+
+
+def _share_text(contended: dict[str, Any]) -> str:
+    share = contended["contended_share"]
+    return "-" if share is None else f"{contended['contended_entries']} ({100 * share:.0f}%)"
+
+
+def _echo_contended(table_name: str, contended: dict[str, Any]) -> None:
+    """One line when entries of the table were measured contended: how many, and what to do."""
+    if contended["contended_entries"]:
+        click.echo(f"warning: table {table_name}: {_share_text(contended)} of its entries were measured while other "
+                   "processes shared the core (contended); `mnas table build --heal-only` on a quiet machine re-measures them")
+
+
+def _table_row(table: dict[str, Any], contended: dict[str, Any]) -> dict[str, Any]:
+    """A `table list` row in the vocabulary of docs/json.md."""
+    renamed = {"name": "table", "device": "device_config"}
+    row = {renamed.get(key, key): value for key, value in table.items() if key != "created"}
+    return {**row, "created_at": iso_at(table["created"]), **contended}
 
 
 def _heal_line(heal: Any) -> str:
@@ -308,14 +342,18 @@ def fit_cmd(ctx: click.Context, device_spec: str, table_name: str | None, resolu
         predictor, metrics = fit_predictor(loaded, kind=kind, model=model_name, fallback=not no_fallback, seed=seed,
                                            statistic=None if statistic == "auto" else statistic)
         predictor_id = save_predictor(store, predictor, loaded.table_id, metrics)
-    payload = {"predictor_id": predictor_id, "kind": kind, "device": device_name, "table": loaded.meta.name,
+        contended = contended_entries(store, loaded.table_id)
+    # the fit's own "model" (the learned fallback's estimator) is `learned_model` in the vocabulary (docs/json.md)
+    fitted = {("learned_model" if key == "model" else key): value for key, value in metrics.items()}
+    payload = {"predictor_id": predictor_id, "kind": kind, "device_config": device_name, "table": loaded.meta.name,
                "table_entries": len(loaded), "resolution": loaded.meta.resolution, "runtime": loaded.meta.runtime,
-               "runtime_version": loaded.meta.runtime_version, **metrics}
+               "runtime_version": loaded.meta.runtime_version, **fitted, **contended}
     if as_json:
         echo_json(payload)
         return
     click.echo(f"predictor {predictor_id} ({kind}, {metrics['statistic']} latencies) fitted on table "
                f"{loaded.meta.name} ({len(loaded)} layers)")
+    _echo_contended(loaded.meta.name, contended)
     coverage = metrics.get("space_coverage")
     if coverage:
         click.echo(f"space coverage: {coverage['in_table']} of {coverage['space_layers']} layers in the table "
@@ -376,7 +414,7 @@ def calibrate_cmd(ctx: click.Context, device_spec: str, samples: int, seed: int,
         report = calibrate_on_device(predictor, devices, store, space, samples, seed, config,
                                      with_params=with_params, progress=not as_json,
                                      guard=_guard(tries, min_cpu_share), repeats=repeats)
-    payload = {"base_predictor_id": base_id, "device": device_spec, "seed": seed, **report.to_dict(),
+    payload = {"base_predictor_id": base_id, "device_spec": device_spec, "seed": seed, **report.to_dict(),
                "networks": [n.to_dict() for n in report.networks], "skipped_devices": list(skipped)}
     if as_json:
         echo_json(payload)
@@ -432,7 +470,7 @@ def eval_cmd(ctx: click.Context, device_spec: str, samples: int | None, against:
             db_path(ctx).parent / "plots" / f"eval-p{predictor.predictor_id}-s{seed}-n{samples}.png")
         report = evaluate_on_device(predictor, devices, store, space, samples, seed, config, plot=plot,
                                     progress=not as_json, guard=_guard(tries, min_cpu_share), repeats=repeats)
-    payload = {"device": device_spec, "kind": predictor.kind, "calibrated": predictor.calibration_ is not None,
+    payload = {"device_spec": device_spec, "kind": predictor.kind, "calibrated": predictor.calibration_ is not None,
                **report.to_dict(), "skipped_devices": list(skipped)}
     if as_json:
         echo_json(payload)
@@ -562,7 +600,7 @@ def transfer_cmd(ctx: click.Context, source_name: str, device_name: str, evidenc
     if export_path:
         written = write_transfer_file(result, export_path, {"made_by": "mnas table transfer --from "
                                                             f"{source_name} --device {device_name}"})
-    payload = {"table": result.table.meta.name, "device": device_name, "source_table": source_name,
+    payload = {"table": result.table.meta.name, "device_config": device_name, "source_table": source_name,
                "entries": len(result.table), "evidence_tables": names, "evidence_layers": len(evidence),
                "figures": len(figures), "host_layers_measured": measured, "stored": rows,
                "ratio_model": result.ratio_model.to_dict(),
@@ -598,6 +636,7 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
 
     with _store(ctx, create=False) as store:
         tables = list_tables(store)
+        shares = {t["id"]: contended_entries(store, t["id"]) for t in tables}
         predictors = list_predictors(store)
         evals = list_evals(store)
     last_eval: dict[int, dict[str, Any]] = {}
@@ -607,17 +646,18 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
     for p in predictors:
         e = last_eval.get(p["id"])
         predictor_rows.append({
-            "id": p["id"], "kind": p["kind"], "table": p["table"], "device": p["device"],
+            "id": p["id"], "kind": p["kind"], "table": p["table"], "device_config": p["device"],
             "resolution": p["resolution"], "calibration_samples": p["metrics"].get("calibration_samples"),
             "eval_id": None if e is None else e["id"], "eval_samples": None if e is None else e["samples"],
             "within_10pct_share": None if e is None else e["metrics"].get("within_10pct_share"),
-            "kendall_tau": None if e is None else e["metrics"].get("kendall_tau"), "created": p["created"]})
+            "kendall_tau": None if e is None else e["metrics"].get("kendall_tau"), "created_at": iso_at(p["created"])})
     if as_json:
-        echo_json({"tables": tables, "predictors": predictor_rows})
+        echo_json({"tables": [_table_row(t, shares[t["id"]]) for t in tables], "predictors": predictor_rows})
         return
     click.echo("tables:")
     echo_table([{"id": t["id"], "name": t["name"], "kind": t["kind"], "device": t["device"], "runtime": t["runtime"],
                  "version": t["runtime_version"], "resolution": t["resolution"], "entries": t["entries"],
+                 "contended": _share_text(shares[t["id"]]),
                  "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(t["created"]))} for t in tables])
     for t in tables:
         provenance = t["provenance"]
@@ -627,7 +667,7 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
                        f"{provenance.get('source', '?')} ({provenance.get('source_file', '?')})"
                        f"{f'; {unmapped} source keys without a mnas layer' if unmapped else ''}")
     click.echo("predictors:")
-    echo_table([{k: _fmt(v) for k, v in row.items() if k != "created"} for row in predictor_rows])
+    echo_table([{k: _fmt(v) for k, v in row.items() if k != "created_at"} for row in predictor_rows])
 
 
 @table.command("export")
@@ -683,7 +723,7 @@ def import_cmd(ctx: click.Context, file: str, new_name: str | None, file_format:
     with _store(ctx) as store:
         table_id = save_table(store, loaded, new_name)
     name = new_name or loaded.meta.name
-    payload = {"table_id": table_id, "table": name, "entries": len(loaded), "device": loaded.meta.device_name,
+    payload = {"table_id": table_id, "table": name, "entries": len(loaded), "device_config": loaded.meta.device_name,
                "runtime": loaded.meta.runtime, "runtime_version": loaded.meta.runtime_version,
                "resolution": loaded.meta.resolution}
     if as_json:

@@ -81,6 +81,13 @@ def skipped_device(line: str) -> dict[str, Any]:
     return {"device_id": match.group(1) if match else None, "error": line}
 
 
+def iso_at(epoch: float | None) -> str | None:
+    """An epoch time as the `*_at` keys of docs/json.md carry it: ISO-8601, UTC, with its offset."""
+    import datetime as dt
+
+    return None if epoch is None else dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def echo_json(payload: Any) -> None:
     click.echo(json.dumps(json_safe(payload), indent=2, sort_keys=False))
 

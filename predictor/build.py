@@ -82,9 +82,9 @@ class BuildResult:
         return measuring / self.measured if self.measured else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"table_id": self.table_id, "table_name": self.table_name, "total_layers": self.total_layers,
+        return {"table_id": self.table_id, "table": self.table_name, "total_layers": self.total_layers,
                 "already_stored": self.already_stored, "measured": self.measured, "remaining": self.remaining,
-                "elapsed_s": self.elapsed_s, "seconds_per_layer": self.seconds_per_layer,
+                "elapsed_s": self.elapsed_s, "per_layer_s": self.seconds_per_layer,
                 "per_device": dict(self.per_device), "failures": list(self.failures),
                 "retaken": self.retaken, "heal": None if self.heal is None else self.heal.to_dict()}
 

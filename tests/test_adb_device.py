@@ -531,7 +531,7 @@ def test_mnas_devices_without_adb_server_lists_host_and_a_note(monkeypatch, caps
     monkeypatch.setenv("ANDROID_ADB_SERVER_PORT", str(port))
     main(["devices", "--json"])
     payload = json.loads(capsys.readouterr().out)
-    assert [row["id"] for row in payload["devices"]] == ["host"]
+    assert [row["device_id"] for row in payload["devices"]] == ["host"]
     assert payload["notes"][-1] == (f"no adb server on 127.0.0.1:{port} (start one with "
                                     "`adb start-server`); listing the host only")
     main(["devices"])
@@ -560,11 +560,11 @@ def test_mnas_devices_lists_phones_with_config_and_pin_core(fake_server):
     result = CliRunner().invoke(devices, ["--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)
-    phones = [(r["id"], r["state"], r["model"], r["config"], r["pin_core"], r["max_freq_khz"])
+    phones = [(r["device_id"], r["state"], r["phone_model"], r["device_config"], r["pinned_cores"], r["max_freq_khz"])
               for r in payload["devices"][1:]]
-    assert phones == [("A1", "device", "Pixel 4", "pixel4", 7, 2841600),
-                      ("C3", "device", "Nexus 5", None, None, None),
-                      ("D4", "unauthorized", "", None, None, None)]
+    assert phones == [("A1", "device", "Pixel 4", "pixel4", [7], 2841600),
+                      ("C3", "device", "Nexus 5", None, [], None),
+                      ("D4", "unauthorized", "", None, [], None)]
     notes = [n for n in payload["notes"] if n.startswith(("C3", "D4"))]
     assert notes == [
         "C3: no device config matches ro.product.model 'Nexus 5'; write one with "

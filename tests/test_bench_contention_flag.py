@@ -95,7 +95,7 @@ def test_a_hog_on_the_pinned_core_marks_the_result_contended(tmp_path: Path, hog
     assert out.returncode == 0, out.stderr
     (row,) = json.loads(out.stdout)
     assert row["pinned_cores"] == [CORE]
-    assert row["cpu_share"] < 0.85 and row["contended"] is True and "contended" in row["flags"], row
+    assert row["child_cpu_share"] < 0.85 and row["contended"] is True and "contended" in row["flags"], row
     assert (row["headline_statistic"], row["headline_ms"]) == ("min", row["min_ms"])
     text = mnas(db, *FAST)  # a contended figure is never reused: measured again, under the hog again
     assert text.returncode == 0, text.stderr
@@ -113,7 +113,7 @@ def test_without_a_hog_the_flag_follows_the_measured_share(tmp_path: Path) -> No
     assert out.returncode == 0, out.stderr
     (row,) = json.loads(out.stdout)
     # whatever else runs on this shared machine, the verdict is the guard's share against its threshold
-    assert row["contended"] is (row["cpu_share"] < 0.85)
+    assert row["contended"] is (row["child_cpu_share"] < 0.85)
     assert ("contended" in row["flags"]) is row["contended"]
     text = mnas(db, *FAST, "--force", one_core=False)
     assert text.returncode == 0, text.stderr
@@ -123,4 +123,4 @@ def test_without_a_hog_the_flag_follows_the_measured_share(tmp_path: Path) -> No
     # a threshold of 0: no share is below it, so nothing is flagged contended, loaded or not
     calm = mnas(db, *FAST, "--force", "--min-cpu-share", "0", "--json", one_core=False)
     (row,) = json.loads(calm.stdout)
-    assert row["contended"] is False and "contended" not in row["flags"] and 0.0 < row["cpu_share"]
+    assert row["contended"] is False and "contended" not in row["flags"] and 0.0 < row["child_cpu_share"]

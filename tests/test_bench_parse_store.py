@@ -38,7 +38,7 @@ def test_a_log_is_stored_with_its_provenance_and_listed(tmp_path: Path, capsys: 
     assert code == 0, err
     info = json.loads(out)["stored"]
     assert info["already_stored"] is False and info["runtime_version"] == UNKNOWN_BINARY
-    assert info["conditions_key"] == "threads=4;warmup=1;runs=50;min_secs=1;core=auto"
+    assert info["conditions"] == "threads=4;warmup=1;runs=50;min_secs=1;core=auto"
     assert info["log_sha256"] == hashlib.sha256(PROFILE_LOG.read_bytes()).hexdigest()
     with ResultsStore(db) as store:
         m = store.get_measurement(info["measurement_id"])
@@ -56,7 +56,7 @@ def test_a_log_is_stored_with_its_provenance_and_listed(tmp_path: Path, capsys: 
     assert m.extra["log_params"]["Graph"] == "./mobilenet_v1_1.0_224.tflite"
     code, out, _ = mnas(capsys, db, "results", "list", "--json")
     (row,) = json.loads(out)
-    assert (row["id"], row["source"], row["device"], row["model"], row["median_ms"]) == (
+    assert (row["id"], row["source"], row["device_config"], row["model_name"], row["median_ms"]) == (
         info["measurement_id"], "hand-run log", "pixel4", "mobilenet-v1", None)
     code, out, _ = mnas(capsys, db, "results", "list")
     assert code == 0 and "hand-run log" in out.splitlines()[1]

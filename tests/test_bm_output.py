@@ -361,8 +361,12 @@ def test_cli_parse_json_has_unit_keys(tmp_path: Path) -> None:
     result = CliRunner().invoke(bench, ["parse", str(log), "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)
-    assert payload["inference_median_us"] == 56190
-    assert payload["init_us"] == 3337
+    assert payload["inference_median_ms"] == pytest.approx(56.190)  # ms, as every other command
+    assert payload["init_ms"] == pytest.approx(3.337)
+    assert not [key for key in payload if key.endswith("_us")]
+    in_us = json.loads(CliRunner().invoke(bench, ["parse", str(log), "--json", "--units", "us"]).output)
+    assert (in_us["inference_median_us"], in_us["init_us"]) == (56190, 3337)  # as the log printed them
+    assert not [key for key in in_us if key.endswith("_ms")]
     assert payload["peak_memory_mb"] == 13.1797
     assert payload["inference_count"] == 1061 and payload["complete"] is True
 
@@ -372,7 +376,7 @@ def test_cli_parse_text_and_missing_file(tmp_path: Path) -> None:
     log.write_text(TF1_LEGACY)
     result = CliRunner().invoke(bench, ["parse", str(log)])
     assert result.exit_code == 0
-    assert "inference_avg_us" in result.output and "137722" in result.output
+    assert "inference_avg_ms" in result.output and "137.722" in result.output
     missing = CliRunner().invoke(bench, ["parse", str(tmp_path / "nope.log")])
     assert missing.exit_code != 0
     assert str(missing.exception) == f"{tmp_path / 'nope.log'}: no such log file"

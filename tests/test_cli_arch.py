@@ -20,7 +20,7 @@ def mnas(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 def test_list_json_has_every_zoo_model_with_cost() -> None:
     out = mnas("arch", "list", "--json")
     assert out.returncode == 0, out.stderr
-    rows = {r["name"]: r for r in json.loads(out.stdout)}
+    rows = {r["model_name"]: r for r in json.loads(out.stdout)}
     assert set(rows) == set(zoo.names())
     assert rows["mnasnet-a1"]["mult_adds"] == arch_cost(zoo.get("mnasnet-a1")).mult_adds
 
@@ -38,7 +38,7 @@ def test_sample_is_seeded_and_parses_back() -> None:
     again = json.loads(mnas("arch", "sample", "--seed", "5", "--json").stdout)
     assert first == again
     shown = json.loads(mnas("arch", "show", first["arch"], "--json").stdout)
-    assert shown["hash"] == first["hash"]
+    assert shown["arch_hash"] == first["arch_hash"]
 
 
 def test_export_writes_a_tflite(tmp_path: Path) -> None:

@@ -102,7 +102,7 @@ def test_plan_build_resume_fit_predict(tmp_path: Path, capsys: pytest.CaptureFix
     # --min-cpu-share 0: nothing is flagged contended, so the resume below is exact whatever the load
     # (flagged entries are measured again: test_table_build_retakes_flagged_entries)
     first = mnas.json("table", "build", "--device", "host", "--limit", "4", *TINY, "--min-cpu-share", "0")
-    assert (first["table_name"], first["measured"], first["already_stored"], first["remaining"]) == (TABLE, 4, 0, 2496)
+    assert (first["table"], first["measured"], first["already_stored"], first["remaining"]) == (TABLE, 4, 0, 2496)
     assert first["per_device"] == {"host": 4} and first["failures"] == []
     again = mnas.json("table", "build", "--device", "host", "--limit", "2", *TINY,  # resumes: skips the 4 stored
                       "--min-cpu-share", "0")
@@ -181,7 +181,7 @@ def test_calibrate_then_eval_on_held_out_networks(built: Path, capsys: pytest.Ca
     assert code == 0 and f"plot: {plot}" in out
 
     listed = mnas.json("table", "list")
-    assert [t["name"] for t in listed["tables"]] == [TABLE] and listed["tables"][0]["entries"] == 6
+    assert [t["table"] for t in listed["tables"]] == [TABLE] and listed["tables"][0]["entries"] == 6
     latest = listed["predictors"][-1]
     assert (latest["id"], latest["calibration_samples"], latest["eval_samples"]) == (report["predictor_id"], 4, 2)
 
@@ -270,13 +270,13 @@ def test_build_on_ray_runs_the_same_build_on_a_host_actor(tmp_path: Path, capsys
     # --min-cpu-share 0: nothing is flagged contended (the guard runs in the actor), so the resume is exact
     on_ray = mnas.json("table", "build", "--executor", "ray", "--address", "local", "--device", "host",
                        "--limit", "2", *TINY, "--min-cpu-share", "0")
-    assert (on_ray["executor"], on_ray["table_name"], on_ray["measured"], on_ray["remaining"]) == ("ray", TABLE, 2, 2498)
+    assert (on_ray["executor"], on_ray["table"], on_ray["measured"], on_ray["remaining"]) == ("ray", TABLE, 2, 2498)
     assert on_ray["per_device"] == {"host": 2} and on_ray["failures"] == []
     with ResultsStore(mnas.db) as store:
         entries = list(load_table(store, TABLE).entries.values())
     assert len(entries) == 2 and {e.measurement["device_id"] for e in entries} == {"host"}
     local = mnas.json("table", "build", "--device", "host", "--limit", "1", *TINY, "--min-cpu-share", "0")
-    assert (local["executor"], local["table_name"], local["already_stored"], local["measured"]) == (
+    assert (local["executor"], local["table"], local["already_stored"], local["measured"]) == (
         "local", TABLE, 2, 1)
 
 

@@ -314,7 +314,7 @@ def test_cli_import_list_and_errors(tmp_path: Path, good_csv: Path, capsys: pyte
                         "--source", "paper", "--threads", "1", "--json")
     payload = json.loads(out)
     assert (code, payload["imported"], payload["already_stored"]) == (0, 0, 3)
-    assert [s["model"] for s in payload["skipped"]] == ["resnet50", "mobilenet-v1"]
+    assert [s["model_name"] for s in payload["skipped"]] == ["resnet50", "mobilenet-v1"]
 
     code, out, _ = mnas(capsys, "--db", db, "results", "list", "--device", "pixel1")
     assert code == 0
@@ -325,7 +325,7 @@ def test_cli_import_list_and_errors(tmp_path: Path, good_csv: Path, capsys: pyte
     assert len(lines) == 5 and any("mnasnet-a1" in line and "78.000" in line for line in lines)
     code, out, _ = mnas(capsys, "--db", db, "results", "list", "--device", "pixel1", "--json")
     rows = json.loads(out)
-    assert all(r["published"] for r in rows) and {r["model"] for r in rows} == {"mnasnet-a1", "mobilenet-v2",
+    assert all(r["published"] for r in rows) and {r["model_name"] for r in rows} == {"mnasnet-a1", "mobilenet-v2",
                                                                                   SMALL_ARCH}
     assert {"latency_ms", "source", "runtime", "threads", "resolution", "arch", "metadata"} <= set(rows[0])
     code, out, _ = mnas(capsys, "--db", db, "results", "list", "--device", "pixel9")

@@ -300,12 +300,12 @@ def test_results_list(tmp_path, monkeypatch):
     result = CliRunner().invoke(results, ["list", "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
-    assert [(r["id"], r["device"], r["model"], r["runtime"], r["throttled"]) for r in rows] == [
+    assert [(r["id"], r["device_config"], r["model_name"], r["runtime"], r["throttled"]) for r in rows] == [
         (2, "pixel4", f"{2:064x}"[:12], "benchmark_model", True),
         (1, "pixel4", "mnasnet-a1", "benchmark_model", False)]
     assert rows[1]["median_ms"] == pytest.approx(20.7915)
     assert rows[1]["cv"] == pytest.approx(140.0 / 20811.2)
-    assert rows[1]["time"] == dt.datetime.fromtimestamp(1_700_000_001.0).isoformat(timespec="seconds")
+    assert rows[1]["measured_at"] == "2023-11-14T22:13:21+00:00"  # ISO-8601, UTC (docs/json.md)
     table = CliRunner().invoke(results, ["--limit", "1"])  # `list` is the default command
     lines = table.output.splitlines()
     assert lines[0].split() == ["id", "time", "device", "model", "runtime", "median_ms", "cv",

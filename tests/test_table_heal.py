@@ -231,7 +231,7 @@ def test_loopback_phone_table_is_healed(tmp_path: Path) -> None:
                   "--warmup", "1", "--min-secs", "0", "--benchmark-binary", str(fake_binary(tmp_path)), "--json")
         built = run_cli(env, *common, "--limit", "24", "--no-heal", timeout_s=300)
         assert built.rc == 0, built.describe()
-        name = built.json()["table_name"]
+        name = built.json()["table"]
         with ResultsStore(db) as store:
             table = load_table(store, name)
             key, entry = list(table.entries.items())[10]

@@ -51,7 +51,7 @@ def test_plan_shared_build_resume_fit_predict(lab: dict[str, Any]) -> None:
     build = mnas(lab, "table", "build", "--device", f"{one},{two}", "--limit", "6", *TINY, *binary, "--json")
     assert build.rc == 0, build.describe()
     result = build.json()
-    assert (result["table_name"], result["measured"], result["remaining"]) == (lab["table"], 6, 2494)
+    assert (result["table"], result["measured"], result["remaining"]) == (lab["table"], 6, 2494)
     assert set(result["per_device"]) == {one, two} and sum(result["per_device"].values()) == 6
     assert min(result["per_device"].values()) >= 1  # both phones took layers from the shared queue
 
@@ -67,7 +67,7 @@ def test_plan_shared_build_resume_fit_predict(lab: dict[str, Any]) -> None:
     fit = mnas(lab, "table", "fit", "--device", two, "--json")  # a serial finds its device's table
     assert fit.rc == 0, fit.describe()
     fitted = fit.json()
-    assert (fitted["table"], fitted["device"], fitted["statistic"], fitted["table_entries"]) == (
+    assert (fitted["table"], fitted["device_config"], fitted["statistic"], fitted["table_entries"]) == (
         lab["table"], "pixel4", "median", 8)
 
     by_serial = mnas(lab, "predict", "mnasnet-a1", "--device", one, "--json")

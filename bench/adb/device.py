@@ -255,6 +255,7 @@ class AdbDevice:
             max_freq_khz=self.max_freq_khz(core),
             runtime=RUNTIME,
             runtime_version=version,
+            android_build=props.get("ro.build.fingerprint") or props.get("ro.build.version.release") or None,
         )
 
     # ---- thermal
