@@ -124,3 +124,71 @@ def test_without_a_hog_the_flag_follows_the_measured_share(tmp_path: Path) -> No
     calm = mnas(db, *FAST, "--force", "--min-cpu-share", "0", "--json", one_core=False)
     (row,) = json.loads(calm.stdout)
     assert row["contended"] is False and "contended" not in row["flags"] and 0.0 < row["child_cpu_share"]
+
+
+# --------------------------------------------------------------------------- tables: the share of contended entries
+
+class EveryOtherContended:
+    """A synthetic phone (tests/predictor_fakes.py) whose every other figure comes back flagged contended."""
+
+    def __init__(self) -> None:
+        from predictor_fakes import SyntheticDevice
+
+        self.inner = SyntheticDevice()
+        self.device_id = self.inner.device_id
+        self.device_name = self.inner.device_name
+        self.flagged = 0
+
+    def profile(self):  # noqa: ANN201 - a DeviceProfile
+        return self.inner.profile()
+
+    def benchmark(self, model_path: Path, config: BenchConfig) -> Measurement:
+        measurement = self.inner.benchmark(model_path, config)
+        contended = len(self.inner.calls) % 2 == 0
+        measurement.extra.update(contended=contended, child_cpu_share=0.5 if contended else 1.0)
+        self.flagged += contended
+        return measurement
+
+
+def test_table_build_list_and_fit_report_the_share_of_contended_entries(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from predictor_fakes import write_key
+
+    from mnas.bench.store import ResultsStore
+    from mnas.cli import main
+    from mnas.predictor.build import build_table
+    from mnas.space.search_space import SearchSpace
+
+    small, resolution = SearchSpace(stages=((1, 16, 1, 1), (6, 24, 2, 2))), 64
+    db = tmp_path / "mnas.db"
+    device = EveryOtherContended()
+    with ResultsStore(db) as store:
+        result = build_table(small, resolution, [device], store, "t", BenchConfig(warmup_runs=1, num_runs=5),
+                             writer=write_key, progress=False, guard=None)
+    entries = result.measured
+    assert 0 < device.flagged < entries
+
+    def mnas_cli(*args: str) -> tuple[str, str]:
+        capsys.readouterr()
+        main(["--db", str(db), *args])
+        out = capsys.readouterr()
+        return out.out, out.err
+
+    share = device.flagged / entries
+    (listed,) = json.loads(mnas_cli("table", "list", "--json")[0])["tables"]
+    assert (listed["table"], listed["contended_entries"], listed["contended_share"]) == ("t", device.flagged, share)
+    assert f"{device.flagged} ({100 * share:.0f}%)" in mnas_cli("table", "list")[0]
+
+    fitted = json.loads(mnas_cli("table", "fit", "--device", "fakephone", "--resolution", "64", "--no-fallback", "--json")[0])
+    assert (fitted["contended_entries"], fitted["contended_share"]) == (device.flagged, share)
+    text = mnas_cli("table", "fit", "--device", "fakephone", "--resolution", "64", "--no-fallback")[0]
+    assert (f"warning: table t: {device.flagged} ({100 * share:.0f}%) of its entries were measured while other "
+            "processes shared the core (contended)") in text
+
+    # a build that measures nothing more still says how much of the table it left contended
+    monkeypatch.setattr("mnas.bench.devices.select_devices", lambda *args, **kwargs: [device])
+    monkeypatch.setattr("mnas.cli_table._space", lambda name: small)
+    built = json.loads(mnas_cli("table", "build", "--device", "fakephone", "--name", "t", "--resolution",
+                                str(resolution), "--limit", "0", "--no-heal", "--runs", "5", "--warmup", "1",
+                                "--min-secs", "1", "--json")[0])
+    assert (built["measured"], built["contended_entries"], built["contended_share"]) == (0, device.flagged, share)
