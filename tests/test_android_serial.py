@@ -112,7 +112,7 @@ def test_loopback_phone_chosen_by_android_serial_and_by_s(phone: dict[str, Any],
                   env=phone["env"])
     assert first.returncode == 0, first.stderr
     [row] = json.loads(first.stdout)
-    assert (row["device_id"], row["device_name"], row["reused"]) == (phone["serial"], "pixel1", False)
+    assert (row["device_id"], row["device_config"], row["reused"]) == (phone["serial"], "pixel1", False)
     assert row["pinned_cores"] == [3]  # Pixel 1's pinned big core: the phone's own conditions
     again = _mnas(tmp_path, "bench", model, "-s", phone["serial"], *QUICK, "--benchmark-binary", binary, "--json",
                   serial=None, env=phone["env"])
