@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -366,6 +366,20 @@ def fit_cmd(ctx: click.Context, device_spec: str, table_name: str | None, resolu
     click.echo(f"next: mnas table calibrate --device {device_spec} --samples 40")
 
 
+def _networks_interrupted(stop: KeyboardInterrupt, command: str) -> NoReturn:
+    """Ctrl-C during `table calibrate/eval`: one line saying what is kept and how to resume; exit 130."""
+    from mnas.predictor.endtoend import NetworksInterrupted
+
+    kept = "every finished measurement is stored"
+    if isinstance(stop, NetworksInterrupted):
+        kept = f"{stop.stored} of {stop.total} {stop.label} measurements are stored"
+        if stop.reusable < stop.stored:  # the reuse rule: such figures are taken again
+            kept += f" ({stop.stored - stop.reusable} flagged contended or throttled: measured again)"
+    click.echo(f"mnas: interrupted: {kept}: run the same `mnas table {command}` again to resume (stored "
+               "networks are reused, only the rest is measured)", err=True)
+    raise SystemExit(130) from None  # not ctx.exit: mnas.cli.main drops click's exit codes
+
+
 def network_target_options(func):
     """--device, --resolution and --predictor, shared by the commands that measure whole networks."""
     for option in reversed([
@@ -411,9 +425,12 @@ def calibrate_cmd(ctx: click.Context, device_spec: str, samples: int, seed: int,
     with _store(ctx) as store:
         predictor = device_predictor(store, devices, resolution, predictor_id, space)
         base_id = predictor.predictor_id
-        report = calibrate_on_device(predictor, devices, store, space, samples, seed, config,
-                                     with_params=with_params, progress=not as_json,
-                                     guard=_guard(tries, min_cpu_share), repeats=repeats)
+        try:
+            report = calibrate_on_device(predictor, devices, store, space, samples, seed, config,
+                                         with_params=with_params, progress=not as_json,
+                                         guard=_guard(tries, min_cpu_share), repeats=repeats)
+        except KeyboardInterrupt as stop:
+            _networks_interrupted(stop, "calibrate")
     payload = {"base_predictor_id": base_id, "device_spec": device_spec, "seed": seed, **report.to_dict(),
                "networks": [n.to_dict() for n in report.networks], "skipped_devices": list(skipped)}
     if as_json:
@@ -468,8 +485,11 @@ def eval_cmd(ctx: click.Context, device_spec: str, samples: int | None, against:
         predictor = device_predictor(store, devices, resolution, predictor_id, space)
         plot = Path(plot_path) if plot_path else (
             db_path(ctx).parent / "plots" / f"eval-p{predictor.predictor_id}-s{seed}-n{samples}.png")
-        report = evaluate_on_device(predictor, devices, store, space, samples, seed, config, plot=plot,
-                                    progress=not as_json, guard=_guard(tries, min_cpu_share), repeats=repeats)
+        try:
+            report = evaluate_on_device(predictor, devices, store, space, samples, seed, config, plot=plot,
+                                        progress=not as_json, guard=_guard(tries, min_cpu_share), repeats=repeats)
+        except KeyboardInterrupt as stop:
+            _networks_interrupted(stop, "eval")
     payload = {"device_spec": device_spec, "kind": predictor.kind, "calibrated": predictor.calibration_ is not None,
                **report.to_dict(), "skipped_devices": list(skipped)}
     if as_json:

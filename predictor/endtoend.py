@@ -30,7 +30,13 @@ import numpy as np
 
 from mnas.bench.contention import NETWORK_GUARD, ContentionGuard
 from mnas.bench.device_lock import hold_devices
-from mnas.bench.measure import ModelWriter, default_model_writer, find_reusable, write_arch_model
+from mnas.bench.measure import (
+    ModelWriter,
+    default_model_writer,
+    find_reusable,
+    is_reusable,
+    write_arch_model,
+)
 from mnas.bench.pool import run_device_pool
 from mnas.bench.store import DuplicateMeasurement, StoreWriteError
 from mnas.bench.tempdirs import owned_temp_dir
@@ -119,6 +125,16 @@ class NetMeasurement:
                 "measurement_ids": self.measurement_ids, "reused": self.reused}
 
 
+class NetworksInterrupted(KeyboardInterrupt):
+    """Ctrl-C while networks were measured: `stored` of `total` measurements are in the store and
+    a re-run with the same options reuses the `reusable` ones among them (the reuse rule: not
+    flagged contended or throttled), measuring only the rest."""
+
+    def __init__(self, label: str, stored: int, reusable: int, total: int) -> None:
+        super().__init__(f"{label} networks: {stored} of {total} measurements stored, {reusable} reusable")
+        self.label, self.stored, self.reusable, self.total = label, stored, reusable, total
+
+
 @dataclass
 class _Job:
     index: int
@@ -179,7 +195,8 @@ def _measure_networks(archs: Sequence[Arch], devices: Sequence[Device], store: A
                 rounds[r].append(_Job(index, arch, path, resolution, writer))
         jobs = [job for round_jobs in rounds for job in round_jobs]
         if jobs:
-            _run(devices, jobs, store, config, label, done, progress, statistic, guard, repeats if reuse else None)
+            _run(devices, jobs, store, config, label, done, progress, statistic, guard, repeats if reuse else None,
+                 already=sum(reused))
     missing = [i for i, d in enumerate(done) if len(d) < repeats]
     if missing:  # cannot happen unless a worker vanished without reporting
         raise MeasurementError(f"{len(missing)} networks were not measured: expected every network measured")
@@ -189,7 +206,9 @@ def _measure_networks(archs: Sequence[Arch], devices: Sequence[Device], store: A
 
 def _run(devices: Sequence[Device], jobs: list[_Job], store: Any, config: BenchConfig, label: str,
          results: list[list[tuple[Measurement, int | None]]], progress: bool, statistic: str,
-         guard: ContentionGuard | None, max_reusable: int | None) -> None:
+         guard: ContentionGuard | None, max_reusable: int | None, already: int = 0) -> None:
+    """Measure `jobs` through the device pool; the bar counts every measurement of the call and
+    starts at `already` (those reused from the store), so a resumed run shows where it is."""
     from tqdm import tqdm
 
     def measure(device: Device, job: _Job) -> Measurement:
@@ -212,13 +231,18 @@ def _run(devices: Sequence[Device], jobs: list[_Job], store: Any, config: BenchC
         bar.update(1)
         bar.set_postfix_str(f"{latency_ms(measurement, statistic):.2f} ms")
 
-    bar = tqdm(total=len(jobs), desc=label, unit="net", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=already + len(jobs), initial=already, desc=label, unit="net", disable=not progress,
+               dynamic_ncols=True)
     try:
         pool = run_device_pool(devices, jobs, measure, keep, name="nets")
     except StoreWriteError as exc:  # disk full, read-only: what was stored stays, a re-run reuses it
         stored = sum(1 for r in results for _, i in r if i is not None)
         raise StoreWriteError(f"{exc}; {label} networks: {stored} measurements stored: fix the cause and "
                               "re-run to resume", exc.cause) from None
+    except KeyboardInterrupt:
+        stored = [m for r in results for m, i in r if i is not None]
+        raise NetworksInterrupted(label, len(stored), sum(1 for m in stored if is_reusable(m)),
+                                  already + len(jobs)) from None
     finally:
         bar.close()
     if pool.all_retired(devices):

@@ -2,22 +2,29 @@
 
 - `mnas devices probe -o device_configs/x.yaml` writes a config that names the phone's serial,
   so it wins over the shipped config of the same model instead of making the phone ambiguous;
-- `mnas table export -o t.csv` writes CSV, an unknown suffix is refused by name.
+- `mnas table export -o t.csv` writes CSV, an unknown suffix is refused by name;
+- Ctrl-C during `mnas table calibrate/eval` says how to resume (exit 130), and the re-run
+  measures only what is missing, its progress bar starting at the stored count;
+- the README calls `mnas` one way and its Python API example runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 from fake_adb import FakeAdbClient, FakePhone
-from predictor_fakes import SyntheticDevice, write_key
+from predictor_fakes import SyntheticDevice, write_arch_text, write_key
 
 from mnas.bench import adb as ad
 from mnas.bench.device_config import (
@@ -32,7 +39,9 @@ from mnas.bench.store import ResultsStore
 from mnas.bench.types import BenchConfig
 from mnas.cli import main
 from mnas.errors import MnasError
+from mnas.predictor import endtoend, evals
 from mnas.predictor.build import build_table
+from mnas.predictor.endtoend import CALIBRATION, EVALUATION, sample_archs
 from mnas.predictor.fitting import fit_predictor
 from mnas.predictor.registry import save_predictor
 from mnas.predictor.table import load_table
@@ -197,3 +206,116 @@ def test_table_export_writes_csv_and_refuses_an_unknown_suffix(tmp_path: Path,
                                           ".json.gz, .csv")
         assert not (tmp_path / name).exists()
 
+
+# ============================================================================ Ctrl-C in calibrate / eval
+
+
+@pytest.mark.parametrize(("command", "stream", "samples"), [("calibrate", CALIBRATION, 6), ("eval", EVALUATION, 4)])
+def test_ctrl_c_says_how_to_resume_and_the_rerun_measures_only_the_rest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        command: str, stream: str, samples: int) -> None:
+    db = tmp_path / "mnas.db"
+    synthetic_store(db)
+    interrupted_after = 2
+    device = SyntheticDevice(fail_after=interrupted_after, failure=KeyboardInterrupt())
+    monkeypatch.setattr("mnas.cli_table._devices", lambda *args, **kwargs: [device])
+    monkeypatch.setattr("mnas.cli_table._space", lambda name: SMALL)
+    monkeypatch.setattr(evals, "measure_networks", functools.partial(endtoend.measure_networks,
+                                                                     writer=write_arch_text))
+    args = ("--db", str(db), "table", command, "--device", "fakephone", "--samples", str(samples),
+            "--resolution", str(RES), "--repeats", "1", "--runs", "5", "--warmup", "1", "--min-secs", "0")
+
+    code, out, err = run_mnas(capsys, *args)
+    assert code == 130, err
+    assert err.splitlines()[-1] == (
+        f"mnas: interrupted: {interrupted_after} of {samples} {stream} measurements are stored: run the same "
+        f"`mnas table {command}` again to resume (stored networks are reused, only the rest is measured)")
+    assert f" 0/{samples} [" in err  # the first run's bar started from nothing
+    first = list(device.calls)
+    assert len(first) == interrupted_after
+
+    code, out, err = run_mnas(capsys, *args)
+    assert code == 0, err
+    assert f" {interrupted_after}/{samples} [" in err  # the bar starts at the stored count
+    rerun = device.calls[len(first):]
+    # the predictor was never calibrated, so the eval stream excludes nothing either
+    expected = [f"arch {RES} {arch}" for arch in sample_archs(SMALL, samples, 0, stream)]
+    assert sorted(first + rerun) == sorted(expected)  # every network once: none twice, none lost
+    assert len(rerun) == samples - interrupted_after
+
+
+class ContendedDevice(SyntheticDevice):
+    """A synthetic phone whose figures come back flagged contended (as on a busy host)."""
+
+    def benchmark(self, model_path: Path, config: BenchConfig) -> Any:
+        measurement = super().benchmark(model_path, config)
+        measurement.extra["contended"] = True
+        return measurement
+
+
+def test_ctrl_c_says_when_stored_figures_will_be_taken_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Contended figures are stored but never reused (the reuse rule): the resume line says so, and
+    the re-run measures every network again, its bar starting at 0."""
+    db = tmp_path / "mnas.db"
+    synthetic_store(db)
+    device = ContendedDevice(fail_after=2, failure=KeyboardInterrupt())
+    monkeypatch.setattr("mnas.cli_table._devices", lambda *args, **kwargs: [device])
+    monkeypatch.setattr("mnas.cli_table._space", lambda name: SMALL)
+    monkeypatch.setattr(evals, "measure_networks", functools.partial(endtoend.measure_networks,
+                                                                     writer=write_arch_text))
+    args = ("--db", str(db), "table", "calibrate", "--device", "fakephone", "--samples", "5",
+            "--resolution", str(RES), "--repeats", "1", "--runs", "5", "--warmup", "1", "--min-secs", "0")
+    code, out, err = run_mnas(capsys, *args)
+    assert code == 130, err
+    assert err.splitlines()[-1] == (
+        "mnas: interrupted: 2 of 5 calibration measurements are stored (2 flagged contended or throttled: "
+        "measured again): run the same `mnas table calibrate` again to resume (stored networks are reused, "
+        "only the rest is measured)")
+    code, out, err = run_mnas(capsys, *args)
+    assert code == 0, err
+    assert " 0/5 [" in err and len(device.calls) == 2 + 5
+
+
+# ============================================================================ README
+
+
+README = ROOT / "README.md"
+
+
+def code_blocks(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", README.read_text(), flags=re.M | re.S)
+
+
+def test_the_readme_calls_mnas_one_way() -> None:
+    """Once the quick start activated the venv, every command line says `mnas ...`."""
+    lines = [line.strip() for block in code_blocks("bash") for line in block.splitlines()]
+    assert "bash .ci/install && source .venv/bin/activate" in lines
+    assert [line for line in lines if re.search(r"\.venv/bin/(mnas|python)", line)] == []
+    assert sum(1 for line in lines if re.match(r"^(\w+=\S+ )*mnas ", line)) > 30
+
+
+def test_the_readme_python_api_example_runs() -> None:
+    (block,) = [b for b in code_blocks("python") if "shipped_device_predictor" in b]
+    done = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[:2] == ["3.887M params, 311.6M mult-adds", "Pixel 1: 75.6 ms predicted"]
+    assert re.fullmatch(r"this host: \d+\.\d\d ms \(headline statistic of 10 runs\)", lines[2])
+
+
+def test_shell_completion_as_the_readme_documents_it() -> None:
+    """`_MNAS_COMPLETE=bash_source mnas` prints the bash hook; the hook's queries complete commands and options."""
+    command = [sys.executable, "-c", "from mnas.cli import main; main()"]
+
+    def complete(**env: str) -> str:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, **env})
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "complete -o nosort -F _mnas_completion mnas" in complete(_MNAS_COMPLETE="bash_source")
+    assert complete(_MNAS_COMPLETE="bash_complete", COMP_WORDS="mnas table cal", COMP_CWORD="2") == \
+        "plain,calibrate\n"
+    assert complete(_MNAS_COMPLETE="bash_complete", COMP_WORDS="mnas table export t --ou",
+                    COMP_CWORD="4") == "plain,--output\n"
