@@ -3,7 +3,6 @@ several writer processes at once."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import multiprocessing
 import sqlite3
