@@ -89,6 +89,11 @@ def _run_benchmarks(devices: Sequence[Device], models: Sequence[PreparedModel], 
 
     jobs: list[tuple[Device, PreparedModel]] = []
     for device, profile in zip(devices, profile_devices(devices), strict=True):
+        if store is not None and not isinstance(profile, MnasError):
+            try:  # the device row names the phone (model, Android build) beside its figures in exports
+                store.upsert_device(profile)
+            except StoreWriteError:  # reported by the first measurement's write, with its figure
+                pass
         for model in models:
             if isinstance(profile, MnasError):
                 report(BenchOutcome(device.device_id, model, None, None,

@@ -159,10 +159,13 @@ def run(ctx: click.Context, models: tuple[str, ...], device_spec: str, runs: int
                                   lock_timeout_s=lock_timeout_s,
                                   guard=ContentionGuard(min_cpu_share=min_cpu_share, tries=tries))
     rows = [outcome_row(o, multiplier) for o in outcomes]
+    phones = {row[0]: row[1] for row in store.read("SELECT device_id, model FROM devices WHERE kind = 'adb'")}
     if profile_ops:  # each row's op table, or why it has none (stderr and JSON)
         from mnas.cli_op_profile import attach_op_profiles
         attach_op_profiles(rows, outcomes, store)
     skipped = skipped_rows(unusable, prepared, multiplier)
+    for row in rows + skipped:  # the phone's ro.product.model (docs/json.md: phone_model); None on the host
+        row["phone_model"] = phones.get(row["device_id"])
     if as_json:
         echo_json(rows + skipped)
     else:

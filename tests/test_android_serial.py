@@ -23,6 +23,7 @@ import pytest
 from loopback_fixtures import isolated_adb_server, loopback_phones, requires_adb
 from tflite_fixtures import small_conv
 
+from mnas.bench.device_config import load_config
 from mnas.cli import cli
 
 # every command whose --device names a phone by serial (commands taking a device *name*, such as
@@ -102,6 +103,9 @@ def phone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         yield {"serial": phones[0].serial, "env": cli_env(adb, folder / "phones")}
 
 
+CONFIGS = Path(__file__).resolve().parents[1] / "device_configs"
+
+
 @pytest.mark.adb
 @requires_adb
 def test_loopback_phone_chosen_by_android_serial_and_by_s(phone: dict[str, Any], tmp_path: Path) -> None:
@@ -114,6 +118,8 @@ def test_loopback_phone_chosen_by_android_serial_and_by_s(phone: dict[str, Any],
     [row] = json.loads(first.stdout)
     assert (row["device_id"], row["device_config"], row["reused"]) == (phone["serial"], "pixel1", False)
     assert row["pinned_cores"] == [3]  # Pixel 1's pinned big core: the phone's own conditions
+    # the phone is named as adb reports it (the loopback phone answers with its config's properties)
+    assert row["phone_model"] == load_config(CONFIGS / "pixel1.yaml").properties["ro.product.model"]
     again = _mnas(tmp_path, "bench", model, "-s", phone["serial"], *QUICK, "--benchmark-binary", binary, "--json",
                   serial=None, env=phone["env"])
     assert again.returncode == 0, again.stderr
