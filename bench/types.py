@@ -99,8 +99,10 @@ class BenchConfig:
     def conditions_key(self) -> str:
         """Stable text of the timing conditions, used to decide whether a stored result can be reused.
 
-        The delegate and extra benchmark_model flags are appended only when set, so the key of
-        the default conditions (and of every measurement stored before they existed) is unchanged.
+        The delegate, extra benchmark_model flags and op profiling are appended only when set, so
+        the key of the default conditions (and of every measurement stored before they existed) is
+        unchanged. Op profiling is in the key because the profiler's per-op bookkeeping runs inside
+        the timed loop: a profiled figure is slower and may not stand in for an unprofiled one.
         """
         key = (
             f"threads={self.num_threads};warmup={self.warmup_runs};runs={self.num_runs};"
@@ -110,6 +112,8 @@ class BenchConfig:
             key += f";delegate={self.delegate}"
         if self.bm_args:
             key += ";bm_args=" + ",".join(f"{flag}={value}" for flag, value in sorted(self.bm_args))
+        if self.profile_ops:
+            key += ";profile_ops=1"
         return key
 
     def execution(self) -> dict[str, Any]:

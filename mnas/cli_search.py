@@ -71,6 +71,9 @@ def search() -> None:
               help="Measured latency: " + DELEGATE_HELP)
 @click.option("--bm-arg", "bm_args", multiple=True, metavar="FLAG=VALUE",
               help="Measured latency on phones: one more benchmark_model flag (repeatable).")
+@click.option("--dtype", type=click.Choice(["float32", "int8"]), default="float32", show_default=True,
+              help="Latency of float32 or int8 (fully quantized) children: measured ones are timed as int8 "
+                   "models, predicted ones use a predictor fitted on an int8 table (`mnas table build --dtype int8`).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Run seed: the controller (or baseline sampler), proxy training, which hybrid samples are measured.")
 @click.option("--threads", type=int, default=1, show_default=True,
@@ -102,7 +105,7 @@ def run_cmd(ctx: click.Context, latency_kind: str, device: str, predictor_id: in
             latency_resolution: int, accuracy_kind: str, dataset: str, proxy_resolution: int, proxy_strides: str,
             epochs: float, steps: int | None, batch_size: int, train_samples: int, val_samples: int, runs: int,
             keep_models: bool, warmup: int,
-            min_secs: float, latency_threads: int, delegate: str, bm_args: tuple[str, ...], seed: int, threads: int, benchmark_binary: str | None, run_name: str | None, resume_id: str | None,
+            min_secs: float, latency_threads: int, delegate: str, bm_args: tuple[str, ...], dtype: str, seed: int, threads: int, benchmark_binary: str | None, run_name: str | None, resume_id: str | None,
             executor_kind: str, address: str, cpus_per_child: float, gpus_per_child: float, workers: int,
             window: int | None, max_retries: int, as_json: bool) -> None:
     """Run a search (or --resume one); every child is stored as it finishes."""
@@ -126,7 +129,8 @@ def run_cmd(ctx: click.Context, latency_kind: str, device: str, predictor_id: in
                 benchmark_binary=benchmark_binary, accuracy=accuracy_kind, dataset=dataset,
                 proxy_resolution=proxy_resolution, epochs=epochs, steps=steps, batch_size=batch_size,
                 train_samples=train_samples, val_samples=val_samples, threads=threads, keep_models=keep_models,
-                proxy_strides=proxy_strides, latency_threads=latency_threads, delegate=delegate, bm_args=bm_args)
+                proxy_strides=proxy_strides, latency_threads=latency_threads, delegate=delegate, bm_args=bm_args,
+                dtype=dtype)
             summary = start_run(database, config, run_id=run_name, executor=executor, window=window, threads=threads,
                                 progress=not as_json)
     except RunInterrupted as stop:

@@ -29,6 +29,7 @@ from mnas.cli_util import (
 )
 from mnas.errors import MnasError
 from mnas.predictor.transfer import DEFAULT_FEATURES, FEATURE_SETS
+from mnas.space.quantize import DTYPES
 
 SPACES = ("mnasnet",)
 
@@ -153,6 +154,13 @@ def timing_options(runs: int, warmup: int, min_secs: float) -> Any:
     return decorate
 
 
+def dtype_option(what: str) -> Any:
+    """--dtype: the type of the models timed or predicted (one table and predictor per dtype)."""
+    return click.option("--dtype", type=click.Choice(DTYPES), default="float32", show_default=True,
+                        help=f"{what}: float32, or int8 fully quantized (`mnas arch export --dtype int8`); "
+                             "int8 tables are named <default>-int8 and never mix with float32 ones.")
+
+
 # ------------------------------------------------------------------------------------ the group
 
 @click.group("table")
@@ -167,19 +175,20 @@ def table() -> None:
 @device_option(default=None, help="host, a serial, all or a comma list (for the estimate).")
 @click.option("--name", "table_name", default=None, help="Table name (default: derived from the device).")
 @click.option("--min-secs", type=float, default=0.2, show_default=True, help="Timed seconds per layer (estimate).")
+@dtype_option("Layer models")
 @device_options
 @json_option
 @click.pass_context
 def plan_cmd(ctx: click.Context, space_name: str, resolution: int, device_spec: str | None, table_name: str | None,
-             min_secs: float, core: int | None, benchmark_binary: str | None, timeout_s: float, retries: int,
-             as_json: bool) -> None:
+             min_secs: float, dtype: str, core: int | None, benchmark_binary: str | None, timeout_s: float,
+             retries: int, as_json: bool) -> None:
     """Layer counts by kind, how many are stored, and the estimated build time."""
     from mnas.predictor.build import plan_build
     from mnas.predictor.selection import table_name_for
 
     devices = _devices(device_spec, core, benchmark_binary, timeout_s, retries) if device_spec is not None else []
     if devices:
-        table_name = table_name_for(devices, resolution, table_name)
+        table_name = table_name_for(devices, resolution, table_name, dtype)
     kind = devices[0].profile().kind if devices else "adb"  # no device: estimate for a phone
     # a plan only reads: no store yet means nothing stored, and an existing one is opened read-only
     store = _store(ctx, read_only=True) if db_path(ctx).exists() else None
@@ -189,7 +198,7 @@ def plan_cmd(ctx: click.Context, space_name: str, resolution: int, device_spec: 
     finally:
         if store is not None:
             store.close()
-    payload = {"space": space_name, "table": table_name, "device_spec": device_spec, **plan}
+    payload = {"space": space_name, "table": table_name, "device_spec": device_spec, "dtype": dtype, **plan}
     if as_json:
         echo_json(payload)
         return
@@ -216,6 +225,7 @@ def plan_cmd(ctx: click.Context, space_name: str, resolution: int, device_spec: 
 @click.option("--heal-only", is_flag=True, help="Measure no missing layer: only the healing pass.")
 @click.option("--heal-rounds", type=click.IntRange(min=1), default=3, show_default=True,
               help="Most healing rounds (refit, find suspects, re-measure).")
+@dtype_option("Layer models")
 @timing_options(runs=30, warmup=3, min_secs=0.2)
 @execution_options
 @guard_options(tries=2)
@@ -224,7 +234,7 @@ def plan_cmd(ctx: click.Context, space_name: str, resolution: int, device_spec: 
 @click.pass_context
 def build_cmd(ctx: click.Context, device_spec: str, space_name: str, resolution: int, table_name: str | None,
               limit: int | None, executor_kind: str, address: str, heal: bool, heal_only: bool, heal_rounds: int,
-              runs: int, warmup: int, min_secs: float, tries: int,
+              dtype: str, runs: int, warmup: int, min_secs: float, tries: int,
               min_cpu_share: float, core: int | None, benchmark_binary: str | None, timeout_s: float, retries: int,
               as_json: bool, **execution: Any) -> None:
     """Measure every layer of the space on DEVICE (resumable: a re-run skips stored layers), then heal the table."""
@@ -246,14 +256,14 @@ def build_cmd(ctx: click.Context, device_spec: str, space_name: str, resolution:
                 executor_kind, _space(space_name), resolution, device_spec, store, table_name, config,
                 address=address, select_options=_select_options(core, benchmark_binary, timeout_s, retries),
                 on_unusable=skipped, limit=limit, progress=not as_json, space_name=space_name,
-                guard=_guard(tries, min_cpu_share), heal=policy)
+                guard=_guard(tries, min_cpu_share), heal=policy, dtype=dtype)
         except BuildInterrupted as stop:
             click.echo(f"mnas: interrupted: table {stop.table_name!r} holds {stop.stored} layers; every stored layer "
                        "is kept: run the same command again to resume", err=True)
             raise SystemExit(130) from None  # not ctx.exit: mnas.cli.main drops click's exit codes
         contended = contended_entries(store, result.table_id)
     payload = {**result.to_dict(), "device_spec": device_spec, "executor": executor_kind, "resolution": resolution,
-               "conditions": config.conditions_key(), "skipped_devices": list(skipped), **contended}
+               "dtype": dtype, "conditions": config.conditions_key(), "skipped_devices": list(skipped), **contended}
     if as_json:
         echo_json(payload)
     else:
@@ -327,10 +337,11 @@ def _heal_line(heal: Any) -> str:
               help="Per-model latency: median of the timed runs, or min (auto: min on the shared host, "
                    "median on phones).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the learned model.")
+@dtype_option("The table's layer models (a --table given: any, unless --dtype is given too)")
 @json_option
 @click.pass_context
 def fit_cmd(ctx: click.Context, device_spec: str, table_name: str | None, resolution: int, kind: str,
-            model_name: str, no_fallback: bool, statistic: str, seed: int, as_json: bool) -> None:
+            model_name: str, no_fallback: bool, statistic: str, seed: int, dtype: str, as_json: bool) -> None:
     """Fit a predictor on a latency table and store it (uncalibrated; see `calibrate`)."""
     from mnas.predictor.fitting import fit_predictor
     from mnas.predictor.registry import save_predictor
@@ -338,7 +349,9 @@ def fit_cmd(ctx: click.Context, device_spec: str, table_name: str | None, resolu
 
     with _store(ctx) as store:
         device_name = resolve_device_name(device_spec, store)
-        loaded = choose_table(store, device_name, resolution, table_name)
+        given = ctx.get_parameter_source("dtype") != click.core.ParameterSource.DEFAULT
+        asked = dtype if table_name is None or given else None  # a named table: its own dtype unless asked
+        loaded = choose_table(store, device_name, resolution, table_name, asked)
         predictor, metrics = fit_predictor(loaded, kind=kind, model=model_name, fallback=not no_fallback, seed=seed,
                                            statistic=None if statistic == "auto" else statistic)
         predictor_id = save_predictor(store, predictor, loaded.table_id, metrics)
@@ -346,7 +359,8 @@ def fit_cmd(ctx: click.Context, device_spec: str, table_name: str | None, resolu
     # the fit's own "model" (the learned fallback's estimator) is `learned_model` in the vocabulary (docs/json.md)
     fitted = {("learned_model" if key == "model" else key): value for key, value in metrics.items()}
     payload = {"predictor_id": predictor_id, "kind": kind, "device_config": device_name, "table": loaded.meta.name,
-               "table_entries": len(loaded), "resolution": loaded.meta.resolution, "runtime": loaded.meta.runtime,
+               "table_entries": len(loaded), "resolution": loaded.meta.resolution, "dtype": loaded.meta.dtype,
+               "runtime": loaded.meta.runtime,
                "runtime_version": loaded.meta.runtime_version, **fitted, **contended}
     if as_json:
         echo_json(payload)
@@ -388,6 +402,7 @@ def network_target_options(func):
                      help="Input size (px) of the networks measured (and of the predictor)."),
         click.option("--predictor", "predictor_id", type=int, default=None,
                      help="Predictor id (default: the device's latest)."),
+        dtype_option("Networks measured (and the predictor's table)"),
     ]):
         func = option(func)
     return func
@@ -411,10 +426,11 @@ def network_measure_options(func):
 @network_measure_options
 @click.pass_context
 def calibrate_cmd(ctx: click.Context, device_spec: str, samples: int, seed: int, resolution: int,
-                  predictor_id: int | None, with_params: bool, runs: int, warmup: int, min_secs: float,
+                  predictor_id: int | None, dtype: str, with_params: bool, runs: int, warmup: int, min_secs: float,
                   repeats: int, tries: int, min_cpu_share: float, core: int | None, benchmark_binary: str | None,
                   timeout_s: float, retries: int, as_json: bool, **execution: Any) -> None:
     """Measure K random networks end to end and store a calibrated predictor."""
+    from mnas.predictor.build import network_writer
     from mnas.predictor.evals import calibrate_on_device
     from mnas.predictor.selection import device_predictor
 
@@ -423,15 +439,16 @@ def calibrate_cmd(ctx: click.Context, device_spec: str, samples: int, seed: int,
     devices = _devices(device_spec, core, benchmark_binary, timeout_s, retries, skipped)
     space = _space("mnasnet")
     with _store(ctx) as store:
-        predictor = device_predictor(store, devices, resolution, predictor_id, space)
+        predictor = device_predictor(store, devices, resolution, predictor_id, space, dtype)
         base_id = predictor.predictor_id
         try:
             report = calibrate_on_device(predictor, devices, store, space, samples, seed, config,
-                                         with_params=with_params, progress=not as_json,
+                                         with_params=with_params, progress=not as_json, writer=network_writer(dtype),
                                          guard=_guard(tries, min_cpu_share), repeats=repeats)
         except KeyboardInterrupt as stop:
             _networks_interrupted(stop, "calibrate")
-    payload = {"base_predictor_id": base_id, "device_spec": device_spec, "seed": seed, **report.to_dict(),
+    payload = {"base_predictor_id": base_id, "device_spec": device_spec, "seed": seed, "dtype": dtype,
+               **report.to_dict(),
                "networks": [n.to_dict() for n in report.networks], "skipped_devices": list(skipped)}
     if as_json:
         echo_json(payload)
@@ -462,18 +479,22 @@ def calibrate_cmd(ctx: click.Context, device_spec: str, samples: int, seed: int,
 @network_measure_options
 @click.pass_context
 def eval_cmd(ctx: click.Context, device_spec: str, samples: int | None, against: str, holdout: str | None, seed: int,
-             resolution: int, predictor_id: int | None, plot_path: str | None, runs: int, warmup: int,
+             resolution: int, predictor_id: int | None, dtype: str, plot_path: str | None, runs: int, warmup: int,
              min_secs: float, repeats: int, tries: int, min_cpu_share: float, core: int | None,
              benchmark_binary: str | None, timeout_s: float, retries: int, as_json: bool, **execution: Any) -> None:
     """Measure N held-out networks (or use stored figures) and report RMSE, MAPE, ±5/±10% shares,
     Kendall tau and a plot."""
     if against == "stored":
+        if dtype != "float32":
+            raise MnasError(f"--dtype {dtype} with --against stored: expected --against measured (stored and "
+                            "published figures are of float32 models)")
         _eval_stored(ctx, device_spec, holdout, resolution, predictor_id, plot_path, as_json)
         return
     if holdout is not None:
         raise MnasError("--holdout: expected --against stored (a measured eval samples fresh networks)")
     if samples is None:
         raise MnasError("--samples: expected N held-out networks to measure (or --against stored)")
+    from mnas.predictor.build import network_writer
     from mnas.predictor.evals import evaluate_on_device
     from mnas.predictor.selection import device_predictor
 
@@ -482,15 +503,16 @@ def eval_cmd(ctx: click.Context, device_spec: str, samples: int | None, against:
     devices = _devices(device_spec, core, benchmark_binary, timeout_s, retries, skipped)
     space = _space("mnasnet")
     with _store(ctx) as store:
-        predictor = device_predictor(store, devices, resolution, predictor_id, space)
+        predictor = device_predictor(store, devices, resolution, predictor_id, space, dtype)
         plot = Path(plot_path) if plot_path else (
             db_path(ctx).parent / "plots" / f"eval-p{predictor.predictor_id}-s{seed}-n{samples}.png")
         try:
             report = evaluate_on_device(predictor, devices, store, space, samples, seed, config, plot=plot,
-                                        progress=not as_json, guard=_guard(tries, min_cpu_share), repeats=repeats)
+                                        progress=not as_json, writer=network_writer(dtype), guard=_guard(tries, min_cpu_share), repeats=repeats)
         except KeyboardInterrupt as stop:
             _networks_interrupted(stop, "eval")
-    payload = {"device_spec": device_spec, "kind": predictor.kind, "calibrated": predictor.calibration_ is not None,
+    payload = {"device_spec": device_spec, "kind": predictor.kind, "dtype": dtype,
+               "calibrated": predictor.calibration_ is not None,
                **report.to_dict(), "skipped_devices": list(skipped)}
     if as_json:
         echo_json(payload)
@@ -787,10 +809,11 @@ def _import_published(ctx: click.Context, file: str, name: str | None, device_na
 @click.option("--predictor", "predictor_id", type=int, default=None, help="Predictor id (default: the device's latest).")
 @click.option("--per-layer", is_flag=True,
               help="For .tflite files: print each layer found in the model (the JSON always carries them).")
+@dtype_option("Predict the latency of these models (a predictor fitted on a table of this dtype)")
 @json_option
 @click.pass_context
 def predict(ctx: click.Context, archs: tuple[str, ...], device_spec: str, resolution: int, multiplier: float,
-            predictor_id: int | None, per_layer: bool, as_json: bool) -> None:
+            predictor_id: int | None, per_layer: bool, dtype: str, as_json: bool) -> None:
     """Predicted latency of ARCH... (zoo names, arch strings, or float32 .tflite files mapped onto mnas layers,
     with the operators no layer covers listed) from the device's latest predictor."""
     from mnas.cli_predict_tflite import echo_models, predict_models, read_models
@@ -806,12 +829,12 @@ def predict(ctx: click.Context, archs: tuple[str, ...], device_spec: str, resolu
     if not db_path(ctx).exists() and predictor_id is None and device_spec != "host":
         # no results store yet (a fresh clone): a table shipped for the device still answers
         device_name = resolve_device_name(device_spec, None)
-        predictor = load_device_predictor(None, device_name, resolution, None, None, _space("mnasnet"))
+        predictor = load_device_predictor(None, device_name, resolution, None, None, _space("mnasnet"), dtype)
     else:
         with _store(ctx, create=False) as store:
             device_name = resolve_device_name(device_spec, store)
             predictor = load_device_predictor(store, device_name, resolution, runtime_filter(device_name),
-                                              predictor_id, _space("mnasnet"))
+                                              predictor_id, _space("mnasnet"), dtype)
     rows = prediction_rows(predictor, resolved) if models is None else predict_models(models, predictor)
     if as_json:
         echo_json(rows)

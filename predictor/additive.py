@@ -51,6 +51,7 @@ class AdditivePredictor:
     calibration_: Calibration | None = None  # fitted by `calibrate`; None: predictions are the raw layer sums
     # set by `registry.save_predictor` / `load_predictor`: neither parameters nor fitted state
     predictor_id: int | None = None
+    dtype: str = "float32"  # of the models its table timed (`TableMeta.dtype`)
     metrics: Mapping[str, Any] = MappingProxyType({})
     _indexes: dict[tuple, TokenIndex] | None = None  # memo: one compiled index per space
 

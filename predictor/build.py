@@ -12,10 +12,17 @@ core at once, and then skips what the first stored. With a `HealPolicy`, a heali
 follows the measuring one under the same lock, through the same pool and guard: entries
 flagged contended or throttled and entries the learned layer model calls outliers are
 measured again until the table is stable (`predictor.heal`).
+
+A table holds one dtype (`TableMeta.dtype`): with `dtype="int8"` every layer is written fully
+quantized (`space.quantize`), calibrated on the quantizer's own seeded synthetic inputs of the
+layer's input shape: a single layer has no real activations to calibrate on, and the seed keeps
+the file (and so its sha256 and reuse) deterministic. `network_writer` is the same choice for
+whole networks (calibration, evaluation, measured search latency).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -24,6 +31,7 @@ from typing import Any
 
 from mnas.bench.contention import LAYER_GUARD, ContentionGuard
 from mnas.bench.device_lock import hold_devices
+from mnas.bench.measure import ModelWriter, default_model_writer
 from mnas.bench.pool import run_device_pool
 from mnas.bench.store import StoreWriteError
 from mnas.bench.tempdirs import owned_temp_dir
@@ -47,7 +55,8 @@ from mnas.predictor.table import (
     open_table,
     retake_reasons,
 )
-from mnas.space.arch import LayerSig
+from mnas.space.arch import Arch, LayerSig
+from mnas.space.quantize import check_dtype
 from mnas.space.search_space import SearchSpace
 
 LayerWriter = Callable[[LayerSig, Path], Any]
@@ -58,6 +67,33 @@ def default_writer(sig: LayerSig, path: Path) -> Any:
     from mnas.space.tflite_writer import write_layer
 
     return write_layer(sig, path)
+
+
+def _write_layer(sig: LayerSig, path: Path, *, dtype: str) -> Any:
+    from mnas.space.tflite_writer import write_layer
+
+    return write_layer(sig, path, dtype=dtype)
+
+
+def _write_arch(arch: Arch, path: Path, *, resolution: int, dtype: str) -> Any:
+    from mnas.space.tflite_writer import write_arch
+
+    return write_arch(arch, path, resolution=resolution, dtype=dtype)
+
+
+def layer_writer(dtype: str = "float32") -> LayerWriter:
+    """The single-layer writer of a `dtype` table (float32: `default_writer`, unchanged)."""
+    if check_dtype(dtype) == "float32":
+        return default_writer
+    return functools.partial(_write_layer, dtype=dtype)
+
+
+def network_writer(dtype: str = "float32") -> ModelWriter:
+    """The whole-network writer of `dtype` models (float32: `bench.measure.default_model_writer`, so
+    float files, their sha256 and every stored figure of them are unchanged)."""
+    if check_dtype(dtype) == "float32":
+        return default_model_writer
+    return functools.partial(_write_arch, dtype=dtype)
 
 
 @dataclass
@@ -90,7 +126,7 @@ class BuildResult:
 
 
 def table_meta(table_name: str, profiles: Sequence[DeviceProfile], resolution: int, config: BenchConfig,
-               space_name: str, num_classes: int) -> TableMeta:
+               space_name: str, num_classes: int, dtype: str = "float32") -> TableMeta:
     """Metadata of a table measured on `profiles`; they must be the same device model and runtime."""
     first = profiles[0]
     for other in profiles[1:]:
@@ -99,16 +135,17 @@ def table_meta(table_name: str, profiles: Sequence[DeviceProfile], resolution: i
                 raise MnasError(
                     f"device {other.device_id}: {name} is {getattr(other, name)!r}: expected {getattr(first, name)!r} "
                     f"like device {first.device_id} (one table holds one device model and runtime)")
-    meta = TableMeta.from_profile(table_name, first, resolution, config, space=space_name, num_classes=num_classes)
+    meta = TableMeta.from_profile(table_name, first, resolution, config, space=space_name, num_classes=num_classes,
+                                  dtype=dtype)
     return replace(meta, device_ids=tuple(dict.fromkeys(p.device_id for p in profiles)))
 
 
 def build_table(space: SearchSpace, resolution: int, devices: Sequence[Device], store: Any, table_name: str,
-                config: BenchConfig, limit: int | None = None, writer: LayerWriter = default_writer,
+                config: BenchConfig, limit: int | None = None, writer: LayerWriter | None = None,
                 progress: bool = True, space_name: str = "mnasnet", num_classes: int = 1000,
                 layers: Sequence[LayerSig] | None = None,
                 guard: ContentionGuard | None = LAYER_GUARD, lock_timeout_s: float | None = None,
-                heal: HealPolicy | None = None) -> BuildResult:
+                heal: HealPolicy | None = None, dtype: str = "float32") -> BuildResult:
     """Measure the layers of `space` at `resolution` missing from table `table_name`.
 
     `limit` caps how many layers this call measures (small builds, tests). `layers`
@@ -121,24 +158,29 @@ def build_table(space: SearchSpace, resolution: int, devices: Sequence[Device], 
     re-measures (once by default) host layers slower than a scheduler slice that were timed
     while other processes shared the core (`contention`). `heal` (a `HealPolicy`; None: no
     healing) runs the healing pass on the table once the measuring is done, even when this
-    call measured nothing (`limit=0` heals only); its report is `BuildResult.heal`.
+    call measured nothing (`limit=0` heals only); its report is `BuildResult.heal`. `dtype` is the
+    table's (`TableMeta.dtype`: a stored table of another dtype is refused); the default writer
+    (None or `default_writer`) writes layers of that dtype (`layer_writer`).
     """
+    check_dtype(dtype)
+    if writer is None or writer is default_writer:
+        writer = layer_writer(dtype)
     if not devices:
         raise MnasError("build_table: no devices: expected at least one device to measure on")
     if limit is not None and limit < 0:
         raise MnasError(f"limit = {limit}: expected a layer count >= 0")
     with hold_devices(devices, lock_timeout_s):  # before the table is read: see the module docstring
         return _build_table(space, resolution, devices, store, table_name, config, limit, writer, progress,
-                            space_name, num_classes, layers, guard, heal)
+                            space_name, num_classes, layers, guard, heal, dtype)
 
 
 def _build_table(space: SearchSpace, resolution: int, devices: Sequence[Device], store: Any, table_name: str,
                  config: BenchConfig, limit: int | None, writer: LayerWriter, progress: bool, space_name: str,
                  num_classes: int, layers: Sequence[LayerSig] | None,
-                 guard: ContentionGuard | None, heal: HealPolicy | None) -> BuildResult:
+                 guard: ContentionGuard | None, heal: HealPolicy | None, dtype: str) -> BuildResult:
     started = time.monotonic()
     profiles = [device.profile() for device in devices]
-    meta = table_meta(table_name, profiles, resolution, config, space_name, num_classes)
+    meta = table_meta(table_name, profiles, resolution, config, space_name, num_classes, dtype)
     table_id = open_table(store, meta)
     all_layers = list(layers) if layers is not None else enumerate_layers(space, resolution, num_classes)
     reasons = retake_reasons(store, table_id)

@@ -53,7 +53,7 @@ def _stored_count(store: Any, table_name: str) -> int:
 def _build_on(devices: Sequence[Device], space: SearchSpace, resolution: int, store: Any, table_name: str | None,
               config: BenchConfig, **build_kwargs: Any) -> BuildResult:
     """`build_table` on `devices` under `table_name` (default: named after the devices); Ctrl-C -> BuildInterrupted."""
-    name = table_name_for(devices, resolution, table_name)
+    name = table_name_for(devices, resolution, table_name, build_kwargs.get("dtype", "float32"))
     try:
         return build_table(space, resolution, list(devices), store, name, config, **build_kwargs)
     except KeyboardInterrupt:

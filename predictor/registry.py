@@ -35,13 +35,17 @@ from mnas.predictor.table import LatencyTable, Store, ensure_schema, load_table
 from mnas.space.search_space import SearchSpace
 
 __all__ = ["MAGIC", "STATE_VERSION", "TRUSTED_TYPES", "ReadStore", "decode_state", "encode_state", "list_predictors",
-           "load_predictor", "predictor_from_state", "predictor_state", "read_records", "save_predictor"]
+           "load_predictor", "predictor_dtype", "predictor_from_state", "predictor_state", "read_records",
+           "save_predictor"]
 
 STATE_VERSION = 2  # 1: a pickled dict (refused since: unpickling can run code)
 MAGIC = b"mnas-predictor\n"  # what every stored blob starts with (a pickle starts with b"\x80")
 # Types a fitted RandomForestRegressor / GradientBoostingRegressor holds that skops does not
 # trust by default; the estimators, numpy arrays and dtypes, and builtins are in its defaults.
 TRUSTED_TYPES = ("sklearn.tree._tree.Tree",)
+# A predictor's dtype is its table's (`TableMeta.dtype`, kept in the table's JSON metadata); a table
+# stored before the field existed, or no table at all, means float32.
+TABLE_DTYPE_SQL = "COALESCE(json_extract(t.meta, '$.dtype'), 'float32')"
 
 
 def _model_classes() -> dict[str, type]:
@@ -234,16 +238,25 @@ def save_predictor(store: Store, predictor: AdditivePredictor, table_id: int | N
         predictor_id = int(cursor.lastrowid)
     predictor.predictor_id = predictor_id
     predictor.metrics = metrics
+    if table_id is not None:
+        rows = store.read(f"SELECT {TABLE_DTYPE_SQL} FROM latency_tables t WHERE t.id = ?", (table_id,))
+        predictor.dtype = str(rows[0][0]) if rows else "float32"
     return predictor_id
 
 
 def list_predictors(store: ReadStore) -> list[dict[str, Any]]:
-    """One row per stored predictor: id, kind, table, device, runtime, resolution, metrics, created."""
+    """One row per stored predictor: id, kind, table, device, runtime, resolution, metrics, created, dtype."""
     ensure_schema(store)
     return read_records(
         store, "SELECT p.id, p.kind, p.table_id, t.name, t.device, t.runtime, t.version, t.resolution, p.metrics, "
-        "p.created FROM predictors p LEFT JOIN latency_tables t ON t.id = p.table_id ORDER BY p.id", (),
-        ("id", "kind", "table_id", "table", "device", "runtime", "runtime_version", "resolution", "metrics", "created"))
+        f"p.created, {TABLE_DTYPE_SQL} FROM predictors p LEFT JOIN latency_tables t ON t.id = p.table_id ORDER BY p.id",
+        (), ("id", "kind", "table_id", "table", "device", "runtime", "runtime_version", "resolution", "metrics",
+             "created", "dtype"))
+
+
+def predictor_dtype(predictor: Any) -> str:
+    """The dtype of the models `predictor` predicts: its stored table's, else float32 (shipped tables)."""
+    return str(getattr(predictor, "dtype", "float32"))
 
 
 def read_records(store: ReadStore, sql: str, params: Sequence[Any], keys: Sequence[str]) -> list[dict[str, Any]]:
@@ -256,21 +269,23 @@ def read_records(store: ReadStore, sql: str, params: Sequence[Any], keys: Sequen
 
 def load_predictor(store: ReadStore, predictor_id: int | None = None, *, device: str | None = None,
                    resolution: int | None = None, runtime: str | None = None, kind: str | None = None,
-                   space: SearchSpace | None = None) -> AdditivePredictor:
-    """A stored predictor by id, or the latest one whose table matches device/resolution/runtime/kind."""
+                   space: SearchSpace | None = None, dtype: str | None = None) -> AdditivePredictor:
+    """A stored predictor by id, or the latest one whose table matches device/resolution/runtime/kind/dtype."""
     ensure_schema(store)
     asked = {"p.id": predictor_id, "t.device": device, "t.resolution": resolution, "t.runtime": runtime,
-             "p.kind": kind}
+             "p.kind": kind, TABLE_DTYPE_SQL: dtype}
     where = [f"{column} = ?" for column, value in asked.items() if value is not None]
-    sql = ("SELECT p.id, p.table_id, p.params, p.metrics FROM predictors p LEFT JOIN latency_tables t "
+    sql = (f"SELECT p.id, p.table_id, p.params, p.metrics, {TABLE_DTYPE_SQL} FROM predictors p LEFT JOIN latency_tables t "
            "ON t.id = p.table_id" + (" WHERE " + " AND ".join(where) if where else "") +
            " ORDER BY p.created DESC, p.id DESC LIMIT 1")
     found = store.read(sql, [value for value in asked.values() if value is not None])
     if not found:
-        wanted = ", ".join(f"{column.split('.')[1]}={value}" for column, value in asked.items()
-                           if value is not None) or "any"
+        # float32 is every table's dtype unless said otherwise: only another dtype is worth naming
+        wanted = ", ".join(f"{'dtype' if column == TABLE_DTYPE_SQL else column.split('.')[1]}={value}"
+                           for column, value in asked.items()
+                           if value is not None and not (column == TABLE_DTYPE_SQL and value == "float32")) or "any"
         raise MnasError(f"no stored predictor matches {wanted}: expected one fitted with `mnas table fit`")
-    pid, table_id, blob, metrics = found[0]
+    pid, table_id, blob, metrics, table_dtype = found[0]
     where = f"{getattr(store, 'path', 'results store')}: stored predictor {pid}"
     state = decode_state(bytes(blob), where)
     table_id = None if table_id is None else int(table_id)
@@ -282,4 +297,5 @@ def load_predictor(store: ReadStore, predictor_id: int | None = None, *, device:
                         "written by `mnas table fit`; refit it") from None
     predictor.predictor_id = int(pid)
     predictor.metrics = json.loads(metrics)
+    predictor.dtype = str(table_dtype)
     return predictor

@@ -6,6 +6,11 @@ the runtime. Resolving that name, choosing a table and loading the matching pred
 to be written twice (the table commands and the search setup) and drifted apart; this
 module is the one place, so `mnas table fit --device SERIAL` and
 `mnas search --device SERIAL` agree on what SERIAL is (docs/architecture.md).
+
+Tables and predictors are also per dtype (float32 or int8 models): an int8 layer runs other
+kernels than its float twin, so a question about int8 latency is only answered from an int8
+table, and asking for int8 where only float32 tables exist is refused in one line that says
+how to build one, never answered from the float figures. float32 is the default everywhere.
 """
 
 from __future__ import annotations
@@ -32,24 +37,29 @@ __all__ = [
 ]
 
 
-def default_table_name(device_name: str, resolution: int, runtime: str, runtime_version: str) -> str:
-    """`<device>-r<resolution>-<runtime>-<version>`, with characters outside [A-Za-z0-9._+-] as '-'.
+def default_table_name(device_name: str, resolution: int, runtime: str, runtime_version: str,
+                       dtype: str = "float32") -> str:
+    """`<device>-r<resolution>-<runtime>-<version>` (+ `-int8` for int8 tables), with characters
+    outside [A-Za-z0-9._+-] as '-'.
 
     The name says what the table can be used for, so two builds under different conditions
-    never fill one table by accident.
+    (or of different dtypes) never fill one table by accident; float32 names are unchanged.
     """
     name = f"{device_name}-r{resolution}-{runtime}-{runtime_version}".strip("-")
+    if dtype != "float32":
+        name += f"-{dtype}"
     return re.sub(r"[^A-Za-z0-9._+-]+", "-", name)
 
 
-def table_name_for(devices: Sequence[Device], resolution: int, table_name: str | None = None) -> str:
-    """`table_name`, else the default name of the first device's model and runtime."""
+def table_name_for(devices: Sequence[Device], resolution: int, table_name: str | None = None,
+                   dtype: str = "float32") -> str:
+    """`table_name`, else the default name of the first device's model, runtime and `dtype`."""
     if table_name is not None:
         return table_name
     if not devices:
         raise MnasError("table name: no devices: expected at least one device to name the table after")
     profile = devices[0].profile()
-    return default_table_name(profile.device_name, resolution, profile.runtime, profile.runtime_version)
+    return default_table_name(profile.device_name, resolution, profile.runtime, profile.runtime_version, dtype)
 
 
 def host_runtime() -> tuple[str, str]:
@@ -136,11 +146,13 @@ def resolve_device_name(spec: str, store: Any | None = None, *, attached: bool =
                     f"(known: {', '.join(names) or 'none: run `mnas table build` first'})")
 
 
-def choose_table(store: Any, device_name: str, resolution: int, table: str | None = None) -> Any:
-    """The named table (checked for resolution/device/runtime) or the device's default/largest one.
+def choose_table(store: Any, device_name: str, resolution: int, table: str | None = None,
+                 dtype: str | None = None) -> Any:
+    """The named table (checked for resolution/device/runtime/dtype) or the device's default/largest
+    one of `dtype` (None: float32 when choosing, any for a named table).
 
     A host table measured with another runtime version is refused, never silently used:
-    its latencies are not this host's.
+    its latencies are not this host's; so is a table of another dtype.
     """
     from mnas.predictor.table import load_table
 
@@ -148,12 +160,18 @@ def choose_table(store: Any, device_name: str, resolution: int, table: str | Non
     version = host_runtime()[1] if device_name == "host" else None
     if table is not None:
         loaded = load_table(store, table, resolution=resolution)
-        loaded.check(device_name=device_name, runtime=runtime, runtime_version=version)
+        loaded.check(device_name=device_name, runtime=runtime, runtime_version=version, dtype=dtype)
         return loaded
-    candidates = [(row, meta) for row, meta in _tables_meta(store) if meta.device_name == device_name]
+    dtype = dtype or "float32"
+    of_device = [(row, meta) for row, meta in _tables_meta(store) if meta.device_name == device_name]
+    candidates = [(row, meta) for row, meta in of_device if meta.dtype == dtype]
     if not candidates:
-        raise MnasError(f"no latency table for device {device_name!r}: expected one built with "
-                        f"`mnas table build --device {device_name} --resolution {resolution}`")
+        flag = "" if dtype == "float32" else f" --dtype {dtype}"
+        have = sorted({meta.dtype for _, meta in of_device})
+        found = f" (its tables are {', '.join(have)})" if have else ""
+        what = "latency table" if dtype == "float32" else f"{dtype} latency table"
+        raise MnasError(f"no {what} for device {device_name!r}{found}: expected one built with "
+                        f"`mnas table build --device {device_name} --resolution {resolution}{flag}`")
     at_resolution = [(row, meta) for row, meta in candidates if meta.resolution == resolution]
     if not at_resolution:
         have = sorted({meta.resolution for _, meta in candidates})
@@ -173,21 +191,26 @@ def choose_table(store: Any, device_name: str, resolution: int, table: str | Non
 
 
 def load_device_predictor(store: Any, device_name: str, resolution: int, runtime: str | None,
-                          predictor_id: int | None = None, space: Any = None) -> Any:
-    """Predictor `predictor_id`, else the latest for (device, resolution, runtime); its resolution is checked.
+                          predictor_id: int | None = None, space: Any = None, dtype: str = "float32") -> Any:
+    """Predictor `predictor_id`, else the latest for (device, resolution, runtime, dtype); its
+    resolution and dtype are checked.
 
     An explicit id wins over the device filters (the user picked it), but a predictor for
-    another resolution would predict a different network, so that is an error either way.
+    another resolution or dtype would predict a different network, so that is an error either
+    way. Shipped tables are float32: an int8 question never falls back to them.
     """
-    from mnas.predictor.registry import load_predictor
+    from mnas.predictor.registry import load_predictor, predictor_dtype
 
     try:
         if store is None:
             raise MnasError(f"no results store: no stored predictor for {device_name!r}")
         predictor = load_predictor(store, predictor_id, device=None if predictor_id else device_name,
                                    resolution=None if predictor_id else resolution,
-                                   runtime=None if predictor_id else runtime, space=space)
+                                   runtime=None if predictor_id else runtime, space=space,
+                                   dtype=None if predictor_id else dtype)
     except MnasError:
+        if predictor_id is None and dtype != "float32":
+            raise MnasError(_missing_dtype(store, device_name, resolution, dtype)) from None
         shipped = shipped_device_predictor(device_name, resolution) if predictor_id is None else None
         if shipped is None:
             raise
@@ -195,16 +218,32 @@ def load_device_predictor(store: Any, device_name: str, resolution: int, runtime
     if predictor.resolution != resolution:
         raise MnasError(f"predictor {predictor.predictor_id} is for resolution {predictor.resolution}: "
                         f"expected {resolution}")
+    if predictor_dtype(predictor) != dtype:
+        raise MnasError(f"predictor {predictor.predictor_id} predicts {predictor_dtype(predictor)} models: "
+                        f"expected {dtype} (pass --dtype {predictor_dtype(predictor)}, or a predictor fitted "
+                        f"on a table of {dtype} models)")
     return predictor
 
 
+def _missing_dtype(store: Any, device_name: str, resolution: int, dtype: str) -> str:
+    """The one line for a device without a `dtype` predictor: which dtypes it has, and how to get one."""
+    from mnas.predictor.registry import list_predictors
+
+    have = sorted({row["dtype"] for row in list_predictors(store)
+                   if row["device"] == device_name and row["resolution"] == resolution}) if store is not None else []
+    stored = f"only {', '.join(have)} predictors are stored" if have else "no predictor is stored"
+    return (f"no {dtype} predictor for device {device_name!r} at resolution {resolution} ({stored}): expected one "
+            f"fitted on a table of {dtype} models: `mnas table build --device {device_name} --resolution {resolution} "
+            f"--dtype {dtype}`, then `mnas table fit --device {device_name} --resolution {resolution} --dtype {dtype}`")
+
+
 def device_predictor(store: Any, devices: Sequence[Device], resolution: int, predictor_id: int | None = None,
-                     space: Any = None) -> Any:
-    """The predictor for the model and runtime of the devices about to be measured (calibrate, eval)."""
+                     space: Any = None, dtype: str = "float32") -> Any:
+    """The predictor for the model, runtime and dtype of the networks about to be measured (calibrate, eval)."""
     if not devices:
         raise MnasError("predictor: no devices: expected at least one device to choose the predictor for")
     profile = devices[0].profile()
-    return load_device_predictor(store, profile.device_name, resolution, profile.runtime, predictor_id, space)
+    return load_device_predictor(store, profile.device_name, resolution, profile.runtime, predictor_id, space, dtype)
 
 
 # ------------------------------------------------------------------------------ shipped tables
@@ -219,17 +258,19 @@ def shipped_device_predictor(device_name: str, resolution: int, directory: Any =
     return shipped_predictor(device_name, resolution, directory)
 
 
-def ensure_shipped_predictor(store: Any, device_name: str, resolution: int, directory: Any = None) -> int | None:
+def ensure_shipped_predictor(store: Any, device_name: str, resolution: int, directory: Any = None,
+                             dtype: str = "float32") -> int | None:
     """On first use, store the shipped table of `device_name` (at `resolution`) and its calibrated
     predictor, so a search can pin a predictor id; returns that id, or None when the store already
-    has a predictor for (device, resolution) or nothing is shipped for the device."""
-    if device_name == "host":
+    has a predictor for (device, resolution) or nothing is shipped for the device (or for `dtype`:
+    shipped tables are float32)."""
+    if device_name == "host" or dtype != "float32":
         return None
     from mnas.predictor.registry import load_predictor
     from mnas.predictor.transfer_store import TransferResult, save_transfer, shipped_table
 
     try:
-        load_predictor(store, device=device_name, resolution=resolution)
+        load_predictor(store, device=device_name, resolution=resolution, dtype="float32")
         return None
     except MnasError:
         pass

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from mnas.bench.measure import reuse_blocker
 from mnas.bench.types import BenchConfig, DeviceProfile, Measurement, check_statistic, latency_ms
 from mnas.errors import MnasError
+from mnas.space.quantize import DTYPES
 
 FILE_FORMAT = "mnas-latency-table"
 FILE_VERSION = 1
@@ -174,6 +175,9 @@ class TableMeta:
     not measured here came from: source file and text, what its statistics mean, and the
     source's keys that have no mnas layer. Tables stored before these fields existed read
     back as kind "measured" with no provenance (the metadata is JSON: no migration needed).
+    `dtype` is the type of the single-layer models the table timed (`space.quantize.DTYPES`):
+    an int8 layer runs other kernels than its float32 twin, so the two never share a table,
+    and a table stored before the field existed reads back as float32 (what was built then).
     """
 
     name: str
@@ -189,8 +193,11 @@ class TableMeta:
     created: float = field(default_factory=time.time)
     kind: str = "measured"
     provenance: dict[str, Any] = field(default_factory=dict, hash=False)
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise MnasError(f"latency table {self.name!r}: dtype {self.dtype!r}: expected one of {list(DTYPES)}")
         if self.kind not in TABLE_KINDS:
             raise MnasError(f"latency table {self.name!r}: kind {self.kind!r}: expected one of {list(TABLE_KINDS)}")
         if not isinstance(self.provenance, dict):
@@ -199,11 +206,11 @@ class TableMeta:
 
     @classmethod
     def from_profile(cls, name: str, profile: DeviceProfile, resolution: int, config: BenchConfig,
-                     space: str = "mnasnet", num_classes: int = 1000) -> TableMeta:
+                     space: str = "mnasnet", num_classes: int = 1000, dtype: str = "float32") -> TableMeta:
         return cls(name=name, device_name=profile.device_name, runtime=profile.runtime,
                    runtime_version=profile.runtime_version, resolution=resolution,
                    conditions=config.conditions_key(), pinned_core=profile.pinned_core,
-                   device_ids=(profile.device_id,), space=space, num_classes=num_classes)
+                   device_ids=(profile.device_id,), space=space, num_classes=num_classes, dtype=dtype)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -226,7 +233,7 @@ class TableMeta:
 
     def mismatch(self, other: TableMeta) -> str | None:
         """The first field on which a build under `other` may not extend this table, or None."""
-        for name in ("kind", "device_name", "runtime", "runtime_version", "resolution", "conditions",
+        for name in ("kind", "dtype", "device_name", "runtime", "runtime_version", "resolution", "conditions",
                      "pinned_core", "space", "num_classes"):
             mine, theirs = getattr(self, name), getattr(other, name)
             if mine != theirs:
@@ -261,13 +268,14 @@ class LatencyTable:
         return {key: entry_ms(entry, statistic, self.meta.name) for key, entry in self.entries.items()}
 
     def check(self, resolution: int | None = None, runtime: str | None = None,
-              runtime_version: str | None = None, device_name: str | None = None) -> LatencyTable:
+              runtime_version: str | None = None, device_name: str | None = None,
+              dtype: str | None = None) -> LatencyTable:
         """Raise a one-line MnasError unless the table is non-empty and matches what is asked."""
         name = self.meta.name
         if not self.entries:
             raise MnasError(f"latency table {name!r} has no entries: expected a built table (run `mnas table build`)")
         asked = {"resolution": resolution, "runtime": runtime, "runtime_version": runtime_version,
-                 "device_name": device_name}
+                 "device_name": device_name, "dtype": dtype}
         for field_name, want in asked.items():
             have = getattr(self.meta, field_name)
             if want is not None and have != want:
@@ -387,8 +395,8 @@ def load_table(store: Store, table: str | int, *, resolution: int | None = None,
 
 def list_tables(store: Store) -> list[dict[str, Any]]:
     """One row per table: id, name, device, runtime, version, resolution, conditions, entries,
-    created, kind ("measured", "published", "transferred") and provenance (an object; empty
-    for a measured table)."""
+    created, kind ("measured", "published", "transferred"), provenance (an object; empty
+    for a measured table) and dtype (float32 for tables stored before it was recorded)."""
     ensure_schema(store)
     rows = store.read(
         "SELECT t.id, t.name, t.device, t.runtime, t.version, t.resolution, t.conditions, t.created, "
@@ -400,6 +408,7 @@ def list_tables(store: Store) -> list[dict[str, Any]]:
         meta = json.loads(row[-1])
         item["kind"] = meta.get("kind", "measured")
         item["provenance"] = meta.get("provenance") or {}
+        item["dtype"] = meta.get("dtype", "float32")
         out.append(item)
     return out
 

@@ -17,6 +17,13 @@ measurement is stored as soon as it completes, so a failure loses only what was 
 The devices are locked (`bench.device_lock`) for each call, from the reuse check to the last
 measurement, not for the search's life: a search lives for days and mostly trains, so a
 `mnas bench` or table build on the same phone gets its turn between two latency batches.
+
+A search asks the latency of float32 or int8 models (`RunConfig.latency.dtype`): measured,
+each architecture is written in that dtype (`predictor.build.network_writer`; an int8 file has
+its own sha256, so the reuse rule never lets a float figure stand in for it, nor the reverse),
+its figures are stored under the label `<label>-int8` as `mnas bench --dtype int8` does, and
+the memo is keyed on the dtype too; predicted, the predictor is one fitted on a table of that
+dtype (`predictor.selection.load_device_predictor`).
 """
 
 from __future__ import annotations
@@ -62,14 +69,18 @@ class MeasuredLatency:
     `workdir`: where the models are written (default: a temporary folder per call, removed
     after). Each model file is deleted once its latency is known and stored (a MnasNet-space
     model at 224 px is ~15 MB: 8,000 children would leave ~120 GB), unless `keep_models`.
+    `dtype` ("float32" or "int8") is the models' type: `model_writer` None writes that dtype
+    (`predictor.build.network_writer`); int8 figures are stored under `<label>-int8`.
     """
 
     name = "measured"
 
     def __init__(self, devices: Sequence[Device], resolution: int, bench_config: BenchConfig,
-                 model_writer: ModelWriter, store: Any = None, *,
+                 model_writer: ModelWriter | None = None, store: Any = None, *,
                  label: str = "search", workdir: Path | None = None, lock_timeout_s: float | None = None,
-                 keep_models: bool = False) -> None:
+                 keep_models: bool = False, dtype: str = "float32") -> None:
+        from mnas.predictor.build import network_writer
+
         if not devices:
             raise MnasError("measured latency: no devices: expected at least one device to time models on")
         if not isinstance(resolution, int) or resolution < 8:
@@ -80,14 +91,15 @@ class MeasuredLatency:
         self.devices = list(devices)
         self.resolution = resolution
         self.bench_config = bench_config
-        self.model_writer = model_writer
+        self.dtype = dtype
+        self.model_writer = model_writer if model_writer is not None else network_writer(dtype)
         self.store = store
-        self.label = label
+        self.label = label if dtype == "float32" else f"{label}-{dtype}"
         self.workdir = workdir
         self.keep_models = keep_models
         self.lock_timeout_s = lock_timeout_s
         self._profiles: dict[str, DeviceProfile] = {}
-        self._memo: dict[tuple[str, str], LatencyResult] = {}  # (device id, model sha256)
+        self._memo: dict[tuple[str, str, str], LatencyResult] = {}  # (device id, dtype, model sha256)
         self.benchmarks = 0  # fresh measurements taken by this object
 
     def profile(self, device: Device) -> DeviceProfile:
@@ -98,7 +110,7 @@ class MeasuredLatency:
     def _known(self, sha: str) -> LatencyResult | None:
         """A result for this model from memory or the store, on any device of the pool."""
         for device in self.devices:
-            memo = self._memo.get((device.device_id, sha))
+            memo = self._memo.get((device.device_id, self.dtype, sha))
             if memo is not None:
                 return replace(memo, source=f"cache:{device.device_id}")
         if self.store is None:
@@ -109,7 +121,7 @@ class MeasuredLatency:
                 value = latency_ms(found[0][0])
                 result = LatencyResult(latency_ms=value, source=f"store:{device.device_id}",
                                        measured_ms=value, device_id=device.device_id, model_sha256=sha)
-                self._memo[(device.device_id, sha)] = result
+                self._memo[(device.device_id, self.dtype, sha)] = result
                 return result
         return None
 
@@ -181,7 +193,7 @@ class MeasuredLatency:
             median = latency_ms(self.store.get_measurement(row))
         result = LatencyResult(latency_ms=median, source=source, measured_ms=median,
                                device_id=m.device_id, model_sha256=sha, measurement_id=row)
-        self._memo[(m.device_id, sha)] = result
+        self._memo[(m.device_id, self.dtype, sha)] = result
         return result
 
 

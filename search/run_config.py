@@ -21,6 +21,7 @@ from typing import Any
 from mnas.bench.types import BenchConfig, parse_bm_args
 from mnas.errors import MnasError
 from mnas.search.reward import PRESETS, Reward
+from mnas.space.quantize import DTYPES
 
 __all__ = ["ACCURACY_KINDS", "ALGORITHMS", "LATENCY_KINDS", "AccuracyConfig", "LatencyConfig", "RunConfig",
            "check_budget", "check_threads", "check_window", "new_run_config", "reward_from_options"]
@@ -76,6 +77,9 @@ class LatencyConfig:
 
     `predictor_id` is pinned when the run starts (the latest predictor for `device_name`,
     the device model tables are keyed on), so a resumed run predicts with the same one.
+    `dtype` is the type of the models whose latency is asked (`space.quantize.DTYPES`): measured
+    latency times models of that dtype, predicted latency uses a predictor fitted on a table of
+    that dtype. A config stored before the field existed reads back as float32.
     """
 
     kind: str = "predicted"
@@ -94,10 +98,13 @@ class LatencyConfig:
     threads: int = 1  # measured: benchmark threads (one core each; BenchConfig.num_threads)
     delegate: str = "default"  # measured: bench.types.DELEGATES
     bm_args: tuple[tuple[str, str], ...] = ()  # measured, phones: extra benchmark_model flags
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.kind not in LATENCY_KINDS:
             raise MnasError(f"--latency {self.kind!r}: expected one of {', '.join(LATENCY_KINDS)}")
+        if self.dtype not in DTYPES:
+            raise MnasError(f"--dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
         if not 0 < self.share <= 1:
             raise MnasError(f"--share {self.share:g}: expected a value in (0, 1]")
         object.__setattr__(self, "bm_args", parse_bm_args(self.bm_args))  # JSON gives lists: one form
@@ -242,7 +249,7 @@ def new_run_config(*, algorithm: str = "ppo", seed: int = 0, samples: int = 20, 
                    steps: int | None = None, batch_size: int = 128, train_samples: int = 4096,
                    val_samples: int = 2000, threads: int = 1, keep_models: bool = False,
                    proxy_strides: str = "auto", latency_threads: int = 1, delegate: str = "default",
-                   bm_args: tuple[str, ...] = ()) -> RunConfig:
+                   bm_args: tuple[str, ...] = (), dtype: str = "float32") -> RunConfig:
     """The config of a new run from `mnas search` options (defaults: the CLI's)."""
     check_threads(threads)
     parsed_reward = reward_from_options(reward, target_ms, alpha, beta)
@@ -256,7 +263,7 @@ def new_run_config(*, algorithm: str = "ppo", seed: int = 0, samples: int = 20, 
     latency_config = LatencyConfig(kind=latency, device=device, resolution=latency_resolution, predictor_id=predictor_id,
                                    share=share, runs=runs, warmup=warmup, min_secs=min_secs, benchmark_binary=binary,
                                    keep_models=keep_models, threads=latency_threads, delegate=delegate,
-                                   bm_args=parse_bm_args(bm_args))
+                                   bm_args=parse_bm_args(bm_args), dtype=dtype)
     if accuracy == "cheap":
         # its mult-adds curve is defined at 224 px whatever resolution latency is timed at
         accuracy_config = AccuracyConfig(kind="cheap", params={"seed": seed})

@@ -87,24 +87,21 @@ def build_latency(config: LatencyConfig, seed: int, store: Any, workdir: Path,
 
     predicted = measured = None
     if config.predicts:
-        from mnas.predictor.registry import load_predictor
-        from mnas.predictor.selection import ensure_shipped_predictor
+        from mnas.predictor.selection import ensure_shipped_predictor, load_device_predictor
 
         if not config.predictor_id:  # a device with a table shipped in device_configs/tables: stored on first use
-            ensure_shipped_predictor(store, config.device_name, config.resolution)
-        predictor = load_predictor(store, config.predictor_id,
-                                   device=None if config.predictor_id else config.device_name,
-                                   resolution=config.resolution)
+            ensure_shipped_predictor(store, config.device_name, config.resolution, dtype=config.dtype)
+        # the predictor of the run's dtype (an int8 run without an int8 predictor is refused in one line)
+        predictor = load_device_predictor(store, config.device_name, config.resolution, None, config.predictor_id,
+                                          dtype=config.dtype)
         config = dataclasses.replace(config, predictor_id=predictor.predictor_id)
         predicted = PredictedLatency(predictor, predictor_id=f"predictor-{predictor.predictor_id}")
     if config.measures:
-        from mnas.space.tflite_writer import write_arch
-
         binary = config.benchmark_binary  # on Ray: a path that must exist on every node with phones
         found = devices(config.device, benchmark_binary=Path(binary) if binary else None,
                         timeout_s=config.timeout_s, retries=config.retries)
-        measured = MeasuredLatency(found, config.resolution, config.bench_config(), write_arch, store=store,
-                                   workdir=workdir, keep_models=config.keep_models)
+        measured = MeasuredLatency(found, config.resolution, config.bench_config(), None, store=store,
+                                   workdir=workdir, keep_models=config.keep_models, dtype=config.dtype)
     if predicted is not None and measured is not None:
         from mnas.search.latency import check_hybrid_statistic
 

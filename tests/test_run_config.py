@@ -44,7 +44,7 @@ def test_a_config_survives_json_and_reads_the_old_dict_form() -> None:
     ({"latency": {**OLD_FORM["latency"], "colour": "red"}},
      "run config: latency key(s) colour unknown: expected some of kind, device, resolution, predictor_id, "
      "device_name, share, runs, warmup, min_secs, benchmark_binary, timeout_s, retries, keep_models, threads, "
-     "delegate, bm_args"),
+     "delegate, bm_args, dtype"),
     ({"accuracy": {"kind": "proxy"}}, "accuracy source proxy: no task key: expected ProxyTask.key()"),
     ({"seed": "eleven"}, "run config: config.seed = 'eleven': expected int"),
 ])
