@@ -230,16 +230,16 @@ def test_devices_json_lists_host_and_both_phones_with_their_configs(lab: dict[st
     assert run.rc == 0, run.describe()
     payload = run.json()
     assert payload["notes"] == []
-    rows = {row["id"]: row for row in payload["devices"]}
+    rows = {row["device_id"]: row for row in payload["devices"]}
     expected = {phone.serial: name for name, phone in lab["phones"].items()}
     assert set(rows) == {"host", *expected}
     assert rows["host"]["kind"] == "host"
     for serial, name in expected.items():
         config = load_config(Path(lab["phones"][name].config_path))
         assert rows[serial] == {
-            "id": serial, "kind": "adb", "state": "device", "model": config.properties["ro.product.model"],
-            "config": name, "pin_core": config.pin_core, "max_freq_khz": config.max_freq_khz(config.pin_core),
-            "runtime": "benchmark_model",
+            "device_id": serial, "kind": "adb", "state": "device", "phone_model": config.properties["ro.product.model"],
+            "cpu_model": None, "device_config": name, "pinned_cores": [config.pin_core],
+            "max_freq_khz": config.max_freq_khz(config.pin_core), "runtime": "benchmark_model",
         }
 
 
