@@ -130,6 +130,7 @@ def list_cmd(ctx: click.Context, as_json: bool, limit: int, device: str | None, 
         if more_figures:
             click.echo(f"({more_figures} more published figures: raise --limit)")
 
+
 @results.command("compare")
 @click.argument("devices", nargs=-1, required=True)
 @click.option("--model", "model", default=None,
@@ -216,7 +217,6 @@ def _published_matches(figure: Any, model: str | None, since: float | None) -> b
             imported = imported.replace(tzinfo=dt.timezone.utc)  # stored as UTC
         return imported.timestamp() >= since
     return True
-
 
 
 @results.command("import")
