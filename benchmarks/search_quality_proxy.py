@@ -289,7 +289,7 @@ def run_bench(bench: ProxyBench, json_path: Path | None, png: Path) -> dict[str,
     print_summary(result["summary"], target)
     title = (f"PPO vs random vs evolution on real training: {bench.samples} children x {bench.seeds} seeds\n"
              f"latency: {predictor}, T = {target} ms\nproxy: {task.dataset} {task.resolution} px, {task.steps} steps x "
-             f"{task.batch_size} images, {task.max_train_samples} train / {task.max_val_samples} val images; "
+             f"{task.batch_size} images, <= {task.max_train_samples} train / <= {task.max_val_samples} val images; "
              f"top-{bench.final_top} finalized over {bench.final_seeds} seeds")
     curves_png(runs, bench, title, png)
     print(f"reward curves: {png}" + (f"; figures: {json_path}" if json_path else ""))
