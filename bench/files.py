@@ -7,12 +7,13 @@ import errno
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from mnas.errors import MnasError
 
 __all__ = ["TFLITE_IDENTIFIER", "check_tflite_file", "os_cause", "sha256_file", "unwritable_reason",
-           "write_text_atomic"]
+           "write_atomic", "write_text_atomic"]
 
 TFLITE_IDENTIFIER = b"TFL3"
 
@@ -84,28 +85,43 @@ def check_tflite_file(model_path: Path) -> None:
         )
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write `text` to `path` so that no reader ever sees half a file.
+def write_atomic(path: Path, write: Callable[[str], None], *, what: str = "", suffix: str = ".tmp") -> Path:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it over `path`.
 
-    A temp file beside `path`, flushed to disk, then renamed over it: a device config being
-    rewritten or a benchmark child's result read by its parent is either old or whole.
-    A write that fails (disk full, read-only) is one MnasError naming `path` and the cause,
-    and leaves `path` as it was.
+    The one atomic write: a reader never sees half a file, whatever `write` does (a CSV, a PNG,
+    JSON). A write that fails (disk full, read-only) is one MnasError naming `path`, `what` was
+    being written (e.g. "the plot") and the cause, and leaves `path` as it was; any other
+    exception from `write` propagates, the temporary file removed.
     """
+    failure = f"{path}: cannot write{' ' + what if what else ''}"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     except OSError as exc:
-        raise MnasError(f"{path}: cannot write: {os_cause(exc)}") from None
+        raise MnasError(f"{failure}: {os_cause(exc)}") from None
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise MnasError(f"{path}: cannot write: {os_cause(exc)}") from None
+            raise MnasError(f"{failure}: {os_cause(exc)}") from None
         raise
     return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write `text` to `path` so that no reader ever sees half a file (`write_atomic`), flushed to disk.
+
+    A device config being rewritten or a benchmark child's result read by its parent is either
+    old or whole, also after a power cut (fsync before the rename).
+    """
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    return write_atomic(path, write)

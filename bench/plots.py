@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -79,24 +77,10 @@ def check_png_path(path: str | Path) -> Path:
 
 def save_png(figure: Figure, path: str | Path) -> Path:
     """Write `figure` to `path` as PNG, atomically; one MnasError line when it cannot be written."""
-    from mnas.bench.files import os_cause
+    from mnas.bench.files import write_atomic
 
     path = check_png_path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    except OSError as exc:
-        raise MnasError(f"{path}: cannot write the plot: {os_cause(exc)}") from None
-    os.close(fd)
-    try:
-        figure.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise MnasError(f"{path}: cannot write the plot: {os_cause(exc)}") from None
-        raise
-    return path
+    return write_atomic(path, lambda tmp: figure.savefig(tmp, format="png"), what="the plot", suffix=".png")
 
 
 def grouped_bars(groups: Sequence[str], series: Mapping[str, Sequence[float | None]], *, title: str,

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from mnas.bench.files import write_atomic
 from mnas.cli_util import DefaultGroup, db_path, echo_json, echo_table, iso_at, json_option
 from mnas.errors import MnasError
 
@@ -284,7 +282,7 @@ def export_cmd(ctx: click.Context, fmt: str | None, output: Path) -> None:
             raise MnasError(f"parquet export needs pyarrow ({exc}); pip install pyarrow, "
                             "or use --format csv") from None
 
-    _write_atomically(output, write)
+    write_atomic(output, write)
     click.echo(f"wrote {len(frame)} measurements to {output} ({fmt})")
 
 
@@ -329,26 +327,6 @@ def export_frame(store: Any) -> Any:
             values = frame[column].replace("", None)
             frame[column] = values.astype("float64") if values.isna().all() else values
     return frame
-
-
-def _write_atomically(output: Path, write: Callable[[str], None]) -> None:
-    """`write(tmp)` into a temporary file beside `output`, then rename: a reader never sees half a file."""
-    from mnas.bench.files import os_cause
-
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    except OSError as exc:
-        raise MnasError(f"{output}: cannot write: {os_cause(exc)}") from None
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, output)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):  # disk full while writing: one line, no half file left
-            raise MnasError(f"{output}: cannot write: {os_cause(exc)}") from None
-        raise
 
 
 _OPS_FORMATS = {".csv": "csv", ".json": "json"}
@@ -397,11 +375,11 @@ def ops_cmd(ctx: click.Context, measurement_id: int, fmt: str | None, output: Pa
         if fmt == "csv":
             import pandas as pd
 
-            _write_atomically(output, lambda tmp: pd.DataFrame(rows, columns=list(OP_COLUMNS)).to_csv(tmp, index=False))
+            write_atomic(output, lambda tmp: pd.DataFrame(rows, columns=list(OP_COLUMNS)).to_csv(tmp, index=False))
         else:
             from mnas.json_safe import json_safe
 
-            _write_atomically(output, lambda tmp: Path(tmp).write_text(json.dumps(json_safe(payload), indent=2)))
+            write_atomic(output, lambda tmp: Path(tmp).write_text(json.dumps(json_safe(payload), indent=2)))
         click.echo(f"wrote {len(rows)} ops of measurement {measurement_id} to {output} ({fmt})")
         return
     if note is not None:
