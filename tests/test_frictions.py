@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from cli_run import run_mnas
 from fake_adb import FakeAdbClient, FakePhone
 from predictor_fakes import SyntheticDevice, write_arch_text, write_key
 
@@ -37,7 +38,6 @@ from mnas.bench.device_config import (
 )
 from mnas.bench.store import ResultsStore
 from mnas.bench.types import BenchConfig
-from mnas.cli import main
 from mnas.errors import MnasError
 from mnas.predictor import endtoend, evals
 from mnas.predictor.build import build_table
@@ -51,18 +51,6 @@ ROOT = Path(__file__).resolve().parent.parent
 REPO_CONFIGS = ROOT / "device_configs"
 SERIAL = "98AX0A1B2C"
 FINGERPRINT = "google/flame/flame:13/TP1A.221005.002/9012097:user/release-keys"
-
-
-def run_mnas(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """`mnas ARGS` through the console entry point: (exit code, stdout, stderr) as a user sees them."""
-    capsys.readouterr()
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 # ============================================================================ devices probe

@@ -15,6 +15,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from cli_run import run_mnas_db as mnas
 from tflite_fixtures import small_conv
 
 from mnas.bench.store import BENCH_MIGRATIONS, DuplicateMeasurement, ResultsStore
@@ -32,18 +33,6 @@ def measurement(sha: str, *, device: str = "pixel4", at: float = DAY1, runs: int
         config=BenchConfig(num_runs=runs), timestamp=at,
         stats=LatencyStats(count=runs, mean_us=median_us, std_us=10.0, min_us=median_us - 100, max_us=median_us + 100,
                            median_us=median_us))
-
-
-def mnas(capsys: pytest.CaptureFixture[str], db: Path, *args: str) -> tuple[int, str, str]:
-    from mnas.cli import main
-
-    try:
-        main(["--db", str(db), *args])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 SHA_A, SHA_B = "a1" * 32, "b2" * 32

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from cli_run import run_mnas_db as mnas
 from loopback_fixtures import isolated_adb_server, loopback_phones, requires_adb
 
 from mnas.bench.bm_output import parse_benchmark_output
@@ -47,19 +48,6 @@ def measurement(op_profile: list[OpProfileRow] | None, *, runtime: str = "benchm
         stats=LatencyStats(count=50, mean_us=2950340.0, std_us=109798.0, min_us=2727568.0, max_us=3189954.0,
                            median_us=2940000.0),
         op_profile=op_profile, timestamp=1_700_000_000.0 + i)
-
-
-def mnas(capsys: pytest.CaptureFixture[str], db: Path, *args: str) -> tuple[int, str, str]:
-    """Run the CLI in this process: (exit code, stdout, stderr)."""
-    from mnas.cli import main
-
-    try:
-        main(["--db", str(db), *args])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # ============================================================================ the recorded profile

@@ -15,6 +15,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from cli_run import run_mnas as mnas
 
 from mnas.bench.published import (
     column_unit,
@@ -286,18 +287,6 @@ def test_the_mobile_ml_benchmark_csv_imports_what_mnas_expresses(tmp_path: Path)
 
 
 # --------------------------------------------------------------------------- the command line
-
-def mnas(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    from mnas.cli import main
-
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
 
 def test_cli_import_list_and_errors(tmp_path: Path, good_csv: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = str(tmp_path / "r.db")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_run import run_mnas_db as mnas
 from loopback_fixtures import isolated_adb_server, loopback_phones, requires_adb
 from tflite_fixtures import conv_model_bytes, small_conv, write_model
 
@@ -60,18 +61,6 @@ def db(tmp_path: Path) -> Path:
         ]:
             store.add_measurement(m, label=label, force=True)
     return path
-
-
-def mnas(capsys: pytest.CaptureFixture[str], db: Path, *args: str) -> tuple[int, str, str]:
-    from mnas.cli import main
-
-    try:
-        main(["--db", str(db), *args])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def texts(figure: Any) -> str:
