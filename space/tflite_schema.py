@@ -129,14 +129,16 @@ class Graph:
         return sum(b.nbytes for b in self.buffers if b is not None)
 
 
-def _int_vector(b: flatbuffers.Builder, values: tuple[int, ...] | list[int]) -> int:
+def int_vector(b: flatbuffers.Builder, values: tuple[int, ...] | list[int]) -> int:
+    """An [int32] vector (shapes, tensor indices). Public: the foreign-model test fixture builds with it too."""
     b.StartVector(4, len(values), 4)
     for value in reversed(values):
         b.PrependInt32(value)
     return b.EndVector()
 
 
-def _offset_vector(b: flatbuffers.Builder, offsets: list[int]) -> int:
+def offset_vector(b: flatbuffers.Builder, offsets: list[int]) -> int:
+    """A vector of tables (tensors, operators, buffers, ...), given their offsets in order."""
     b.StartVector(4, len(offsets), 4)
     for offset in reversed(offsets):
         b.PrependUOffsetTRelative(offset)
@@ -160,8 +162,8 @@ def _quantization(b: flatbuffers.Builder, quant: Quant) -> int:
     return tflite.QuantizationParametersEnd(b)
 
 
-def _data_vector(b: flatbuffers.Builder, data: np.ndarray) -> int:
-    """A [ubyte] vector holding the array's bytes, aligned to BUFFER_ALIGNMENT, one copy."""
+def data_vector(b: flatbuffers.Builder, data: np.ndarray | bytes) -> int:
+    """A [ubyte] vector holding the array's (or bytes') bytes, aligned to BUFFER_ALIGNMENT, one copy."""
     raw = memoryview(data).cast("B")
     size = raw.nbytes
     b.StartVector(1, size, BUFFER_ALIGNMENT)
@@ -171,28 +173,117 @@ def _data_vector(b: flatbuffers.Builder, data: np.ndarray) -> int:
     return b.EndVector()
 
 
-def _options(b: flatbuffers.Builder, op: OpSpec) -> tuple[int, int]:
+def buffer_tables(b: flatbuffers.Builder, data_offsets: list[int | None]) -> list[int]:
+    """One Buffer table per data vector (None: the empty buffer), in order."""
+    offsets = []
+    for data_offset in data_offsets:
+        tflite.BufferStart(b)
+        if data_offset is not None:
+            tflite.BufferAddData(b, data_offset)
+        offsets.append(tflite.BufferEnd(b))
+    return offsets
+
+
+def tensor_table(b: flatbuffers.Builder, name: str, shape: tuple[int, ...] | list[int], dtype: int, buffer: int,
+                 quant: Quant | None = None) -> int:
+    """One Tensor table: its name, static shape, element type, buffer index and quantization."""
+    name_offset = b.CreateString(name)
+    shape_offset = int_vector(b, shape)
+    quantization = _quantization(b, quant) if quant is not None else None
+    tflite.TensorStart(b)
+    tflite.TensorAddShape(b, shape_offset)
+    tflite.TensorAddType(b, dtype)
+    tflite.TensorAddBuffer(b, buffer)
+    tflite.TensorAddName(b, name_offset)
+    if quantization is not None:
+        tflite.TensorAddQuantization(b, quantization)
+    return tflite.TensorEnd(b)
+
+
+def operator_table(b: flatbuffers.Builder, code_index: int, inputs: int, outputs: int, options_type: int,
+                   options: int) -> int:
+    """One Operator table from its (already written) input/output vectors and options table."""
+    tflite.OperatorStart(b)
+    tflite.OperatorAddOpcodeIndex(b, code_index)
+    tflite.OperatorAddInputs(b, inputs)
+    tflite.OperatorAddOutputs(b, outputs)
+    if options_type != tflite.BuiltinOptions.NONE:
+        tflite.OperatorAddBuiltinOptionsType(b, options_type)
+        tflite.OperatorAddBuiltinOptions(b, options)
+    return tflite.OperatorEnd(b)
+
+
+def operator_code_table(b: flatbuffers.Builder, code: int, version: int) -> int:
+    """One OperatorCode table: the builtin code in both fields (the deprecated int8 one capped), its version."""
+    tflite.OperatorCodeStart(b)
+    tflite.OperatorCodeAddDeprecatedBuiltinCode(b, min(code, _DEPRECATED_CODE_LIMIT))
+    tflite.OperatorCodeAddBuiltinCode(b, code)
+    tflite.OperatorCodeAddVersion(b, version)
+    return tflite.OperatorCodeEnd(b)
+
+
+def subgraph_table(b: flatbuffers.Builder, tensors: int, inputs: int, outputs: int, operators: int,
+                   name: str = "main") -> int:
+    """One SubGraph table from its (already written) tensor, input, output and operator vectors."""
+    name_offset = b.CreateString(name)
+    tflite.SubGraphStart(b)
+    tflite.SubGraphAddTensors(b, tensors)
+    tflite.SubGraphAddInputs(b, inputs)
+    tflite.SubGraphAddOutputs(b, outputs)
+    tflite.SubGraphAddOperators(b, operators)
+    tflite.SubGraphAddName(b, name_offset)
+    return tflite.SubGraphEnd(b)
+
+
+def finish_model(b: flatbuffers.Builder, operator_codes: int, subgraphs: int, buffers: int, description: str,
+                 metadata: int | None = None) -> None:
+    """Write the root Model table (schema version 3) and finish the file with its identifier "TFL3"."""
+    description_offset = b.CreateString(description)
+    tflite.ModelStart(b)
+    tflite.ModelAddVersion(b, SCHEMA_VERSION)
+    tflite.ModelAddOperatorCodes(b, operator_codes)
+    tflite.ModelAddSubgraphs(b, subgraphs)
+    tflite.ModelAddDescription(b, description_offset)
+    tflite.ModelAddBuffers(b, buffers)
+    if metadata is not None:
+        tflite.ModelAddMetadata(b, metadata)
+    b.Finish(tflite.ModelEnd(b), file_identifier=FILE_IDENTIFIER)
+
+
+def conv2d_options(b: flatbuffers.Builder, stride: int, act: int, padding: int = tflite.Padding.SAME,
+                   dilation: int = 1) -> tuple[int, int]:
+    """(BuiltinOptions type, offset) of a CONV_2D: square stride and dilation."""
+    tflite.Conv2DOptionsStart(b)
+    tflite.Conv2DOptionsAddPadding(b, padding)
+    tflite.Conv2DOptionsAddStrideW(b, stride)
+    tflite.Conv2DOptionsAddStrideH(b, stride)
+    tflite.Conv2DOptionsAddFusedActivationFunction(b, act)
+    tflite.Conv2DOptionsAddDilationWFactor(b, dilation)
+    tflite.Conv2DOptionsAddDilationHFactor(b, dilation)
+    return tflite.BuiltinOptions.Conv2DOptions, tflite.Conv2DOptionsEnd(b)
+
+
+def depthwise_conv2d_options(b: flatbuffers.Builder, stride: int, act: int,
+                             padding: int = tflite.Padding.SAME) -> tuple[int, int]:
+    """(BuiltinOptions type, offset) of a DEPTHWISE_CONV_2D: square stride, multiplier 1, no dilation."""
+    tflite.DepthwiseConv2DOptionsStart(b)
+    tflite.DepthwiseConv2DOptionsAddPadding(b, padding)
+    tflite.DepthwiseConv2DOptionsAddStrideW(b, stride)
+    tflite.DepthwiseConv2DOptionsAddStrideH(b, stride)
+    tflite.DepthwiseConv2DOptionsAddDepthMultiplier(b, 1)
+    tflite.DepthwiseConv2DOptionsAddFusedActivationFunction(b, act)
+    tflite.DepthwiseConv2DOptionsAddDilationWFactor(b, 1)
+    tflite.DepthwiseConv2DOptionsAddDilationHFactor(b, 1)
+    return tflite.BuiltinOptions.DepthwiseConv2DOptions, tflite.DepthwiseConv2DOptionsEnd(b)
+
+
+def builtin_options(b: flatbuffers.Builder, op: OpSpec) -> tuple[int, int]:
     """(BuiltinOptions type, table offset) of one operator; (NONE, 0) when it has none."""
     code = op.code
     if code == Op.CONV_2D:
-        tflite.Conv2DOptionsStart(b)
-        tflite.Conv2DOptionsAddPadding(b, tflite.Padding.SAME)
-        tflite.Conv2DOptionsAddStrideW(b, op.stride)
-        tflite.Conv2DOptionsAddStrideH(b, op.stride)
-        tflite.Conv2DOptionsAddFusedActivationFunction(b, op.act)
-        tflite.Conv2DOptionsAddDilationWFactor(b, 1)
-        tflite.Conv2DOptionsAddDilationHFactor(b, 1)
-        return tflite.BuiltinOptions.Conv2DOptions, tflite.Conv2DOptionsEnd(b)
+        return conv2d_options(b, op.stride, op.act)
     if code == Op.DEPTHWISE_CONV_2D:
-        tflite.DepthwiseConv2DOptionsStart(b)
-        tflite.DepthwiseConv2DOptionsAddPadding(b, tflite.Padding.SAME)
-        tflite.DepthwiseConv2DOptionsAddStrideW(b, op.stride)
-        tflite.DepthwiseConv2DOptionsAddStrideH(b, op.stride)
-        tflite.DepthwiseConv2DOptionsAddDepthMultiplier(b, 1)
-        tflite.DepthwiseConv2DOptionsAddFusedActivationFunction(b, op.act)
-        tflite.DepthwiseConv2DOptionsAddDilationWFactor(b, 1)
-        tflite.DepthwiseConv2DOptionsAddDilationHFactor(b, 1)
-        return tflite.BuiltinOptions.DepthwiseConv2DOptions, tflite.DepthwiseConv2DOptionsEnd(b)
+        return depthwise_conv2d_options(b, op.stride, op.act)
     if code == Op.AVERAGE_POOL_2D:
         tflite.Pool2DOptionsStart(b)
         tflite.Pool2DOptionsAddPadding(b, tflite.Padding.SAME)
@@ -233,27 +324,9 @@ def encode_view(graph: Graph) -> memoryview:
     b = flatbuffers.Builder(graph.weight_bytes + BUFFER_ALIGNMENT * len(graph.buffers) + overhead)
 
     # Buffers: the data vectors first (the bulk of the file), then their tables.
-    data_offsets = [None if data is None else _data_vector(b, data) for data in graph.buffers]
-    buffer_offsets = []
-    for data_offset in data_offsets:
-        tflite.BufferStart(b)
-        if data_offset is not None:
-            tflite.BufferAddData(b, data_offset)
-        buffer_offsets.append(tflite.BufferEnd(b))
-
-    tensor_offsets = []
-    for tensor in graph.tensors:
-        name = b.CreateString(tensor.name)
-        shape = _int_vector(b, tensor.shape)
-        quantization = _quantization(b, tensor.quant) if tensor.quant is not None else None
-        tflite.TensorStart(b)
-        tflite.TensorAddShape(b, shape)
-        tflite.TensorAddType(b, tensor.dtype)
-        tflite.TensorAddBuffer(b, tensor.buffer)
-        tflite.TensorAddName(b, name)
-        if quantization is not None:
-            tflite.TensorAddQuantization(b, quantization)
-        tensor_offsets.append(tflite.TensorEnd(b))
+    data_offsets = [None if data is None else data_vector(b, data) for data in graph.buffers]
+    buffer_offsets = buffer_tables(b, data_offsets)
+    tensor_offsets = [tensor_table(b, t.name, t.shape, t.dtype, t.buffer, t.quant) for t in graph.tensors]
 
     codes: list[tuple[int, int]] = []  # (builtin code, version), in first-use order
     code_index: dict[tuple[int, int], int] = {}
@@ -263,50 +336,22 @@ def encode_view(graph: Graph) -> memoryview:
         if key not in code_index:
             code_index[key] = len(codes)
             codes.append(key)
-        inputs = _int_vector(b, op.inputs)
-        outputs = _int_vector(b, op.outputs)
-        options_type, options = _options(b, op)
-        tflite.OperatorStart(b)
-        tflite.OperatorAddOpcodeIndex(b, code_index[key])
-        tflite.OperatorAddInputs(b, inputs)
-        tflite.OperatorAddOutputs(b, outputs)
-        if options_type != tflite.BuiltinOptions.NONE:
-            tflite.OperatorAddBuiltinOptionsType(b, options_type)
-            tflite.OperatorAddBuiltinOptions(b, options)
-        operator_offsets.append(tflite.OperatorEnd(b))
+        inputs = int_vector(b, op.inputs)
+        outputs = int_vector(b, op.outputs)
+        options_type, options = builtin_options(b, op)
+        operator_offsets.append(operator_table(b, code_index[key], inputs, outputs, options_type, options))
+    code_offsets = [operator_code_table(b, code, version) for code, version in codes]
 
-    code_offsets = []
-    for code, version in codes:
-        tflite.OperatorCodeStart(b)
-        tflite.OperatorCodeAddDeprecatedBuiltinCode(b, min(code, _DEPRECATED_CODE_LIMIT))
-        tflite.OperatorCodeAddBuiltinCode(b, code)
-        tflite.OperatorCodeAddVersion(b, version)
-        code_offsets.append(tflite.OperatorCodeEnd(b))
+    tensors = offset_vector(b, tensor_offsets)
+    inputs = int_vector(b, graph.inputs)
+    outputs = int_vector(b, graph.outputs)
+    operators = offset_vector(b, operator_offsets)
+    subgraph = subgraph_table(b, tensors, inputs, outputs, operators)
 
-    tensors = _offset_vector(b, tensor_offsets)
-    inputs = _int_vector(b, graph.inputs)
-    outputs = _int_vector(b, graph.outputs)
-    operators = _offset_vector(b, operator_offsets)
-    subgraph_name = b.CreateString("main")
-    tflite.SubGraphStart(b)
-    tflite.SubGraphAddTensors(b, tensors)
-    tflite.SubGraphAddInputs(b, inputs)
-    tflite.SubGraphAddOutputs(b, outputs)
-    tflite.SubGraphAddOperators(b, operators)
-    tflite.SubGraphAddName(b, subgraph_name)
-    subgraph = tflite.SubGraphEnd(b)
-
-    subgraphs = _offset_vector(b, [subgraph])
-    operator_codes = _offset_vector(b, code_offsets)
-    buffers = _offset_vector(b, buffer_offsets)
-    description = b.CreateString(graph.description)
-    tflite.ModelStart(b)
-    tflite.ModelAddVersion(b, SCHEMA_VERSION)
-    tflite.ModelAddOperatorCodes(b, operator_codes)
-    tflite.ModelAddSubgraphs(b, subgraphs)
-    tflite.ModelAddDescription(b, description)
-    tflite.ModelAddBuffers(b, buffers)
-    b.Finish(tflite.ModelEnd(b), file_identifier=FILE_IDENTIFIER)
+    subgraphs = offset_vector(b, [subgraph])
+    operator_codes = offset_vector(b, code_offsets)
+    buffers = offset_vector(b, buffer_offsets)
+    finish_model(b, operator_codes, subgraphs, buffers, graph.description)
     return memoryview(b.Bytes)[b.Head():]
 
 

@@ -1,8 +1,9 @@
 """Tiny valid `.tflite` files for the host-device, runner and parser tests.
 
-The project's own `.tflite` writer lives in `space/`; these fixtures are built independently,
-directly with the `tflite` schema package's flatbuffer builders, so the benchmark tests do
-not depend on (or test) that writer. Every model is float32, NHWC, file identifier "TFL3".
+The project's own `.tflite` writer lives in `space/`; these fixtures are built independently of
+it (not through `Graph`/`encode`), so the benchmark tests do not depend on (or test) what that
+writer emits; they share only its one-table helpers (`tensor_table`, `operator_table`, ...).
+Every model is float32, NHWC, file identifier "TFL3".
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 import flatbuffers
 import numpy as np
 import tflite
+
+from mnas.space import tflite_schema as schema
 
 _FLOAT32 = tflite.TensorType.FLOAT32
 _SAME = tflite.Padding.SAME
@@ -43,36 +46,16 @@ class _Graph:
 
     def serialise(self, inputs: list[int], outputs: list[int]) -> bytes:
         b = flatbuffers.Builder(1024)
-
-        def int_vector(start, values: list[int]) -> int:
-            start(b, len(values))
-            for value in reversed(values):
-                b.PrependInt32(value)
-            return b.EndVector()
-
-        buffer_offsets = []
+        buffer_offsets = []  # each data vector just before its table (not all data first, as the writer does)
         for data in self.buffers:
             data_offset = b.CreateNumpyVector(np.frombuffer(data, dtype=np.uint8)) if data else None
-            tflite.BufferStart(b)
-            if data_offset is not None:
-                tflite.BufferAddData(b, data_offset)
-            buffer_offsets.append(tflite.BufferEnd(b))
-
-        tensor_offsets = []
-        for name, shape, buffer_index in self.tensors:
-            name_offset = b.CreateString(name)
-            shape_offset = int_vector(tflite.TensorStartShapeVector, shape)
-            tflite.TensorStart(b)
-            tflite.TensorAddShape(b, shape_offset)
-            tflite.TensorAddType(b, _FLOAT32)
-            tflite.TensorAddBuffer(b, buffer_index)
-            tflite.TensorAddName(b, name_offset)
-            tensor_offsets.append(tflite.TensorEnd(b))
+            buffer_offsets += schema.buffer_tables(b, [data_offset])
+        tensor_offsets = [schema.tensor_table(b, name, shape, _FLOAT32, buffer_index)
+                          for name, shape, buffer_index in self.tensors]
 
         operator_offsets = []
         for opcode_index, op_inputs, op_outputs, kind, (stride_h, stride_w) in self.operators:
-            in_offset = int_vector(tflite.OperatorStartInputsVector, op_inputs)
-            out_offset = int_vector(tflite.OperatorStartOutputsVector, op_outputs)
+            in_offset, out_offset = schema.int_vector(b, op_inputs), schema.int_vector(b, op_outputs)
             if kind == "conv":
                 tflite.Conv2DOptionsStart(b)
                 tflite.Conv2DOptionsAddPadding(b, _SAME)
@@ -86,52 +69,17 @@ class _Graph:
                 tflite.AddOptionsStart(b)
                 tflite.AddOptionsAddFusedActivationFunction(b, _NO_ACTIVATION)
                 options, options_type = tflite.AddOptionsEnd(b), tflite.BuiltinOptions.AddOptions
-            tflite.OperatorStart(b)
-            tflite.OperatorAddOpcodeIndex(b, opcode_index)
-            tflite.OperatorAddInputs(b, in_offset)
-            tflite.OperatorAddOutputs(b, out_offset)
-            tflite.OperatorAddBuiltinOptionsType(b, options_type)
-            tflite.OperatorAddBuiltinOptions(b, options)
-            operator_offsets.append(tflite.OperatorEnd(b))
+            operator = schema.operator_table(b, opcode_index, in_offset, out_offset, options_type, options)
+            operator_offsets.append(operator)
 
-        def table_vector(start, offsets: list[int]) -> int:
-            start(b, len(offsets))
-            for offset in reversed(offsets):
-                b.PrependUOffsetTRelative(offset)
-            return b.EndVector()
-
-        tensors_vec = table_vector(tflite.SubGraphStartTensorsVector, tensor_offsets)
-        operators_vec = table_vector(tflite.SubGraphStartOperatorsVector, operator_offsets)
-        inputs_vec = int_vector(tflite.SubGraphStartInputsVector, inputs)
-        outputs_vec = int_vector(tflite.SubGraphStartOutputsVector, outputs)
-        graph_name = b.CreateString("main")
-        tflite.SubGraphStart(b)
-        tflite.SubGraphAddTensors(b, tensors_vec)
-        tflite.SubGraphAddInputs(b, inputs_vec)
-        tflite.SubGraphAddOutputs(b, outputs_vec)
-        tflite.SubGraphAddOperators(b, operators_vec)
-        tflite.SubGraphAddName(b, graph_name)
-        subgraph = tflite.SubGraphEnd(b)
-
-        opcode_offsets = []
-        for builtin in self.opcodes:
-            tflite.OperatorCodeStart(b)
-            tflite.OperatorCodeAddDeprecatedBuiltinCode(b, min(builtin, 127))
-            tflite.OperatorCodeAddBuiltinCode(b, builtin)
-            tflite.OperatorCodeAddVersion(b, 1)
-            opcode_offsets.append(tflite.OperatorCodeEnd(b))
-
-        opcodes_vec = table_vector(tflite.ModelStartOperatorCodesVector, opcode_offsets)
-        subgraphs_vec = table_vector(tflite.ModelStartSubgraphsVector, [subgraph])
-        buffers_vec = table_vector(tflite.ModelStartBuffersVector, buffer_offsets)
-        description = b.CreateString("mnas test fixture")
-        tflite.ModelStart(b)
-        tflite.ModelAddVersion(b, 3)
-        tflite.ModelAddOperatorCodes(b, opcodes_vec)
-        tflite.ModelAddSubgraphs(b, subgraphs_vec)
-        tflite.ModelAddDescription(b, description)
-        tflite.ModelAddBuffers(b, buffers_vec)
-        b.Finish(tflite.ModelEnd(b), file_identifier=b"TFL3")
+        tensors_vec, operators_vec = schema.offset_vector(b, tensor_offsets), schema.offset_vector(b, operator_offsets)
+        inputs_vec, outputs_vec = schema.int_vector(b, inputs), schema.int_vector(b, outputs)
+        subgraph = schema.subgraph_table(b, tensors_vec, inputs_vec, outputs_vec, operators_vec)
+        opcode_offsets = [schema.operator_code_table(b, builtin, 1) for builtin in self.opcodes]
+        opcodes_vec = schema.offset_vector(b, opcode_offsets)
+        subgraphs_vec = schema.offset_vector(b, [subgraph])
+        buffers_vec = schema.offset_vector(b, buffer_offsets)
+        schema.finish_model(b, opcodes_vec, subgraphs_vec, buffers_vec, "mnas test fixture")
         return bytes(b.Output())
 
 
