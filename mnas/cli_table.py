@@ -689,7 +689,7 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
         e = last_eval.get(p["id"])
         predictor_rows.append({
             "id": p["id"], "kind": p["kind"], "table": p["table"], "device_config": p["device"],
-            "resolution": p["resolution"], "calibration_samples": p["metrics"].get("calibration_samples"),
+            "resolution": p["resolution"], "dtype": p["dtype"], "calibration_samples": p["metrics"].get("calibration_samples"),
             "eval_id": None if e is None else e["id"], "eval_samples": None if e is None else e["samples"],
             "within_10pct_share": None if e is None else e["metrics"].get("within_10pct_share"),
             "kendall_tau": None if e is None else e["metrics"].get("kendall_tau"), "created_at": iso_at(p["created"])})
@@ -697,7 +697,8 @@ def list_cmd(ctx: click.Context, as_json: bool) -> None:
         echo_json({"tables": [_table_row(t, shares[t["id"]]) for t in tables], "predictors": predictor_rows})
         return
     click.echo("tables:")
-    echo_table([{"id": t["id"], "name": t["name"], "kind": t["kind"], "device": t["device"], "runtime": t["runtime"],
+    echo_table([{"id": t["id"], "name": t["name"], "kind": t["kind"], "dtype": t["dtype"], "device": t["device"],
+                 "runtime": t["runtime"],
                  "version": t["runtime_version"], "resolution": t["resolution"], "entries": t["entries"],
                  "contended": _share_text(shares[t["id"]]),
                  "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(t["created"]))} for t in tables])

@@ -38,7 +38,7 @@ def test_a_log_is_stored_with_its_provenance_and_listed(tmp_path: Path, capsys: 
     assert code == 0, err
     info = json.loads(out)["stored"]
     assert info["already_stored"] is False and info["runtime_version"] == UNKNOWN_BINARY
-    assert info["conditions"] == "threads=4;warmup=1;runs=50;min_secs=1;core=auto"
+    assert info["conditions"] == "threads=4;warmup=1;runs=50;min_secs=1;core=auto;profile_ops=1"  # a profiled log
     assert info["log_sha256"] == hashlib.sha256(PROFILE_LOG.read_bytes()).hexdigest()
     with ResultsStore(db) as store:
         m = store.get_measurement(info["measurement_id"])
@@ -88,11 +88,12 @@ def test_a_stored_log_is_reused_under_a_measured_runs_key(tmp_path: Path, capsys
     # the runtime version is the phone path's: the binary's hash (bench.adb.run.runtime_version)
     assert (info["device_id"], info["runtime_version"]) == ("SER4", f"sha256:{sha[:12]}")
     phone = profile("SER4", "pixel4", f"sha256:{sha[:12]}")
-    same = BenchConfig(warmup_runs=1, num_runs=50, min_secs=1.0, num_threads=4)
+    same = BenchConfig(warmup_runs=1, num_runs=50, min_secs=1.0, num_threads=4, profile_ops=True)  # a profiled log
     with ResultsStore(db) as store:
         found = find_reusable(store, phone, info["model_sha256"], same)
         assert [measurement_id for _, measurement_id in found] == [info["measurement_id"]]
-        for other in (BenchConfig(warmup_runs=1, num_runs=50, min_secs=1.0, num_threads=1),
+        for other in (BenchConfig(warmup_runs=1, num_runs=50, min_secs=1.0, num_threads=4),  # unprofiled
+                      BenchConfig(warmup_runs=1, num_runs=50, min_secs=1.0, num_threads=1),
                       BenchConfig(warmup_runs=5, num_runs=50, min_secs=1.0, num_threads=4)):
             assert find_reusable(store, phone, info["model_sha256"], other) == []
         assert find_reusable(store, profile("SER4", "pixel4", "sha256:ffffffffffff"), info["model_sha256"], same) == []

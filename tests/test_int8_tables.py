@@ -190,10 +190,12 @@ def test_int8_table_build_times_int8_layers_on_the_host(tmp_path: Path, capsys: 
             int8_sha = hashlib.sha256(layer_to_bytes(sig, dtype="int8")).hexdigest()
             assert entry.measurement is not None and entry.measurement["model_sha256"] == int8_sha
             assert int8_sha != hashlib.sha256(layer_to_bytes(sig)).hexdigest()
-    [row] = cli_json(db, capsys, "table", "list")["tables"]
-    assert (row["table"], row["dtype"]) == (INT8_TABLE, "int8")
     fit = cli_json(db, capsys, "table", "fit", "--device", "host", "--dtype", "int8")
     assert (fit["table"], fit["dtype"]) == (INT8_TABLE, "int8")
+    listed = cli_json(db, capsys, "table", "list")
+    [table_row], [predictor_row] = listed["tables"], listed["predictors"]
+    assert (table_row["table"], table_row["dtype"]) == (INT8_TABLE, "int8")
+    assert (predictor_row["id"], predictor_row["dtype"]) == (fit["predictor_id"], "int8")
     predicted = cli_json(db, capsys, "predict", SMALL_ARCH, "--device", "host", "--dtype", "int8")
     assert predicted[0]["predictor_id"] == fit["predictor_id"] and predicted[0]["table"] == INT8_TABLE
     # float32 is still the default, and this store has no float predictor
