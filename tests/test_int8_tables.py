@@ -174,7 +174,6 @@ def test_predictors_are_chosen_by_the_dtype_of_their_table(tmp_path: Path) -> No
 
 # ------------------------------------------------------------------------------ an int8 build on the host
 
-@pytest.mark.slow
 def test_int8_table_build_times_int8_layers_on_the_host(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "mnas.db"
     plan = cli_json(db, capsys, "table", "plan", "--device", "host", "--dtype", "int8")
@@ -201,6 +200,31 @@ def test_int8_table_build_times_int8_layers_on_the_host(tmp_path: Path, capsys: 
     # float32 is still the default, and this store has no float predictor
     line = cli_error(db, capsys, "predict", SMALL_ARCH, "--device", "host")
     assert line.startswith("mnas: error: no stored predictor matches device=host, resolution=224")
+
+
+def test_int8_calibrate_and_eval_time_int8_networks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """On this host at 32 px, with an int8 predictor (fitted on synthetic int8 figures): every network
+    calibrate and eval time is the writer's int8 file of that network."""
+    db = tmp_path / "mnas.db"
+    device = SyntheticDevice("host", device_name="host", runtime=RUNTIME.name, runtime_version=RUNTIME.version)
+    with ResultsStore(db) as store:
+        build_table(SMALL, 32, [device], store, "q", BenchConfig(warmup_runs=1, num_runs=3), limit=12,
+                    writer=write_key, progress=False, guard=None, dtype="int8")
+        predictor, metrics = fit_predictor(load_table(store, "q"))
+        base = save_predictor(store, predictor, predictor.table_id, metrics)
+    timing = ("--resolution", "32", "--dtype", "int8", "--repeats", "1", *TINY)
+    calibrated = cli_json(db, capsys, "table", "calibrate", "--device", "host", "--samples", "4", *timing)
+    assert (calibrated["base_predictor_id"], calibrated["dtype"]) == (base, "int8")
+    report = cli_json(db, capsys, "table", "eval", "--device", "host", "--samples", "2", "--plot",
+                      str(tmp_path / "eval.png"), *timing)
+    assert (report["predictor_id"], report["dtype"]) == (calibrated["predictor_id"], "int8")
+    with ResultsStore(db) as store:
+        assert load_predictor(store, calibrated["predictor_id"]).dtype == "int8"
+        timed = store.read("SELECT m.model_sha256, models.arch FROM measurements m JOIN models "
+                           "ON models.sha256 = m.model_sha256 WHERE models.arch IS NOT NULL")
+    assert len({arch for _, arch in timed}) == 6
+    for sha, arch in timed:
+        assert sha == hashlib.sha256(arch_to_bytes(Arch.parse(arch), resolution=32, dtype="int8")).hexdigest()
 
 
 # ------------------------------------------------------------------------------ searches
