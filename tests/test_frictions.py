@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import re
@@ -39,7 +38,6 @@ from mnas.bench.device_config import (
 from mnas.bench.store import ResultsStore
 from mnas.bench.types import BenchConfig
 from mnas.errors import MnasError
-from mnas.predictor import endtoend, evals
 from mnas.predictor.build import build_table
 from mnas.predictor.endtoend import CALIBRATION, EVALUATION, sample_archs
 from mnas.predictor.fitting import fit_predictor
@@ -208,8 +206,8 @@ def test_ctrl_c_says_how_to_resume_and_the_rerun_measures_only_the_rest(
     device = SyntheticDevice(fail_after=interrupted_after, failure=KeyboardInterrupt())
     monkeypatch.setattr("mnas.cli_table._devices", lambda *args, **kwargs: [device])
     monkeypatch.setattr("mnas.cli_table._space", lambda name: SMALL)
-    monkeypatch.setattr(evals, "measure_networks", functools.partial(endtoend.measure_networks,
-                                                                     writer=write_arch_text))
+    # the networks are written as text for the synthetic device (calibrate/eval pick the writer by --dtype)
+    monkeypatch.setattr("mnas.predictor.build.network_writer", lambda dtype: write_arch_text)
     args = ("--db", str(db), "table", command, "--device", "fakephone", "--samples", str(samples),
             "--resolution", str(RES), "--repeats", "1", "--runs", "5", "--warmup", "1", "--min-secs", "0")
 
@@ -250,8 +248,8 @@ def test_ctrl_c_says_when_stored_figures_will_be_taken_again(
     device = ContendedDevice(fail_after=2, failure=KeyboardInterrupt())
     monkeypatch.setattr("mnas.cli_table._devices", lambda *args, **kwargs: [device])
     monkeypatch.setattr("mnas.cli_table._space", lambda name: SMALL)
-    monkeypatch.setattr(evals, "measure_networks", functools.partial(endtoend.measure_networks,
-                                                                     writer=write_arch_text))
+    # the networks are written as text for the synthetic device (calibrate/eval pick the writer by --dtype)
+    monkeypatch.setattr("mnas.predictor.build.network_writer", lambda dtype: write_arch_text)
     args = ("--db", str(db), "table", "calibrate", "--device", "fakephone", "--samples", "5",
             "--resolution", str(RES), "--repeats", "1", "--runs", "5", "--warmup", "1", "--min-secs", "0")
     code, out, err = run_mnas(capsys, *args)
