@@ -255,13 +255,13 @@ def test_hybrid_refuses_a_predictor_of_another_statistic() -> None:
 
 def test_build_latency_refuses_the_mix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What `mnas search --latency hybrid` builds: refused before any child is trained."""
-    import mnas.predictor.registry as registry
+    import mnas.predictor.selection as selection
     from mnas.search.setup import build_latency
 
     class Stored(StatPredictor):
         predictor_id = 9
 
-    monkeypatch.setattr(registry, "load_predictor", lambda *a, **k: Stored("median"))
+    monkeypatch.setattr(selection, "load_device_predictor", lambda *a, **k: Stored("median"))
     config = new_run_config(latency="hybrid", accuracy="cheap", predictor_id=9).latency
     with pytest.raises(MnasError, match="predictor-9 predicts the median of timed runs but host"):
         build_latency(config, 0, None, tmp_path, devices=lambda spec, **kw: [SyntheticDevice("host", device_name="host")])
