@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_run import run_mnas_db
 from predictor_fakes import SyntheticDevice, write_key
 
 from mnas.bench.measure import find_reusable
 from mnas.bench.runtime import load_runtime
 from mnas.bench.store import ResultsStore
 from mnas.bench.types import BenchConfig
-from mnas.cli import main
 from mnas.errors import MnasError
 from mnas.predictor.build import build_table, network_writer
 from mnas.predictor.fitting import fit_predictor
@@ -44,13 +44,7 @@ SMALL_ARCH = "stem32,r1_k3_s11_e1_i32_o16_noskip,head1280"
 
 def run_cli(db: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     """`mnas --db DB ARGS` in this process: (exit code, stdout, stderr)."""
-    try:
-        main(["--db", str(db), *args])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_mnas_db(capsys, db, *args)
 
 
 def cli_json(db: Path, capsys: pytest.CaptureFixture[str], *args: str) -> Any:

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from cli_run import run_mnas_db
 
 from mnas.bench.store import ResultsStore
-from mnas.cli import main
 from mnas.errors import MnasError
 from mnas.predictor import published_lut, table
 from mnas.predictor.published_lut import (
@@ -375,14 +375,7 @@ def test_old_table_metadata_reads_as_measured() -> None:
 # --------------------------------------------------------------------------------- the CLI
 
 def cli(db: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        main(["--db", str(db), *args])
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+    return run_mnas_db(capsys, db, *args)
 
 
 def test_cli_import_list_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
