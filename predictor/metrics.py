@@ -8,8 +8,6 @@ Keys carry their units (`rmse_ms`, `mape_pct`, `within_10pct_share` in 0..1).
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -69,6 +67,8 @@ def scatter_png(predicted_ms: Sequence[float] | np.ndarray, measured_ms: Sequenc
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from mnas.bench.files import write_atomic
+
     predicted, measured = _arrays(predicted_ms, measured_ms)
     metrics = evaluate(predicted, measured)
     path = Path(path)
@@ -93,13 +93,4 @@ def scatter_png(predicted_ms: Sequence[float] | np.ndarray, measured_ms: Sequenc
     axes.legend(loc="upper left", fontsize=8)
     axes.grid(True, alpha=0.3)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        figure.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda tmp: figure.savefig(tmp, format="png"), what="the plot", suffix=".png")
