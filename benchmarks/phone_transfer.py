@@ -41,15 +41,14 @@ from mnas.predictor.transfer import (
     EVIDENCE_WEIGHT,
     FEATURE_SETS,
     MIN_SHRINK_NETWORKS,
-    SHRINK_GRID,
     NetworkFigure,
     RatioModel,
     SourceLatency,
-    _target_ms,
     fit_network_calibration,
     network_sums,
     power_law_baseline,
     select_shrink,
+    sums_by_shrink,
 )
 from mnas.predictor.transfer_store import figure_layers, measure_extra, source_latency
 from mnas.space import zoo
@@ -149,14 +148,8 @@ class Phone:
                                     features=features) if shape else None
         if self.model is not None and not lut:  # a prior gives the shape only: the level comes from the networks
             self.model = replace(self.model, intercept=0.0)
-        model = self.model
-
-        def sums_at(shrink: float) -> np.ndarray:
-            assert model is not None
-            return network_sums(lambda ls: _target_ms(replace(model, shrink=shrink), ls, source.layers_ms(ls)[0],
-                                                      lut or {}, evidence_weight), figures)
-
-        self.sums_by_shrink = {shrink: sums_at(shrink) for shrink in SHRINK_GRID} if model is not None else {}
+        self.sums_by_shrink = ({} if self.model is None else
+                               sums_by_shrink(self.model, source, figures, lut or {}, evidence_weight))
         self.host_sums = network_sums(lambda ls: source.layers_ms(ls)[0], figures)
         self.chosen: list[str] = []
 

@@ -90,7 +90,7 @@ RATE_FEATURES = ("log_mult_adds_per_source_ms", "log_memory_bytes_per_source_ms"
 FEATURE_SETS: dict[str, tuple[str, ...]] = {
     "kind_rates": KIND_FEATURES + RATE_FEATURES,
     "kind": KIND_FEATURES,
-    "all": RATIO_FEATURES[:19],
+    "all": tuple(name for name in RATIO_FEATURES if name not in RATE_FEATURES),
 }
 DEFAULT_FEATURES = "kind_rates"
 
@@ -404,14 +404,21 @@ def choose_shrink(model: RatioModel, source: SourceLatency, figures: Sequence[Ne
     networks can answer, so the K calibration networks answer it (with the calibration refitted
     inside each fold, as `fit_network_calibration` does). Ties go to the smaller shrink.
     """
+    sums = sums_by_shrink(model, source, figures, evidence, evidence_weight)
+    best, scores = select_shrink(sums, [f.latency_ms for f in figures], forms)
+    return replace(model, shrink=best), scores
+
+
+def sums_by_shrink(model: RatioModel, source: SourceLatency, figures: Sequence[NetworkFigure],
+                   evidence: Mapping[str, float], evidence_weight: float = EVIDENCE_WEIGHT) -> dict[float, np.ndarray]:
+    """Each figure network's target layer sum under `model` at every shrink of `SHRINK_GRID`
+    (the source latencies looked up once for all of them)."""
     per = [f.arch.layers(f.resolution, f.num_classes) for f in figures]
     flat = [layer for layers in per for layer in layers]
     src, _ = source.layers_ms(flat)
     starts = np.cumsum([0] + [len(layers) for layers in per[:-1]])
-    sums = {shrink: np.add.reduceat(_target_ms(replace(model, shrink=shrink), flat, src, evidence, evidence_weight),
+    return {shrink: np.add.reduceat(_target_ms(replace(model, shrink=shrink), flat, src, evidence, evidence_weight),
                                     starts) for shrink in SHRINK_GRID}
-    best, scores = select_shrink(sums, [f.latency_ms for f in figures], forms)
-    return replace(model, shrink=best), scores
 
 
 def select_shrink(sums_by_shrink: Mapping[float, np.ndarray], measured: Sequence[float] | np.ndarray,
