@@ -208,14 +208,14 @@ def measured_figures(store: Any, device_name: str) -> list[Any]:
     from mnas.predictor.transfer import NetworkFigure
     from mnas.space.arch import Arch
 
-    frame = store.measurements_frame(include_json=True, device_name=device_name, threads=1, throttled=0)
+    frame = store.measurements_frame(device_name=device_name, threads=1, throttled=0)
     statistic = headline_statistic(device_name)
     newest: dict[tuple[str, int], Any] = {}
     for row in frame.itertuples(index=False):
         key = str(row.conditions_key)
         if not isinstance(row.arch, str) or not row.arch or ";delegate=" in key or ";bm_args=" in key:
-            continue
-        resolution = (json.loads(row.measurement_json).get("extra") or {}).get("resolution")
+            continue  # single layers (no arch) are most of a device's rows: their JSON is never read
+        resolution = store.get_measurement(int(row.id)).extra.get("resolution")
         value = row.min_ms if statistic == "min" else row.median_ms
         if not isinstance(resolution, int) or value is None or not math.isfinite(value) or value <= 0:
             continue
